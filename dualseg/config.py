@@ -1,0 +1,207 @@
+"""Typed experiment configuration loaded from YAML with unknown keys rejected.
+
+A config file has the sections ``data``, ``model`` and ``train`` (owned by this library) and an
+optional ``hpc`` section that the orchestration layer validates itself (this library never knows
+about SLURM). :func:`from_dict` is the one strict dataclass builder used for every section, so a
+typo such as ``train.learning_rate`` fails loudly instead of silently using a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from dualseg.errors import InputError
+
+T = TypeVar("T")
+
+S1_BANDS = ["VV", "VH"]
+S2_BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
+
+
+@dataclass
+class SyntheticConfig:
+    """Parameters of the generated benchmark data (used when ``data.root`` holds no tiles)."""
+
+    tiles: int = 12
+    size: int = 64
+    classes: int = 6
+    cloud_fraction: float = 0.4
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Where the tiles are and how patches are cut from them."""
+
+    root: str = "data/synthetic"
+    splits: str | None = None  # JSON {"train": [...], "val": [...], "test": [...]}; default <root>/splits.json
+    train_tiles: list[str] | None = None  # explicit lists override the splits file
+    val_tiles: list[str] | None = None
+    test_tiles: list[str] | None = None
+    patch_size: int = 32
+    samples_per_tile: int = 8  # random training patches per tile per epoch
+    max_t: int | None = None  # pad every batch to this T (None: batch maximum)
+    s1_bands: list[str] = field(default_factory=lambda: list(S1_BANDS))
+    s2_bands: list[str] = field(default_factory=lambda: list(S2_BANDS))
+    augment: bool = True
+    num_workers: int = 0
+    class_weighting: str = "median"  # "inverse" | "median" | "none"
+    synthetic: SyntheticConfig | None = None
+
+
+@dataclass
+class ModelConfig:
+    """DualStreamUNet3D hyperparameters; levels/base_width/dropout/temporal/fusion are searched."""
+
+    levels: int = 3
+    base_width: int = 32
+    dropout: float = 0.1
+    temporal: str = "ltae"  # "ltae" | "mean"
+    fusion: str = "concat"  # "concat" | "sum" | "early"
+    streams: str = "both"  # "both" | "s1" | "s2"
+    n_heads: int = 4
+    d_k: int = 8
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, early stopping and where checkpoints go."""
+
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    warmup_epochs: int = 1
+    grad_clip: float = 1.0
+    patience: int = 5
+    seed: int = 0
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    scratch: str | None = None  # default: $SCRATCH, else ./runs
+    run_name: str = "run"
+    log_every: int = 10
+
+
+@dataclass
+class Config:
+    """A whole experiment. ``hpc`` is carried opaquely and validated by the ``hpc`` package."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    hpc: dict[str, Any] = field(default_factory=dict)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against annotation ``tp``; build nested dataclasses."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise InputError(f"config: {where}: must not be null")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except InputError as exc:
+                errors.append(str(exc))
+        raise InputError(errors[0] if errors else f"config: {where}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise InputError(f"config: {where}: expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, where)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, list):
+            raise InputError(f"config: {where}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(f"config: {where}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"config: {where}: expected bool, got {type(value).__name__} {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"config: {where}: expected int, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"config: {where}: expected float, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise InputError(f"config: {where}: expected str, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {_type_name(tp)} at {where}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise InputError(f"config: {where or 'top level'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise InputError(
+            f"config: unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain-dict form of a config (for checkpoints, results and YAML dumps)."""
+    return dataclasses.asdict(obj)
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Return a copy of ``cfg`` with dotted keys (``"train.lr": 1e-3``) replaced, type-checked."""
+    raw = to_dict(cfg)
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                raise InputError(f"config: unknown key {dotted}")
+            node = node[p]
+        if leaf not in node:
+            raise InputError(f"config: unknown key {dotted}")
+        node[leaf] = value
+    return from_dict(Config, raw)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load a YAML config (``None``: all defaults), then apply dotted ``overrides``."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"config: file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"config: {p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    cfg = from_dict(Config, raw)
+    return apply_overrides(cfg, overrides) if overrides else cfg
