@@ -1,0 +1,63 @@
+"""Strict typed config: unknown keys and wrong types fail with a message naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dualseg.config import Config, apply_overrides, from_dict, load_config, to_dict
+from dualseg.errors import InputError
+
+
+def test_defaults_round_trip() -> None:
+    cfg = load_config(None)
+    assert from_dict(Config, to_dict(cfg)) == cfg
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  learning_rate: 0.1\n")
+    with pytest.raises(InputError, match=r"unknown key train\.learning_rate"):
+        load_config(p)
+
+
+def test_wrong_type_is_named(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  epochs: ten\n")
+    with pytest.raises(InputError, match=r"train\.epochs: expected int"):
+        load_config(p)
+
+
+def test_bool_is_not_an_int() -> None:
+    with pytest.raises(InputError, match=r"train\.epochs"):
+        from_dict(Config, {"train": {"epochs": True}})
+
+
+def test_int_accepted_for_float_and_nested_optional() -> None:
+    cfg = from_dict(Config, {"train": {"lr": 1}, "data": {"synthetic": {"tiles": 3}}})
+    assert isinstance(cfg.train.lr, float) and cfg.train.lr == 1.0
+    assert cfg.data.synthetic is not None and cfg.data.synthetic.tiles == 3
+
+
+def test_list_items_are_checked() -> None:
+    with pytest.raises(InputError, match=r"data\.s1_bands\[1\]"):
+        from_dict(Config, {"data": {"s1_bands": ["VV", 3]}})
+
+
+def test_overrides_are_type_checked() -> None:
+    cfg = apply_overrides(load_config(None), {"model.levels": 2, "train.lr": 0.01})
+    assert cfg.model.levels == 2 and cfg.train.lr == 0.01
+    with pytest.raises(InputError, match="unknown key model.depth"):
+        apply_overrides(cfg, {"model.depth": 2})
+    with pytest.raises(InputError, match=r"model\.levels: expected int"):
+        apply_overrides(cfg, {"model.levels": "2"})
+
+
+def test_missing_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_config(bad)
