@@ -34,6 +34,13 @@ class SyntheticConfig:
     classes: int = 6
     cloud_fraction: float = 0.4
     seed: int = 0
+    # added by the data layer (dualseg/data/synthetic.py):
+    cloud_mask_miss: float = 0.15  # fraction of cloudy S2 dates whose clouds are not flagged
+    s1_dates: int = 30  # mean acquisitions per tile (each tile draws 75-125 % of it)
+    s2_dates: int = 24
+    parcel_size: int = 10  # mean parcel diameter in pixels
+    speckle_looks: float = 4.0  # S1 speckle: gamma(L, 1/L) multiplicative noise
+    background_fraction: float = 0.25  # share of parcels that are background (class 0)
 
 
 @dataclass
@@ -54,6 +61,11 @@ class DataConfig:
     num_workers: int = 0
     class_weighting: str = "median"  # "inverse" | "median" | "none"
     synthetic: SyntheticConfig | None = None
+    # added by the data layer (dualseg/data/):
+    seed: int = 0  # training patch positions/augmentations derive from (seed, epoch, index)
+    cache_mb: float = 1024  # per-process cache of normalised tiles (0 = read every patch from zarr)
+    stats_backend: str = "auto"  # band statistics on "numpy", "cupy" (GPU) or "auto"
+    date_encoding: str = "doy"  # s*_doy: "doy" day of year, or "days" since 1 Jan of the tile's first year (multi-year series)
 
 
 @dataclass
@@ -68,6 +80,7 @@ class ModelConfig:
     streams: str = "both"  # "both" | "s1" | "s2"
     n_heads: int = 4
     d_k: int = 8
+    temporal_kernel: int = 1  # encoder conv kernel along time: 1 = per-date (U-TAE), 3 = UNet3D-like
 
 
 @dataclass

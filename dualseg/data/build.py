@@ -1,0 +1,250 @@
+"""``build_data``: from a :class:`DataConfig` to ready datasets, normalisation stats and class weights.
+
+Checks every tile's structure up front (a missing band fails before the first epoch, naming the
+tile), computes band statistics and label counts over the train tiles in one sharded pass merged
+with a single ``gather`` (or loads them from the cache keyed by the train-tile fingerprint), and
+builds one :class:`TileDataset` per requested split.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from dualseg.config import DataConfig
+from dualseg.data.dataset import TileDataset, collate
+from dualseg.data.splits import resolve_splits
+from dualseg.data.stats import (
+    BandStats,
+    Gather,
+    Moments,
+    Partial,
+    cache_path,
+    compute_partial,
+    fingerprint,
+    get_xp,
+    load_cached,
+    pack,
+    save_cached,
+    unpack,
+)
+from dualseg.data.tile import STREAMS, TileInfo, open_tile, read_labels, tile_path
+from dualseg.data.validate import check_labels
+from dualseg.data.weights import METHODS, compute_class_weights
+from dualseg.errors import InputError
+
+log = logging.getLogger("dualseg.data")
+
+
+@dataclass
+class DataBundle:
+    """Everything the trainer needs from the data layer."""
+
+    datasets: dict[str, TileDataset]
+    num_classes: int
+    class_names: list[str]
+    ignore_index: int
+    s1_channels: int
+    s2_channels: int
+    class_weights: torch.Tensor
+    stats: BandStats
+    collate_fn: Callable[[list[dict[str, torch.Tensor]]], dict[str, torch.Tensor]] = collate
+    tiles: dict[str, list[str]] = field(default_factory=dict)
+    max_t: dict[str, int] = field(default_factory=dict)  # longest series per stream over the loaded tiles
+
+
+def _check_options(cfg: DataConfig) -> None:
+    if cfg.patch_size < 1:
+        raise InputError(f"data.patch_size must be >= 1, got {cfg.patch_size}")
+    if cfg.samples_per_tile < 1:
+        raise InputError(f"data.samples_per_tile must be >= 1, got {cfg.samples_per_tile}")
+    if cfg.max_t is not None and cfg.max_t < 1:
+        raise InputError(f"data.max_t must be >= 1, got {cfg.max_t}")
+    if cfg.class_weighting not in METHODS:
+        raise InputError(f"data.class_weighting: unknown method {cfg.class_weighting!r} (known: {', '.join(METHODS)})")
+    if cfg.stats_backend not in ("auto", "numpy", "cupy"):
+        raise InputError(f"data.stats_backend: unknown value {cfg.stats_backend!r} (auto, numpy, cupy)")
+    if cfg.date_encoding not in ("doy", "days"):
+        raise InputError(f"data.date_encoding: unknown value {cfg.date_encoding!r} (doy, days)")
+    if cfg.cache_mb < 0 or cfg.num_workers < 0:
+        raise InputError("data.cache_mb and data.num_workers must be >= 0")
+    for key, bands in (("s1", cfg.s1_bands), ("s2", cfg.s2_bands)):
+        if not bands:
+            raise InputError(f"data.{key}_bands is empty")
+        if len(set(bands)) != len(bands):
+            raise InputError(f"data.{key}_bands lists a band twice: {bands}")
+        if {"time", "cloud"} & set(bands):
+            raise InputError(f"data.{key}_bands: 'time'/'cloud' are not bands")
+
+
+def _rank_world(rank: int | None, world_size: int | None, gather: Gather | None) -> tuple[int, int]:
+    if gather is None:
+        return 0, 1
+    if rank is None or world_size is None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return rank, world_size
+
+
+def _open_all(cfg: DataConfig, names: list[str]) -> dict[str, TileInfo]:
+    def one(name: str) -> TileInfo:
+        info = open_tile(tile_path(cfg.root, name), cfg.s1_bands, cfg.s2_bands)
+        check_labels(info, read_labels(info))  # a bad label in val/test would crash the loss later
+        return info
+
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(names)))) as pool:
+        return dict(zip(names, pool.map(one, names)))
+
+
+def _check_consistent(infos: list[TileInfo], cfg: DataConfig) -> None:
+    ref = infos[0]
+    for info in infos[1:]:
+        if info.class_names != ref.class_names:
+            raise InputError(f"tile {info.name}: class_names differ from tile {ref.name}")
+        if info.ignore_index != ref.ignore_index:
+            raise InputError(
+                f"tile {info.name}: ignore_index {info.ignore_index} != {ref.ignore_index} of tile {ref.name}"
+            )
+    if cfg.max_t is not None:
+        for info in infos:
+            for key in STREAMS:
+                if info.streams[key].t > cfg.max_t:
+                    raise InputError(
+                        f"tile {info.name}: {key} has T={info.streams[key].t} > data.max_t={cfg.max_t}"
+                    )
+
+
+def _stats(
+    cfg: DataConfig, train: list[TileInfo], num_classes: int, gather: Gather | None, cache: bool, rank: int, world: int
+) -> BandStats:
+    bands = {"s1": list(cfg.s1_bands), "s2": list(cfg.s2_bands)}
+    channels = {k: len(v) for k, v in bands.items()}
+    path = cache_path(cfg.root, fingerprint(train, bands))
+    cached = load_cached(path, channels, num_classes) if cache else None
+    if gather is not None and cache:  # all ranks must agree, or some would wait in the gather below
+        hits = gather(np.array([1.0 if cached is not None else 0.0]))
+        if not all(float(np.asarray(h).ravel()[0]) == 1.0 for h in hits):
+            cached = None
+    if cached is not None:
+        log.info("band statistics loaded from %s", path)
+        return BandStats.from_partial(cached, bands)
+    xp = get_xp(cfg.stats_backend)
+    if gather is None:
+        total = compute_partial(train, num_classes, channels, xp, progress=len(train) > 20)
+    else:
+        total = _gathered(train[rank::world], num_classes, channels, xp, gather, rank)
+    result = BandStats.from_partial(total, bands)  # raises on zero variance before caching
+    if cache and rank == 0:
+        save_cached(path, total, bands)
+    return result
+
+
+def _gathered(
+    shard: list[TileInfo], num_classes: int, channels: dict[str, int], xp: Any, gather: Gather, rank: int
+) -> Partial:
+    """This rank's partial, merged with all others in one all-gather.
+
+    A rank that fails on its shard (a corrupt tile) still joins the collective, with a failure
+    flag as the last value, so the other ranks raise too instead of hanging in the gather.
+    """
+    empty = Partial({k: Moments.zeros(channels[k]) for k in STREAMS}, np.zeros(num_classes))
+    error: BaseException | None = None
+    try:
+        mine = compute_partial(shard, num_classes, channels, xp, progress=rank == 0 and len(shard) > 20)
+    except Exception as exc:  # re-raised below, after the collective
+        error, mine = exc, empty
+    gathered = gather(np.append(pack(mine), 1.0 if error is not None else 0.0))
+    if error is not None:
+        raise error
+    failed = [r for r, v in enumerate(gathered) if np.asarray(v).ravel()[-1] != 0.0]
+    if failed:
+        raise InputError(f"stats: rank {failed[0]} failed reading its train tiles (its log names the tile)")
+    total = empty
+    for v in gathered:
+        total = total.merge(unpack(np.asarray(v).ravel()[:-1], channels, num_classes))
+    return total
+
+
+def build_data(
+    cfg: DataConfig,
+    splits: tuple[str, ...] | list[str] = ("train", "val"),
+    gather: Gather | None = None,
+    cache: bool = True,
+    *,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> DataBundle:
+    """Datasets for ``splits`` plus stats/class weights from the train tiles (see module doc).
+
+    ``gather`` all-gathers a 1-D float64 array across ranks; with it each rank reads only its
+    shard of the train tiles (``rank``/``world_size`` default to torch.distributed's).
+    """
+    _check_options(cfg)
+    explicit = cfg.train_tiles is not None and all(
+        getattr(cfg, f"{s}_tiles") is not None for s in splits
+    )
+    if cfg.synthetic is not None and not explicit and cfg.splits is None:
+        from dualseg.data.synthetic import ensure_synthetic  # lazy: keeps `python -m` CLIs clean
+
+        ensure_synthetic(cfg.root, cfg.synthetic)
+    if not Path(cfg.root).is_dir():
+        raise InputError(f"data.root {cfg.root} does not exist")
+    lists = resolve_splits(cfg, tuple(dict.fromkeys(["train", *splits])))
+    names = list(dict.fromkeys(n for s in ["train", *splits] for n in lists[s]))
+    infos = _open_all(cfg, names)
+    _check_consistent(list(infos.values()), cfg)
+    ref = infos[names[0]]
+    rank, world = _rank_world(rank, world_size, gather)
+    train = [infos[n] for n in lists["train"]]
+    stats = _stats(cfg, train, ref.num_classes, gather, cache, rank, world)
+    weights = compute_class_weights(stats.class_counts, cfg.class_weighting, ref.class_names)
+    datasets = {}
+    for split in splits:
+        ds = TileDataset(
+            [infos[n] for n in lists[split]],
+            stats.mean,
+            stats.std,
+            patch_size=cfg.patch_size,
+            train=split == "train",
+            samples_per_tile=cfg.samples_per_tile,
+            seed=cfg.seed,
+            augment=cfg.augment,
+            cache_mb=cfg.cache_mb,
+            date_encoding=cfg.date_encoding,
+        )
+        if cfg.num_workers > 0:
+            ds.preload()  # before DataLoader workers fork: one copy, shared
+        datasets[split] = ds
+    max_t = {k: max(infos[n].streams[k].t for n in names) for k in STREAMS}
+    return DataBundle(
+        datasets=datasets,
+        num_classes=ref.num_classes,
+        class_names=list(ref.class_names),
+        ignore_index=ref.ignore_index,
+        s1_channels=len(cfg.s1_bands),
+        s2_channels=len(cfg.s2_bands),
+        class_weights=weights,
+        stats=stats,
+        collate_fn=functools.partial(collate, max_t=cfg.max_t),
+        tiles={s: list(lists[s]) for s in splits},
+        max_t=max_t,
+    )
+
+
+def describe(bundle: DataBundle) -> dict[str, Any]:
+    """Short summary for logs."""
+    return {
+        "tiles": {k: len(v) for k, v in bundle.tiles.items()},
+        "items": {k: len(v) for k, v in bundle.datasets.items()},
+        "num_classes": bundle.num_classes,
+        "max_t": bundle.max_t,
+    }

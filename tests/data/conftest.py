@@ -1,0 +1,72 @@
+"""Tiny tile fixtures for the data tests (16x16 pixels, a handful of dates).
+
+Helpers are handed out through fixtures (not imported) so the tests work under any import mode.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dualseg.config import S1_BANDS, S2_BANDS, DataConfig
+from dualseg.data.tile import Stream, Tile, write_tile
+
+
+def make_tile(
+    h: int = 16, w: int = 16, t1: int = 5, t2: int = 4, k: int = 3, seed: int = 0, cloud: bool = True
+) -> Tile:
+    """Random but valid tile: S2 with some NaN and clouds, labels in [0,k) plus 255 voids."""
+    rng = np.random.default_rng(seed)
+    s1 = {b: rng.normal(-12 - 3 * i, 2.0, (t1, h, w)).astype(np.float32) for i, b in enumerate(S1_BANDS)}
+    s2 = {b: rng.uniform(100, 3000, (t2, h, w)).astype(np.float32) for b in S2_BANDS}
+    s2["B02"][0, :2, :3] = np.nan
+    cl = rng.random((t2, h, w)) < 0.2 if cloud else None
+    labels = rng.integers(0, k, (h, w)).astype(np.int16)
+    labels[0, :] = 255
+    d1 = np.sort(rng.choice(np.arange(18600, 19000), t1, replace=False)).astype(np.int32)
+    d2 = np.sort(rng.choice(np.arange(18600, 19000), t2, replace=False)).astype(np.int32)
+    return Tile(
+        s1=Stream(s1, d1),
+        s2=Stream(s2, d2, cl),
+        labels=labels,
+        class_names=[f"c{i}" for i in range(k)],
+        ignore_index=255,
+        crs="EPSG:32631",
+        transform=[10.0, 0.0, 500000.0, 0.0, -10.0, 4000000.0],
+    )
+
+
+def write_root(root: Path, n: int = 5, splits: dict | None = None, **kw) -> Path:
+    """``n`` tiles t0..t{n-1} (different T per tile) and a splits.json under ``root``."""
+    for i in range(n):
+        write_tile(root / f"t{i}.zarr", make_tile(seed=i, t1=4 + i % 3, t2=3 + (i * 2) % 4, **kw))
+    names = [f"t{i}" for i in range(n)]
+    splits = splits or {"train": names[: n - 2], "val": names[n - 2 : n - 1], "test": names[n - 1 :]}
+    (root / "splits.json").write_text(json.dumps(splits))
+    return root
+
+
+@pytest.fixture
+def data() -> types.SimpleNamespace:
+    """``data.make_tile(...)``, ``data.write_root(root, n)``, ``data.cfg(root, **fields)``."""
+
+    def cfg(root: Path, **fields) -> DataConfig:
+        base = dict(root=str(root), patch_size=8, samples_per_tile=3, augment=False)
+        base.update(fields)
+        return DataConfig(**base)
+
+    return types.SimpleNamespace(make_tile=make_tile, write_root=write_root, cfg=cfg)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -1,0 +1,175 @@
+"""TileDataset items, determinism per (seed, epoch, index), augmentation, caching, and collate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from dualseg.data.dataset import TileDataset, collate, date_features, day_of_year
+from dualseg.data.tile import open_tile, write_tile
+from dualseg.errors import InputError
+
+MEAN = {"s1": np.array([-12.0, -15.0]), "s2": np.full(10, 1500.0)}
+STD = {"s1": np.array([2.0, 2.0]), "s2": np.full(10, 800.0)}
+
+
+def _tiles(tmp_path, data, n=2, **kw):
+    return [open_tile(write_tile(tmp_path / f"t{i}.zarr", data.make_tile(seed=i, t2=3 + i, **kw))) for i in range(n)]
+
+
+def test_item_contract_and_normalisation(tmp_path, data):
+    tile = data.make_tile(seed=0, t2=3)
+    info = open_tile(write_tile(tmp_path / "t0.zarr", tile))
+    ds = TileDataset([info], MEAN, STD, patch_size=16, train=False)
+    assert len(ds) == 1
+    item = ds[0]
+    assert item["s1"].shape == (2, 5, 16, 16) and item["s1"].dtype == torch.float32
+    assert item["s2"].shape == (10, 3, 16, 16)
+    assert item["labels"].dtype == torch.int64 and item["labels"].shape == (16, 16)
+    assert item["s1_doy"].dtype == torch.int64 and item["s2_valid"].dtype == torch.bool
+    np.testing.assert_array_equal(item["labels"].numpy(), tile.labels)
+    raw = tile.s2.bands["B03"]
+    valid = ~tile.s2.cloud & np.isfinite(np.stack(list(tile.s2.bands.values()))).all(0)
+    expect = np.where(valid, (raw - 1500.0) / 800.0, 0.0)
+    np.testing.assert_allclose(item["s2"][1].numpy(), expect, rtol=1e-5, atol=1e-6)
+    assert item["s2"][0, 0, 0, 0] == 0.0  # NaN pixel -> 0
+    assert not torch.isnan(item["s2"]).any()
+
+
+def test_day_of_year():
+    days = (np.array(["2021-01-01", "2021-12-31", "2020-12-31", "2022-03-01"], dtype="datetime64[D]") - np.datetime64("1970-01-01")).astype(int)
+    assert day_of_year(days).tolist() == [1, 365, 366, 60]
+
+
+def test_date_features_keep_order_across_new_year():
+    def days(*iso):
+        return (np.array(iso, dtype="datetime64[D]") - np.datetime64("1970-01-01")).astype(np.int64)
+
+    times = {"s1": days("2018-09-25", "2019-01-02"), "s2": days("2018-09-20", "2018-12-31", "2019-11-01")}
+    doy = date_features(times, "doy")
+    assert doy["s2"].tolist() == [263, 365, 305]  # wraps
+    d = date_features(times, "days")
+    assert d["s2"].tolist() == [263, 365, 670] and d["s1"].tolist() == [268, 367]
+    with pytest.raises(InputError, match="date_encoding"):
+        date_features(times, "weeks")
+
+
+def test_fully_cloudy_date_is_invalid(tmp_path, data):
+    tile = data.make_tile(t2=4)
+    tile.s2.cloud[2] = True
+    tile.s2.cloud[3] = False
+    info = open_tile(write_tile(tmp_path / "t.zarr", tile))
+    item = TileDataset([info], MEAN, STD, patch_size=8, train=False)[0]
+    assert item["s2_valid"].tolist() == [True, True, False, True]
+    assert (item["s2"][:, 2] == 0).all()
+
+
+def test_training_patches_deterministic_per_epoch(tmp_path, data):
+    infos = _tiles(tmp_path, data)
+    a = TileDataset(infos, MEAN, STD, patch_size=8, train=True, samples_per_tile=4, seed=3, augment=True)
+    b = TileDataset(infos, MEAN, STD, patch_size=8, train=True, samples_per_tile=4, seed=3, augment=True, cache_mb=0)
+    assert len(a) == 8
+    for epoch in (0, 5):
+        a.set_epoch(epoch)
+        b.set_epoch(epoch)
+        for i in (7, 0, 3):  # any order, cached or read from zarr: same patch
+            x, y = a[i], b[i]
+            for k in x:
+                assert torch.equal(x[k], y[k]), k
+    a.set_epoch(0)
+    first = [a.locate(i) for i in range(8)]
+    a.set_epoch(1)
+    assert [a.locate(i) for i in range(8)] != first
+    assert {a.locate(i)[0] for i in range(4)} == {0} and {a.locate(i)[0] for i in range(4, 8)} == {1}
+    c = TileDataset(infos, MEAN, STD, patch_size=8, train=True, samples_per_tile=4, seed=4)
+    assert [c.locate(i)[1:3] for i in range(8)] != [t[1:3] for t in first]
+
+
+def test_augmentation_is_identical_across_streams_and_labels(tmp_path, data):
+    infos = _tiles(tmp_path, data, n=1)
+    aug = TileDataset(infos, MEAN, STD, patch_size=8, train=True, samples_per_tile=16, augment=True)
+    plain = TileDataset(infos, MEAN, STD, patch_size=8, train=True, samples_per_tile=16, augment=False)
+    seen = set()
+    for i in range(16):
+        _, y, x, k, f = aug.locate(i)
+        assert plain.locate(i)[1:3] == (y, x)
+        seen.add((k, f))
+        p, q = plain[i], aug[i]
+
+        def tf(t):
+            t = torch.rot90(t, k, dims=(-2, -1))
+            return torch.flip(t, dims=(-1,)) if f else t
+
+        for key in ("s1", "s2", "labels"):
+            assert torch.equal(tf(p[key]), q[key]), key
+    assert len(seen) > 2
+
+
+def test_eval_grid_covers_every_pixel(tmp_path, data):
+    info = open_tile(write_tile(tmp_path / "t.zarr", data.make_tile(h=20, w=13)))
+    ds = TileDataset([info], MEAN, STD, patch_size=8, train=False)
+    cover = np.zeros((20, 13), int)
+    for i in range(len(ds)):
+        _, y, x, k, f = ds.locate(i)
+        assert k == f == 0
+        cover[y : y + 8, x : x + 8] += 1
+    assert (cover >= 1).all() and len(ds) == 3 * 2
+
+
+def test_patch_larger_than_tile_and_empty_list(tmp_path, data):
+    infos = _tiles(tmp_path, data, n=1)
+    with pytest.raises(InputError, match=r"patch_size=32 is larger than tile t0 \(16x16\)"):
+        TileDataset(infos, MEAN, STD, patch_size=32, train=True)
+    with pytest.raises(InputError, match="empty tile list"):
+        TileDataset([], MEAN, STD, patch_size=8, train=True)
+
+
+def test_lru_cache_respects_budget(tmp_path, data):
+    infos = _tiles(tmp_path, data, n=3)
+    ds = TileDataset(infos, MEAN, STD, patch_size=8, train=False)
+    one = max(ds.tile_bytes(i) for i in range(3))
+    ds.cache_bytes = int(one * 1.5)
+    for i in range(len(ds)):
+        ds[i]
+        assert ds._cached_bytes <= ds.cache_bytes and len(ds._cache) == 1
+    assert not ds.preload()
+    ds.cache_bytes = 10 * one
+    assert ds.preload() and len(ds._cache) == 3
+
+
+def test_collate_pads_time_and_masks(tmp_path, data):
+    infos = _tiles(tmp_path, data, n=2)  # s2: T=3 and T=4
+    ds = TileDataset(infos, MEAN, STD, patch_size=16, train=False)
+    items = [ds[0], ds[1]]
+    b = collate(items)
+    assert b["s2"].shape == (2, 10, 4, 16, 16) and b["s2_pad"].shape == (2, 4)
+    assert b["s2_pad"][0, 3] and (b["s2"][0, :, 3] == 0).all() and b["s2_doy"][0, 3] == 0
+    torch.testing.assert_close(b["s2"][0, :, :3], items[0]["s2"])
+    assert torch.equal(b["s2_pad"][1], ~items[1]["s2_valid"])
+    assert torch.equal(b["s2_pad"], ~b["s2_valid"])
+    assert b["labels"].shape == (2, 16, 16)
+    fixed = collate(items, max_t=6)
+    assert fixed["s1"].shape[2] == 6 and fixed["s2"].shape[2] == 6 and fixed["s1_pad"][:, 5].all()
+    with pytest.raises(InputError, match=r"max_t=3 is smaller than a s1 series of T=5"):
+        collate(items, max_t=3)
+
+
+def test_dataloader_workers_and_distributed_sampler(tmp_path, data):
+    infos = _tiles(tmp_path, data, n=2)
+    ds = TileDataset(infos, MEAN, STD, patch_size=8, train=True, samples_per_tile=3, seed=1, augment=True, cache_mb=0)
+    ds.set_epoch(2)
+    ref = [ds[i]["s2"] for i in range(6)]
+    seen = {}
+    for rank in range(2):
+        sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        sampler.set_epoch(2)
+        order = list(sampler)
+        loader = DataLoader(ds, batch_size=1, sampler=sampler, num_workers=2 if rank == 0 else 0, collate_fn=collate)
+        for i, batch in zip(order, loader):
+            seen[i] = batch["s2"][0]
+    assert sorted(seen) == list(range(6))
+    for i in range(6):
+        t = ref[i].shape[1]
+        torch.testing.assert_close(seen[i][:, :t], ref[i])

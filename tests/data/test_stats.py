@@ -1,0 +1,169 @@
+"""Band statistics: exact vs float64 numpy, mergeable partials, NaN/cloud awareness, packing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dualseg.data.stats import (
+    BandStats,
+    Moments,
+    Partial,
+    compute_partial,
+    get_xp,
+    moments_xp,
+    pack,
+    tile_partial,
+    unpack,
+)
+from dualseg.data.tile import open_tile, write_tile
+from dualseg.errors import InputError
+
+
+def _ref(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x64 = x.astype(np.float64)
+    x64[~np.isfinite(x64)] = np.nan
+    n = np.sum(np.isfinite(x64), axis=1).astype(float)
+    mean = np.nanmean(x64, axis=1)
+    return n, mean, np.nansum((x64 - mean[:, None]) ** 2, axis=1)
+
+
+@pytest.mark.parametrize("block", [7, 1000, 1 << 15])
+def test_moments_exact_vs_float64(block):
+    rng = np.random.default_rng(0)
+    x = np.stack([rng.normal(5000, 300, 20_000), rng.normal(-15, 4, 20_000), rng.uniform(0, 1, 20_000)]).astype(np.float32)
+    x[0, rng.random(20_000) < 0.3] = np.nan
+    x[1, :5000] = np.nan  # whole first blocks missing
+    x[2, 17] = np.inf
+    n, mean, m2 = moments_xp(x, np, block=block)
+    rn, rmean, rm2 = _ref(x)
+    np.testing.assert_array_equal(n, rn)
+    np.testing.assert_allclose(mean, rmean, rtol=1e-12)
+    np.testing.assert_allclose(m2, rm2, rtol=1e-9)
+
+
+def test_moments_large_offset_small_variance():
+    # float32 reflectance-like values with a tiny spread: naive sum-of-squares in float32 fails here
+    rng = np.random.default_rng(1)
+    x = (10_000 + rng.normal(0, 0.05, (1, 100_000))).astype(np.float32)
+    _, mean, m2 = moments_xp(x, np)
+    _, rmean, rm2 = _ref(x)
+    np.testing.assert_allclose(mean, rmean, rtol=1e-12)
+    np.testing.assert_allclose(m2, rm2, rtol=1e-6)
+
+
+def test_all_missing_row_has_zero_count():
+    x = np.full((2, 50), np.nan, dtype=np.float32)
+    x[1, 3] = 2.0
+    n, mean, m2 = moments_xp(x, np, block=16)
+    assert n.tolist() == [0, 1] and mean[1] == 2.0 and m2[1] == 0.0
+
+
+def test_merged_partials_equal_union():
+    rng = np.random.default_rng(2)
+    x = rng.normal(3, 2, (2, 9_999)).astype(np.float32)
+    x[:, rng.random(9_999) < 0.1] = np.nan
+    parts = [Moments(*moments_xp(x[:, s], np)) for s in (slice(0, 10), slice(10, 5000), slice(5000, None))]
+    merged = Moments.zeros(2)
+    for p in [Moments.zeros(2), *parts]:  # merging an empty partial is a no-op
+        merged = merged.merge(p)
+    whole = Moments(*moments_xp(x, np))
+    np.testing.assert_array_equal(merged.count, whole.count)
+    np.testing.assert_allclose(merged.mean, whole.mean, rtol=1e-12)
+    np.testing.assert_allclose(merged.m2, whole.m2, rtol=1e-12)
+    np.testing.assert_allclose(merged.std, np.nanstd(x.astype(np.float64), axis=1), rtol=1e-12)
+
+
+def test_pack_unpack_round_trip():
+    p = Partial({"s1": Moments(*[np.arange(2.0) + i for i in range(3)]), "s2": Moments(*[np.arange(3.0) * i for i in range(3)])}, np.array([5.0, 0, 7]))
+    q = unpack(pack(p), {"s1": 2, "s2": 3}, 3)
+    for k in ("s1", "s2"):
+        for a in ("count", "mean", "m2"):
+            np.testing.assert_array_equal(getattr(q.moments[k], a), getattr(p.moments[k], a))
+    np.testing.assert_array_equal(q.class_counts, p.class_counts)
+    with pytest.raises(InputError, match="ranks disagree"):
+        unpack(pack(p), {"s1": 2, "s2": 4}, 3)
+
+
+def test_tile_partial_is_cloud_and_nan_aware(tmp_path, data):
+    tile = data.make_tile(t2=4)
+    tile.nodata = -1.0
+    tile.s1.bands["VH"][0, 0, :4] = -1.0
+    write_tile(tmp_path / "a.zarr", tile)
+    info = open_tile(tmp_path / "a.zarr")
+    p = tile_partial(info, 3)
+    for key, c, band in (("s2", 0, "B02"), ("s2", 6, "B08"), ("s1", 1, "VH")):
+        x = getattr(tile, key).bands[band].astype(np.float64)
+        if key == "s2":
+            x = np.where(tile.s2.cloud, np.nan, x)
+        x = np.where(x == -1.0, np.nan, x)
+        assert p.moments[key].count[c] == np.isfinite(x).sum()
+        np.testing.assert_allclose(p.moments[key].mean[c], np.nanmean(x), rtol=1e-12)
+        np.testing.assert_allclose(p.moments[key].std[c], np.nanstd(x), rtol=1e-10)
+    lab = tile.labels[tile.labels != 255]
+    np.testing.assert_array_equal(p.class_counts, np.bincount(lab, minlength=3))
+
+
+def test_partial_over_tiles_equals_concatenation(tmp_path, data):
+    tiles = [data.make_tile(seed=s, t2=3 + s, cloud=False) for s in range(3)]
+    infos = [open_tile(write_tile(tmp_path / f"t{s}.zarr", t)) for s, t in enumerate(tiles)]
+    p = compute_partial(infos, 3, {"s1": 2, "s2": 10})
+    allb = np.concatenate([t.s2.bands["B11"].ravel() for t in tiles]).astype(np.float64)
+    np.testing.assert_allclose(p.moments["s2"].mean[8], np.nanmean(allb), rtol=1e-12)
+    np.testing.assert_allclose(p.moments["s2"].std[8], np.nanstd(allb), rtol=1e-10)
+
+
+def test_zero_variance_and_empty_band_are_named():
+    bands = {"s1": ["VV", "VH"], "s2": ["B02"]}
+    ok = Moments(np.array([4.0, 4.0]), np.array([1.0, 2.0]), np.array([1.0, 2.0]))
+    flat = Partial({"s1": ok, "s2": Moments(np.array([9.0]), np.array([3.0]), np.array([0.0]))}, np.ones(2))
+    with pytest.raises(InputError, match=r"band s2/B02 has zero variance"):
+        BandStats.from_partial(flat, bands)
+    empty = Partial({"s1": ok, "s2": Moments.zeros(1)}, np.ones(2))
+    with pytest.raises(InputError, match=r"band s2/B02 has no valid pixel"):
+        BandStats.from_partial(empty, bands)
+
+
+def test_backend_selection():
+    assert get_xp("numpy") is np
+    with pytest.raises(InputError, match="stats_backend"):
+        get_xp("torch")
+    try:
+        import cupy  # noqa: F401
+
+        has_cupy = True
+    except ImportError:
+        has_cupy = False
+    if not has_cupy:
+        assert get_xp("auto") is np
+        with pytest.raises(InputError, match="CuPy"):
+            get_xp("cupy")
+
+
+def test_row_windows_bound_memory_and_give_same_stats(tmp_path, data, monkeypatch):
+    import dualseg.data.tile as tile_mod
+    from dualseg.data.tile import row_windows
+
+    tile = data.make_tile(h=20, w=12, t2=4)
+    info = open_tile(write_tile(tmp_path / "a.zarr", tile))
+    whole = tile_partial(info, 3)
+    wins = list(row_windows(info, "s2", budget=10 * 4 * 12 * 4 * 3))  # 3 rows per window
+    assert len(wins) == 7 and wins[-1][0] == slice(18, 20)
+    monkeypatch.setattr(tile_mod, "WINDOW_BYTES", 10 * 4 * 12 * 4 * 3)
+    split = tile_partial(info, 3)
+    for key in ("s1", "s2"):
+        np.testing.assert_array_equal(split.moments[key].count, whole.moments[key].count)
+        np.testing.assert_allclose(split.moments[key].mean, whole.moments[key].mean, rtol=1e-12)
+        np.testing.assert_allclose(split.moments[key].m2, whole.moments[key].m2, rtol=1e-10)
+
+
+def test_band_hidden_only_by_clouds_is_not_an_error(tmp_path, data):
+    tile = data.make_tile(t2=3)
+    tile.s2.cloud[:] = True
+    info = open_tile(write_tile(tmp_path / "a.zarr", tile))
+    p = tile_partial(info, 3)
+    assert (p.moments["s2"].count == 0).all() and (p.moments["s1"].count > 0).all()
+    tile.s2.bands["B12"][:] = np.nan
+    info = open_tile(write_tile(tmp_path / "b.zarr", tile))
+    with pytest.raises(InputError, match=r"tile b: band s2/B12 is all NaN"):
+        tile_partial(info, 3)
