@@ -1,0 +1,70 @@
+"""hpc/logs.py: per-rank files merged with [rank N] prefixes, followed like tail -F."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+
+from hpc.logs import match_files, show
+
+
+def _line(ts: str, msg: str) -> str:
+    return f"2026-01-01 00:00:{ts},000 [rank x] INFO t: {msg}\n"
+
+
+def test_merge_orders_by_timestamp_and_labels_ranks(tmp_path: Path, hpc_tools) -> None:
+    (tmp_path / "42_0_log.out").write_text(_line("01", "a") + _line("03", "c"))
+    (tmp_path / "42_1_log.out").write_text(_line("02", "b") + "traceback line without time\n")
+    (tmp_path / "43_0_log.out").write_text(_line("00", "other job"))
+    out = io.StringIO()
+    show(tmp_path, "42", out=out)
+    lines = out.getvalue().splitlines()
+    assert [ln.split()[0:2] for ln in lines] == [["[rank", "0]"], ["[rank", "1]"], ["[rank", "1]"], ["[rank", "0]"]]
+    assert [ln.rsplit(" ", 1)[-1] for ln in lines] == ["a", "b", "time", "c"]
+    r = hpc_tools.run_cli("logs.py", "42", "--rank", "1", "--logdir", str(tmp_path))
+    assert r.returncode == 0 and r.stdout.count("[rank 1]") == 2 and "[rank 0]" not in r.stdout
+
+
+def test_array_tasks_are_labelled_and_err_selects_stderr(tmp_path: Path) -> None:
+    for task in (0, 1):
+        (tmp_path / f"7_{task}_0_log.out").write_text(_line("01", f"task {task}"))
+        (tmp_path / f"7_{task}_0_log.err").write_text(_line("01", f"err {task}"))
+    assert set(match_files(tmp_path, "7", None, False).values()) == {"[7_0 rank 0]", "[7_1 rank 0]"}
+    assert set(match_files(tmp_path, "7_1", None, True).values()) == {"[rank 0]"}
+
+
+def test_follow_picks_up_appends_new_ranks_and_truncation(tmp_path: Path) -> None:
+    first = tmp_path / "9_0_log.out"
+    first.write_text(_line("01", "start"))
+    out = io.StringIO()
+
+    def writer() -> None:
+        time.sleep(0.3)
+        with open(first, "a") as fh:  # a requeued job appends to the same file
+            fh.write(_line("02", "after requeue"))
+            fh.write("2026-01-01 00:00:03,000 partial")  # no newline yet: must not be printed half
+        time.sleep(0.3)
+        (tmp_path / "9_1_log.out").write_text(_line("04", "rank one appears"))
+        with open(first, "a") as fh:
+            fh.write(" line done\n")
+        time.sleep(0.3)
+        first.write_text(_line("05", "truncated and rewritten"))
+
+    t = threading.Thread(target=writer)
+    t.start()
+    show(tmp_path, "9", follow=True, poll=0.05, out=out, max_polls=30)
+    t.join()
+    text = out.getvalue()
+    assert "[rank 0] " + _line("02", "after requeue").strip() in text
+    assert "[rank 0] 2026-01-01 00:00:03,000 partial line done" in text and "partial\n" not in text
+    assert "[rank 1] " + _line("04", "rank one appears").strip() in text
+    assert "truncated and rewritten" in text
+
+
+def test_bad_job_and_missing_files_exit_2(tmp_path: Path, hpc_tools) -> None:
+    r = hpc_tools.run_cli("logs.py", "12;rm", "--logdir", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.startswith("error: logs: job must look like")
+    r = hpc_tools.run_cli("logs.py", "12", "--logdir", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.strip() == f"error: logs: no out files of job 12 in {tmp_path}"

@@ -1,0 +1,221 @@
+"""The worker's counting, retry and requeue rules, on real storages and the real SLURM test bed.
+
+The first tests race several OS processes through the real Coordinator (the ask lock, the counting,
+Optuna's heartbeat + retry callback) on SQLite and PostgreSQL, with a short sleep standing in for
+training so the race window is exercised many times in a few seconds. The SLURM tests then run the
+whole path: 2-node gloo DDP trials that are requeued by USR2 or lose a rank to SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+
+from dualseg.config import Config
+from hpc import study as st
+
+SEARCH = {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+
+CHILD = textwrap.dedent(
+    """
+    import os, sys, time, json
+    from optuna.trial import TrialState
+    from dualseg.config import Config, to_dict
+    from hpc.config import parse_hpc
+    from hpc.trials import Coordinator, WorkerSpec
+    url, study, scratch, hpc_json, die = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "1"
+    cfg = Config(hpc=json.loads(hpc_json))
+    coord = Coordinator(WorkerSpec(to_dict(cfg), url, study, scratch), parse_hpc(cfg))
+    while True:
+        job = coord.next(None)
+        if job.action == "stop":
+            break
+        if job.action == "wait":
+            time.sleep(0.2)
+            continue
+        if die:  # a hard crash after asking: the trial stays RUNNING, no heartbeat any more
+            os._exit(9)
+        with coord.heartbeat(job.trial_id):
+            time.sleep(0.2)
+        coord.tell(job.trial_id, TrialState.COMPLETE, float(job.number), {})
+    """
+)
+
+
+def _race(url: str, tmp_path: Path, n_procs: int, trials: int, die: list[bool]) -> optuna.Study:
+    hpc = {"trials": trials, "heartbeat_interval": 1, "grace_period": 3, "poll_interval": 0.2, "search": SEARCH,
+           "study": "race"}
+    storage = st.open_storage(url, create_tables=True)
+    st.create_or_load_study(storage, "race", "minimize", {"trials": trials})
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, url, "race", str(tmp_path), json.dumps(hpc),
+                               "1" if die[i] else "0"], env={**os.environ, "PYTHONWARNINGS": "ignore"})
+             for i in range(n_procs)]
+    for p in procs:
+        p.wait(timeout=120)
+    assert [p.returncode for p in procs] == [9 if d else 0 for d in die]
+    return optuna.load_study(study_name="race", storage=storage)
+
+
+def _finished(study: optuna.Study) -> int:
+    return sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
+
+
+def test_concurrent_workers_reach_exactly_the_requested_count_sqlite(tmp_path: Path) -> None:
+    study = _race(f"sqlite:///{tmp_path / 'study.db'}", tmp_path, n_procs=4, trials=7, die=[False] * 4)
+    assert _finished(study) == 7 and len(study.trials) == 7
+
+
+@pytest.mark.postgres
+def test_concurrent_workers_exact_count_and_crash_retry_postgres(pg_db_url: str, tmp_path: Path) -> None:
+    """4 workers, one dies right after asking: its RUNNING trial goes stale, is failed and retried."""
+    study = _race(pg_db_url, tmp_path, n_procs=4, trials=6, die=[True, False, False, False])
+    states = [t.state.name for t in study.trials]
+    assert _finished(study) == 6, states
+    assert states.count("FAIL") == 1 and states.count("RUNNING") == 0
+    failed = next(t for t in study.trials if t.state.name == "FAIL")
+    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == failed.number]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == failed.params
+
+
+def test_retry_copies_the_failed_trials_checkpoint(tmp_path: Path) -> None:
+    from hpc.trials import seed_from_retry
+
+    (tmp_path / "trial-3").mkdir()
+    (tmp_path / "trial-3" / "last.pt").write_bytes(b"epoch-2-state")
+    (tmp_path / "trial-3" / "metrics.jsonl").write_text('{"epoch": 0}\n')
+    frozen = optuna.create_trial(state=optuna.trial.TrialState.WAITING, system_attrs={"failed_trial": 1, "retry_history": [1, 3]})
+    frozen.number = 5
+    assert seed_from_retry(tmp_path, frozen) == tmp_path / "trial-3"
+    assert (tmp_path / "trial-5" / "last.pt").read_bytes() == b"epoch-2-state"
+    assert (tmp_path / "trial-5" / "metrics.jsonl").read_text() == '{"epoch": 0}\n'
+    assert seed_from_retry(tmp_path, frozen) == tmp_path / "trial-5"  # its own checkpoint now wins
+
+
+# ---------------------------------------------------------------- the real test bed: SLURM + PostgreSQL
+
+
+def _launch(hpc_tools: SimpleNamespace, tiny_args: list[str], pg_db_url: str, *extra: str) -> tuple[str, Path]:
+    r = hpc_tools.run_cli("launch.py", *tiny_args, "--nodes", "2", "--partition", os.environ["DUALSEG_TEST_PARTITION"],
+                          "--time", "10", "--no-eval", *extra, env={"DUALSEG_STORAGE": pg_db_url}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    array, _ = hpc_tools.job_ids_from(r.stdout)
+    scratch = Path(tiny_args[tiny_args.index("--scratch") + 1])
+    return array, scratch
+
+
+def _wait_for_line(path: Path, needle: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and needle in path.read_text(errors="replace"):
+            return
+        time.sleep(0.5)
+    pytest.fail(f"{needle!r} did not appear in {path} within {timeout}s")
+
+
+def _rank_pid(array_task: str, rank: int) -> int:
+    """PID of one rank of a running array task (all ranks run on this host in the test bed)."""
+    job, task = array_task.split("_")
+    for proc in Path("/proc").iterdir():
+        try:
+            env = dict(kv.split("=", 1) for kv in (proc / "environ").read_text().split("\0") if "=" in kv)
+            cmd = (proc / "cmdline").read_text()
+        except (OSError, ValueError):
+            continue
+        if (env.get("SLURM_ARRAY_JOB_ID") == job and env.get("SLURM_ARRAY_TASK_ID") == task
+                and env.get("SLURM_PROCID") == str(rank) and "submitit.core._submit" in cmd):
+            return int(proc.name)
+    pytest.fail(f"no rank {rank} process of {array_task}")
+
+
+def _epochs(run_dir: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+
+
+@pytest.mark.slurm
+@pytest.mark.postgres
+def test_usr2_requeues_and_the_same_trial_resumes(slurm_env, pg_db_url, hpc_tools, tiny_args) -> None:
+    """USR2 (what SLURM sends at the time limit / on preemption) -> save, requeue, same trial continues.
+
+    A second array task keeps polling the study meanwhile (grace_period 12 s < the time the requeued
+    job waits in the queue): it must not declare the requeued trial dead and retry it.
+    """
+    array, scratch = _launch(hpc_tools, tiny_args, pg_db_url, "--trials", "2", "--workers", "2", "--study", "rq",
+                             "--set", "train.epochs=5", "--set", "data.samples_per_tile=8")
+    log0 = scratch / "rq" / "logs" / f"{array}_0_0_log.out"
+    _wait_for_line(log0, "epoch 0:", 120)
+    subprocess.run(["scancel", "-s", "USR2", f"{array}_0"], check=True, timeout=30)
+    _wait_for_line(log0, "Requeued job", 60)
+    hpc_tools.wait_gone([array], timeout=240)
+    text = log0.read_text()
+    number = int(re.search(r"hpc\.worker: trial (\d+) \(new\)", text).group(1))
+    storage = st.open_storage(pg_db_url)
+    trials = optuna.load_study(study_name="rq", storage=storage).trials
+    assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE"], [(t.number, t.state.name) for t in trials]
+    assert f"trial {number} (resumed)" in text and "resumed from" in text
+    assert text.count("epoch 0:") == 1, "epoch 0 was re-run after the requeue"
+    assert _epochs(scratch / "rq" / f"trial-{number}") == [0, 1, 2, 3, 4]
+    assert not trials[number].user_attrs.get("requeued_job")
+    storage.engine.dispose()
+
+
+@pytest.mark.slurm
+@pytest.mark.postgres
+def test_sigkill_of_a_rank_retries_the_trial_and_the_count_is_exact(slurm_env, pg_db_url, hpc_tools, tiny_args) -> None:
+    array, scratch = _launch(hpc_tools, tiny_args, pg_db_url, "--trials", "3", "--workers", "2", "--study", "sk",
+                             "--set", "train.epochs=3", "--set", "data.samples_per_tile=6")
+    log0 = scratch / "sk" / "logs" / f"{array}_0_0_log.out"
+    _wait_for_line(log0, "epoch 0:", 120)
+    os.kill(_rank_pid(f"{array}_0", 1), signal.SIGKILL)
+    hpc_tools.wait_gone([array], timeout=240)
+    storage = st.open_storage(pg_db_url)
+    study = optuna.load_study(study_name="sk", storage=storage)
+    states = [t.state.name for t in study.trials]
+    assert _finished(study) == 3 and "RUNNING" not in states and "WAITING" not in states, states
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert len(failed) == 1
+    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == failed[0].number)
+    assert retry.state.name == "COMPLETE"
+    logs = "".join(p.read_text() for p in (scratch / "sk" / "logs").glob(f"{array}_*_0_log.out"))
+    assert f"trial {retry.number} resumes from the checkpoint of failed trial {failed[0].number}" in logs
+    # the retry continued where the killed trial stopped instead of starting at epoch 0
+    assert re.search(rf"trial {retry.number} epoch -\] INFO dualseg\.train\.trainer: resumed from "
+                     rf"\S*trial-{retry.number}/last\.pt at epoch [1-9]", logs), logs[-3000:]
+    assert _epochs(scratch / "sk" / f"trial-{retry.number}") == [0, 1, 2]
+    storage.engine.dispose()
+
+
+@pytest.mark.slurm
+@pytest.mark.postgres
+def test_pickle_free_train_sbatch(slurm_env, pg_db_url, hpc_tools, tiny_args, tmp_path) -> None:
+    """`launch.py --prepare-only` + `sbatch sbatch/train.sbatch`: python -m hpc.worker under srun, 2 nodes."""
+    r = hpc_tools.run_cli("launch.py", *tiny_args, "--study", "plain", "--trials", "2", "--prepare-only",
+                          "--executor", "slurm", env={"DUALSEG_STORAGE": pg_db_url})
+    assert r.returncode == 0, r.stderr
+    logdir = tmp_path / "plain-logs"
+    logdir.mkdir()
+    out = subprocess.run(["sbatch", "--parsable", "--array=0-1", "--nodes=2", f"--partition={slurm_env['partition']}",
+                          f"--chdir={logdir}", str(hpc_tools.repo / "sbatch" / "train.sbatch")],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "DUALSEG_STORAGE": pg_db_url, "DUALSEG_STUDY": "plain",
+                              "DUALSEG_REPO": str(hpc_tools.repo), "DUALSEG_PYTHON": sys.executable})
+    assert out.returncode == 0, out.stderr
+    array = out.stdout.strip().split(";")[0]
+    hpc_tools.wait_gone([array], timeout=180)
+    storage = st.open_storage(pg_db_url)
+    study = optuna.load_study(study_name="plain", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert (tmp_path / "scratch" / "plain" / "trial-1" / "best.pt").exists()
+    text = "".join(p.read_text() for p in logdir.glob(f"{array}_*_1_log.out"))
+    assert "[rank 1/2 node n" in text  # rank 1 of the 2-node job trained too
+    storage.engine.dispose()
