@@ -1,0 +1,69 @@
+"""Where a run's checkpoints and metrics live, checked writable before any compute is spent."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dualseg.config import Config
+from dualseg.errors import InputError
+from dualseg.io import atomic_write_text
+
+LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
+
+
+def scratch_root(cfg: Config) -> Path:
+    """``cfg.train.scratch``, else ``$SCRATCH``, else ``./runs``."""
+    return Path(cfg.train.scratch or os.environ.get("SCRATCH") or "runs")
+
+
+def default_run_dir(cfg: Config) -> Path:
+    return scratch_root(cfg) / cfg.train.run_name
+
+
+def ensure_writable(run_dir: Path) -> None:
+    """Create ``run_dir`` and prove a file can be written there; InputError naming the path if not."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=run_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InputError(f"scratch: run directory {run_dir} is not writable ({reason})") from None
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _line(record: dict[str, Any]) -> str:
+    # allow_nan=False: a NaN must never silently become invalid JSON for downstream readers.
+    return json.dumps(record, default=_json_default, allow_nan=False, sort_keys=True) + "\n"
+
+
+def rewrite_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """Replace metrics.jsonl with exactly ``history`` (on resume: drops epochs not in the checkpoint)."""
+    atomic_write_text(run_dir / METRICS, "".join(_line(r) for r in history))
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one epoch (a torn last line after a crash is repaired by the next resume's rewrite)."""
+    with open(run_dir / METRICS, "a", encoding="utf-8") as fh:
+        fh.write(_line(record))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    p = Path(run_dir) / METRICS
+    if not p.is_file():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]

@@ -1,0 +1,333 @@
+"""``fit``: the one training entry point, used by the CLI and once per trial by the HPO layer.
+
+Contract (docs/architecture.md "Trainer"): identical all-reduced metrics on every rank, rank 0's
+callback decision broadcast, ``last.pt`` every epoch and ``best.pt`` on the best validation loss
+(rank 0, atomic), exact continuation from ``last.pt``. ``should_stop`` (rank 0's answer is broadcast)
+lets a preempted job save mid-epoch progress and return ``stopped="interrupted"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from dualseg.config import Config, apply_overrides, to_dict
+from dualseg.errors import InputError, TrainingError
+from dualseg.train import rundir
+from dualseg.train.checkpoint import capture_rng, load_checkpoint, load_model_state, restore_rng, save_checkpoint, unwrap
+from dualseg.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    broadcast_flag,
+    cleanup,
+    init_distributed,
+    make_gather,
+)
+from dualseg.train.early_stopping import EarlyStopping
+from dualseg.train.loaders import eval_loader, steps_per_epoch, train_loader
+from dualseg.train.log import set_log_context
+from dualseg.train.metrics import metrics_from_confusion
+from dualseg.train.progress import progress_bar
+from dualseg.train.schedule import build_scheduler
+from dualseg.train.state import bundle_meta, check_train_config, epoch_seed, gather_rng
+from dualseg.train.steps import EpochProgress, evaluate_batches, train_epoch
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, dict[str, float]], bool]
+FINISHED = ("completed", "early_stopping", "callback")
+
+
+@dataclass
+class FitResult:
+    """What a run achieved; ``stopped`` is completed | early_stopping | callback | interrupted."""
+
+    best_val_loss: float
+    best_epoch: int
+    epochs_run: int
+    stopped: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+    run_dir: Path = Path(".")
+
+    @property
+    def best_metrics(self) -> dict[str, Any]:
+        """The history record of the best epoch (empty if no epoch finished)."""
+        return next((h for h in self.history if h["epoch"] == self.best_epoch), {})
+
+
+def fit(
+    cfg: Config,
+    *,
+    run_dir: Path | None = None,
+    callback: EpochCallback | None = None,
+    resume: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> FitResult:
+    """Train ``cfg`` (single process, or DDP from torchrun-style env / an existing process group).
+
+    ``overrides`` (dotted keys, e.g. a trial's hyperparameters ``{"train.lr": 3e-4}``) are applied
+    with type checks first. ``should_stop`` is polled on rank 0 every ``train.log_every`` steps and
+    after each epoch; when it says True, progress (mid-epoch included) is saved to ``last.pt`` and
+    fit returns ``stopped="interrupted"``; a later ``fit`` continues exactly.
+    """
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    check_train_config(cfg)
+    info = init_distributed(cfg.train.device)
+    try:
+        return _Fit(cfg, info, Path(run_dir) if run_dir is not None else rundir.default_run_dir(cfg)).run(
+            callback, resume, should_stop
+        )
+    finally:
+        cleanup(info)
+
+
+class _Fit:
+    """One run's state; methods are the phases of ``fit`` (setup, resume, epoch, save)."""
+
+    def __init__(self, cfg: Config, info: DistInfo, run_dir: Path) -> None:
+        self.cfg, self.info, self.run_dir = cfg, info, run_dir
+        set_log_context(rank=info.rank, world=info.world_size, epoch=None)
+        self._check_run_dir()
+        from dualseg.data import build_data, collate
+        from dualseg.model import build_model, check_patch_size, validate_model_config
+
+        validate_model_config(cfg.model)  # bad model options fail before any data is read
+        check_patch_size(cfg.model, cfg.data.patch_size)
+
+        torch.manual_seed(cfg.train.seed)  # same init on every rank (DDP also broadcasts rank 0's)
+        np.random.seed(cfg.train.seed)
+        self.bundle = build_data(cfg.data, splits=("train", "val"), gather=make_gather(info.device))
+        for split in ("train", "val"):
+            ds = self.bundle.datasets.get(split)
+            if ds is None or len(ds) == 0:
+                raise InputError(f"data: the {split} split has no samples (check data.{split}_tiles / splits file)")
+        model = build_model(cfg.model, self.bundle.s1_channels, self.bundle.s2_channels, self.bundle.num_classes)
+        model = model.to(info.device)
+        self.model: torch.nn.Module = model
+        if info.distributed:
+            ids = [info.device.index] if info.device.type == "cuda" else None
+            self.model = DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
+        self.weight = (
+            self.bundle.class_weights.to(info.device, torch.float32)
+            if getattr(self.bundle, "class_weights", None) is not None
+            else None
+        )
+        t = cfg.train
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        pin = info.device.type == "cuda"
+        self.loader, self.sampler, self.generator = train_loader(
+            self.bundle.datasets["train"], collate, batch_size=t.batch_size, rank=info.rank,
+            world_size=info.world_size, seed=t.seed, num_workers=cfg.data.num_workers, pin_memory=pin,
+            max_t=cfg.data.max_t,
+        )
+        self.val_loader = eval_loader(
+            self.bundle.datasets["val"], collate, batch_size=t.batch_size, rank=info.rank,
+            world_size=info.world_size, num_workers=cfg.data.num_workers, pin_memory=pin, max_t=cfg.data.max_t,
+        )
+        self.steps_per_epoch = steps_per_epoch(len(self.bundle.datasets["train"]), t.batch_size, info.world_size)
+        total = t.epochs * self.steps_per_epoch
+        self.scheduler = build_scheduler(self.optimizer, total, t.warmup_epochs * self.steps_per_epoch)
+        self.early = EarlyStopping(t.patience)
+        self.history: list[dict[str, Any]] = []
+        self.epoch, self.step, self.loss_sum, self.stopped = 0, 0, 0.0, None
+        self.rng: dict[str, Any] | None = None
+
+    # ---- setup -----------------------------------------------------------------------------
+    def _check_run_dir(self) -> None:
+        """Rank 0 proves the run dir writable; every rank raises the same InputError if not."""
+        error = None
+        if self.info.is_main:
+            try:
+                rundir.ensure_writable(self.run_dir)
+            except InputError as exc:
+                error = str(exc)
+        if broadcast_flag(error is not None, self.info.device):
+            raise InputError(error or f"scratch: run directory {self.run_dir} is not writable (see rank 0)")
+
+    def _resume(self, resume: bool) -> None:
+        last = self.run_dir / rundir.LAST
+        if not (resume and last.is_file()):
+            if self.info.is_main:  # a fresh start must not leave an older run's files to resume from
+                for name in (rundir.LAST, rundir.BEST):
+                    (self.run_dir / name).unlink(missing_ok=True)
+                rundir.rewrite_metrics(self.run_dir, [])
+            return
+        state = load_checkpoint(last, map_location=self.info.device)
+        load_model_state(self.model, state["model"], source=f"checkpoint {last}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.early.load_state_dict(state["early_stopping"])
+        self.history = list(state["history"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.loss_sum, self.stopped = float(state["train_loss_sum"]), state.get("stopped")
+        rngs = state.get("rng") or []
+        if self.step > 0 and len(rngs) == self.info.world_size:
+            self.rng = rngs[self.info.rank]  # mid-epoch: continue each rank's exact random stream
+        elif self.step > 0:
+            log.warning("resuming mid-epoch with a different world size: random streams re-seeded")
+        if self.info.is_main:
+            rundir.rewrite_metrics(self.run_dir, self.history)
+        log.info("resumed from %s at epoch %d step %d", last, self.epoch, self.step)
+
+    # ---- checkpointing ---------------------------------------------------------------------
+    def _state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": None,  # bf16 autocast needs no GradScaler
+            "epoch": self.epoch,  # completed epochs
+            "step": self.step,  # steps done in epoch `epoch` (mid-epoch interruption)
+            "train_loss_sum": self.loss_sum,
+            "early_stopping": self.early.state_dict(),
+            "history": self.history,
+            "stopped": self.stopped,
+            "rng": rng,
+            "world_size": self.info.world_size,
+            "config": to_dict(self.cfg),
+            "data": bundle_meta(self.bundle),
+        }
+
+    def _save(self, best: bool) -> None:
+        # Weights are identical on all ranks, so all agree; catches a NaN produced by the last
+        # optimizer step (its loss was still finite) before it can reach a checkpoint.
+        params = [p.detach() for p in unwrap(self.model).parameters()]
+        if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            raise TrainingError(f"training: non-finite weights after {self.epoch} epoch(s) + {self.step} step(s); "
+                                "not checkpointing — lower train.lr or raise train.grad_clip")
+        rng = gather_rng(capture_rng())  # collective: every rank calls it
+        if self.info.is_main:
+            state = self._state(rng)
+            if best:
+                save_checkpoint(state, self.run_dir / rundir.BEST)
+            save_checkpoint(state, self.run_dir / rundir.LAST)
+
+    # ---- the loop --------------------------------------------------------------------------
+    def _result(self) -> FitResult:
+        return FitResult(
+            best_val_loss=self.early.best, best_epoch=self.early.best_epoch, epochs_run=self.epoch,
+            stopped=self.stopped or "interrupted", history=self.history, run_dir=self.run_dir,
+        )
+
+    def run(
+        self, callback: EpochCallback | None, resume: bool, should_stop: Callable[[], bool] | None
+    ) -> FitResult:
+        self._resume(resume)
+        if self.stopped in FINISHED:
+            log.info("run in %s already finished (%s)", self.run_dir, self.stopped)
+            return self._result()
+        self.stopped = None
+        t = self.cfg.train
+        while self.epoch < t.epochs:
+            set_log_context(epoch=self.epoch)
+            finished, stop_asked = self._train_one_epoch(should_stop)
+            if not finished:
+                self.stopped = "interrupted"
+                self._save(best=False)
+                log.info("interrupted at epoch %d step %d; progress saved to %s", self.epoch, self.step, self.run_dir)
+                break
+            metrics, record = self._validate()
+            improved = self.early.step(metrics["val_loss"], self.epoch)
+            record["best"] = improved
+            self.history.append(record)
+            stop_cb = callback(self.epoch, dict(metrics)) if callback is not None else False
+            stop_cb = broadcast_flag(bool(stop_cb), self.info.device)
+            self.epoch, self.step, self.loss_sum = self.epoch + 1, 0, 0.0
+            if stop_cb:
+                self.stopped = "callback"
+            elif self.early.should_stop:
+                self.stopped = "early_stopping"
+            elif self.epoch >= t.epochs:
+                self.stopped = "completed"
+            if self.info.is_main:
+                rundir.append_metrics(self.run_dir, record)
+            self._save(best=improved)
+            log.info(
+                "epoch %d: train_loss %.4f val_loss %.4f val_oa %.4f val_miou %.4f%s",
+                record["epoch"], record["train_loss"], record["val_loss"], record["val_oa"], record["val_miou"],
+                " (best)" if improved else "",
+            )
+            if self.stopped is not None:
+                break
+            if stop_asked or (should_stop is not None and broadcast_flag(
+                    bool(should_stop()) if self.info.is_main else False, self.info.device)):
+                self.stopped = "interrupted"
+                break
+        set_log_context(epoch=None)
+        barrier()  # best.pt/last.pt are on disk before any rank returns
+        return self._result()
+
+    def _train_one_epoch(self, should_stop: Callable[[], bool] | None) -> tuple[bool, bool]:
+        """Train the rest of epoch ``self.epoch``: (finished, stop requested at its last step).
+
+        Not finished = interrupted mid-epoch; the progress is kept in ``self.step``/``self.loss_sum``.
+        """
+        e, info = self.epoch, self.info
+        epoch_seed(self.cfg.train.seed, info.rank, e)
+        if self.rng is not None:
+            restore_rng(self.rng)
+            self.rng = None
+        ds = self.bundle.datasets["train"]
+        if hasattr(ds, "set_epoch"):
+            ds.set_epoch(e)
+        self.sampler.set_epoch(e)
+        self.sampler.skip = self.step * self.cfg.train.batch_size
+        self.generator.manual_seed(self.cfg.train.seed * 100_003 + e)
+        progress = EpochProgress(torch.tensor(self.loss_sum, dtype=torch.float64, device=info.device), self.step)
+        bar = progress_bar(self.loader, enabled=info.is_main, desc=f"epoch {e}", total=len(self.loader))
+        try:
+            out = train_epoch(
+                self.model, bar, self.optimizer, self.scheduler, weight=self.weight,
+                ignore_index=self.bundle.ignore_index, device=info.device, streams=self.cfg.model.streams,
+                amp=self.cfg.train.amp, grad_clip=self.cfg.train.grad_clip, check_every=self.cfg.train.log_every,
+                total_steps=self.steps_per_epoch, progress=progress, should_stop=should_stop if info.is_main else None,
+                epoch=e, on_check=(lambda v: bar.set_postfix(loss=f"{v:.4f}")) if hasattr(bar, "set_postfix") else None,
+            )
+        finally:
+            if hasattr(bar, "close"):
+                bar.close()
+        # Rank-average of the loss sum: identical on every rank, and a resumed epoch (all ranks
+        # restart from rank 0's checkpoint) adds the rest to the same value a straight run has.
+        total = all_reduce_sum(out.loss_sum.clone()) / info.world_size
+        self.step, self.loss_sum = out.steps, float(total)
+        return not out.interrupted, out.stop_requested
+
+    def _validate(self) -> tuple[dict[str, float], dict[str, Any]]:
+        t0 = time.monotonic()
+        cm, val_loss = evaluate_batches(
+            unwrap(self.model), self.val_loader, num_classes=self.bundle.num_classes, weight=self.weight,
+            ignore_index=self.bundle.ignore_index, device=self.info.device, streams=self.cfg.model.streams,
+            amp=self.cfg.train.amp,
+        )
+        if int(cm.sum()) == 0:
+            raise InputError("data: the val split has no labelled pixel (all ignore_index); cannot validate")
+        if not math.isfinite(val_loss):
+            raise TrainingError(f"validation: non-finite loss in epoch {self.epoch}; stopped before checkpointing")
+        m = metrics_from_confusion(cm)
+        train_loss = self.loss_sum / max(1, self.step)
+        metrics = {
+            "epoch": float(self.epoch), "train_loss": train_loss, "val_loss": val_loss,
+            "val_oa": float(m["oa"]), "val_miou": float(m["miou"]),  # type: ignore[arg-type]
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+        }
+        record: dict[str, Any] = {
+            **metrics, "epoch": self.epoch, "val_iou": m["iou"], "val_f1": m["f1"],
+            "val_confusion_matrix": m["confusion_matrix"], "val_time_s": round(time.monotonic() - t0, 3),
+        }
+        return metrics, record
+
+
+__all__ = ["EpochCallback", "FitResult", "fit"]

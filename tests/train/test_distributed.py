@@ -1,0 +1,151 @@
+"""2-process gloo DDP from torchrun-style env vars (as the HPC layer exports them), on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from dualseg.config import Config, to_dict
+from dualseg.errors import InputError
+from dualseg.train import fit
+from dualseg.train.distributed import all_reduce_sum, init_distributed
+
+WORKER = r"""
+import json, sys, torch
+torch.set_num_threads(1)
+from dualseg.config import Config, from_dict
+from dualseg.train import fit, setup_logging
+setup_logging()
+from dualseg.train.distributed import init_distributed
+import torch.distributed as dist
+cfg = from_dict(Config, json.loads(sys.argv[1]))
+rank = int(__import__("os").environ["RANK"])
+res = fit(cfg, callback=lambda e, m: rank == 0 and e == 1)  # only rank 0 wants to stop: broadcast
+assert not dist.is_initialized(), "fit must destroy the group it created"
+out = {"stopped": res.stopped, "epochs_run": res.epochs_run, "history": res.history}
+open(sys.argv[2], "w").write(json.dumps(out))
+"""
+
+
+RESUME_WORKER = r"""
+import json, os, sys, torch
+torch.set_num_threads(1)
+from dualseg.config import Config, from_dict
+from dualseg.train import fit
+cfg = from_dict(Config, json.loads(sys.argv[1]))
+stop_at, calls = int(sys.argv[3]), []
+res = fit(cfg, should_stop=lambda: calls.append(1) or len(calls) == stop_at)  # polled on rank 0 only
+out = {"stopped": res.stopped, "history": [(h["train_loss"], h["val_loss"]) for h in res.history]}
+open(sys.argv[2], "w").write(json.dumps(out))
+"""
+
+
+def _launch(script: str, cfg: Config, out: Path, *extra: str) -> list[dict]:
+    """Run ``script`` on 2 gloo ranks (torchrun-style env) and return each rank's JSON output."""
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "DUALSEG_PROGRESS": "0"}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", script, json.dumps(to_dict(cfg)), f"{out}.{rank}", *extra],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for p in procs:
+        log = p.communicate(timeout=240)[0]
+        assert p.returncode == 0, log[-3000:]
+    return [json.loads(Path(f"{out}.{rank}").read_text()) for rank in range(2)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_two_rank_gloo_identical_metrics(make_cfg: Callable[..., Config], tmp_path: Path) -> None:
+    cfg = make_cfg(run_name="ddp", epochs=3)
+    port = _free_port()
+    procs, outs = [], []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "OMP_NUM_THREADS": "1", "DUALSEG_PROGRESS": "0"}
+        out = tmp_path / f"rank{rank}.json"
+        outs.append(out)
+        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(to_dict(cfg)), str(out)],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = [p.communicate(timeout=240)[0] for p in procs]
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-3000:]
+    r0, r1 = (json.loads(o.read_text()) for o in outs)
+    assert r0["stopped"] == r1["stopped"] == "callback" and r0["epochs_run"] == r1["epochs_run"] == 2
+    strip = lambda hs: [{k: v for k, v in h.items() if k != "val_time_s"} for h in hs]  # noqa: E731
+    assert strip(r0["history"]) == strip(r1["history"])  # all-reduced: bit-identical on both ranks
+    assert r0["history"][0]["val_loss"] > 0
+    # sharded validation counts every pixel exactly once (no DistributedSampler padding duplicates)
+    single = fit(make_cfg(run_name="one", epochs=1))
+    count = lambda h: sum(map(sum, h["val_confusion_matrix"]))  # noqa: E731
+    assert count(r0["history"][0]) == count(single.history[0]) > 0
+    # every log line says which rank wrote it
+    assert "[rank 1/2 node 0" in logs[1] and "[rank 0/2 node 0" in logs[0]
+    run_dir = Path(cfg.train.scratch) / "ddp"  # type: ignore[arg-type]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2  # rank 0 only
+
+
+def test_two_rank_exact_resume_mid_epoch(make_cfg: Callable[..., Config], tmp_path: Path) -> None:
+    """2 steps/epoch per rank; call 4 = epoch 1 after 1 step: every rank's RNG and loss sum resume."""
+    straight = _launch(RESUME_WORKER, make_cfg(run_name="straight", epochs=3), tmp_path / "a", "0")
+    first = _launch(RESUME_WORKER, make_cfg(run_name="split", epochs=3), tmp_path / "b", "4")
+    assert first[0]["stopped"] == first[1]["stopped"] == "interrupted" and len(first[0]["history"]) == 1
+    second = _launch(RESUME_WORKER, make_cfg(run_name="split", epochs=3), tmp_path / "c", "0")
+    assert second[0]["stopped"] == "completed"
+    flat = lambda h: [v for pair in h for v in pair]  # noqa: E731
+    assert flat(second[0]["history"]) == pytest.approx(flat(straight[0]["history"]), abs=1e-6)
+    assert second[1]["history"] == second[0]["history"]
+
+
+def test_single_process_without_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    info = init_distributed("cpu")
+    assert (info.rank, info.world_size, info.owns_group) == (0, 1, False)
+    assert not dist.is_initialized()
+    t = torch.ones(2)
+    assert torch.equal(all_reduce_sum(t), torch.ones(2))  # identity without a group
+
+
+def test_incomplete_env_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    with pytest.raises(InputError, match="MASTER_ADDR, MASTER_PORT not set"):
+        init_distributed("cpu")
+    monkeypatch.setenv("RANK", "x")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")
+    with pytest.raises(InputError, match="RANK='x' is not an integer"):
+        init_distributed("cpu")
+
+
+def test_existing_group_is_reused_not_destroyed(tmp_path: Path) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        info = init_distributed("cpu")
+        assert not info.owns_group and info.world_size == 1
+        from dualseg.train.distributed import cleanup
+
+        cleanup(info)
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()

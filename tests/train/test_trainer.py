@@ -1,0 +1,139 @@
+"""fit on tiny real synthetic tiles: learning, exact resume, preemption, callback, bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from dualseg.config import Config
+from dualseg.errors import InputError, TrainingError
+from dualseg.train import fit, load_checkpoint, majority_baseline, read_metrics
+
+
+def _losses(history: list[dict]) -> list[float]:
+    return [v for h in history for v in (h["train_loss"], h["val_loss"], h["val_miou"])]
+
+
+def test_learns_above_majority_baseline(make_cfg: Callable[..., Config]) -> None:
+    cfg = make_cfg(run_name="learn", epochs=5, patience=0)
+    res = fit(cfg)
+    assert res.stopped == "completed" and res.epochs_run == 5
+    first, best = res.history[0], res.best_metrics
+    assert best["val_loss"] < first["val_loss"]
+    base = majority_baseline(torch.tensor(best["val_confusion_matrix"]))
+    assert best["val_miou"] > base["miou"] + 0.1, (best["val_miou"], base)
+    # run dir layout and contents
+    names = sorted(p.name for p in res.run_dir.iterdir())
+    assert names == ["best.pt", "last.pt", "metrics.jsonl"]
+    lines = read_metrics(res.run_dir)
+    assert [r["epoch"] for r in lines] == list(range(5))
+    assert lines[res.best_epoch]["best"] is True
+    state = load_checkpoint(res.run_dir / "last.pt")
+    assert state["epoch"] == 5 and state["stopped"] == "completed"
+    assert state["config"]["train"]["run_name"] == "learn"
+    assert state["data"]["class_weights"].shape == (4,)
+    assert set(state["rng"][0]) == {"torch", "cuda", "numpy", "python"}
+    best_state = load_checkpoint(res.run_dir / "best.pt")
+    assert best_state["epoch"] == res.best_epoch + 1
+
+
+# 4 steps/epoch, should_stop asked after each step and at each epoch end (5 calls per epoch):
+# call 2 = mid-epoch 0, call 7 = epoch 1 after 2 steps, call 4 = last step of epoch 0 (finish it, then stop)
+@pytest.mark.parametrize("stop_at_call", [2, 7, 4])
+def test_exact_resume_after_interruption(make_cfg: Callable[..., Config], stop_at_call: int) -> None:
+    straight = fit(make_cfg(run_name="straight"))
+    calls = {"n": 0}
+
+    def should_stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] == stop_at_call
+
+    first = fit(make_cfg(run_name="split"), should_stop=should_stop)
+    assert first.stopped == "interrupted" and first.epochs_run < 4
+    second = fit(make_cfg(run_name="split"))
+    assert second.stopped == "completed"
+    assert _losses(second.history) == pytest.approx(_losses(straight.history), abs=1e-6)
+    # metrics.jsonl has each epoch once, across the restart
+    assert [r["epoch"] for r in read_metrics(second.run_dir)] == [0, 1, 2, 3]
+    a = load_checkpoint(straight.run_dir / "last.pt")["model"]
+    b = load_checkpoint(second.run_dir / "last.pt")["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_resume_2_plus_2_epochs_matches_4(make_cfg: Callable[..., Config]) -> None:
+    straight = fit(make_cfg(run_name="s4"))
+    done: list[int] = []
+    first = fit(make_cfg(run_name="s22"), callback=lambda e, m: done.append(e) or False,
+                should_stop=lambda: len(done) == 2)
+    assert first.epochs_run == 2 and first.stopped == "interrupted"
+    second = fit(make_cfg(run_name="s22"), callback=lambda e, m: done.append(e) or False)
+    assert done == [0, 1, 2, 3]
+    assert _losses(second.history) == pytest.approx(_losses(straight.history), abs=1e-6)
+    again = fit(make_cfg(run_name="s22"))  # a finished run returns at once
+    assert again.stopped == "completed" and len(again.history) == 4
+    fresh = fit(make_cfg(run_name="s22", epochs=1), resume=False)  # starts over, forgets the old run
+    assert fresh.epochs_run == 1 and len(read_metrics(fresh.run_dir)) == 1
+
+
+def test_callback_stops_and_gets_flat_metrics(make_cfg: Callable[..., Config]) -> None:
+    seen: list[dict[str, float]] = []
+
+    def cb(epoch: int, metrics: dict[str, float]) -> bool:
+        seen.append(metrics)
+        return epoch == 1
+
+    res = fit(make_cfg(run_name="cb"), callback=cb, overrides={"train.lr": 1e-3, "model.dropout": 0.0})
+    assert res.stopped == "callback" and res.epochs_run == 2
+    stored = load_checkpoint(res.run_dir / "last.pt")["config"]
+    assert stored["train"]["lr"] == 1e-3 and stored["model"]["dropout"] == 0.0
+    assert {"val_loss", "val_miou", "val_oa", "train_loss", "epoch", "lr"} <= set(seen[0])
+    assert all(isinstance(v, float) for m in seen for v in m.values())
+
+
+def test_early_stopping(make_cfg: Callable[..., Config]) -> None:
+    res = fit(make_cfg(run_name="es", epochs=30, patience=1, lr=0.02, warmup_epochs=0))
+    assert res.stopped == "early_stopping"
+    assert res.epochs_run == res.best_epoch + 2 < 30
+
+
+def test_nan_loss_stops_before_checkpoint(make_cfg: Callable[..., Config]) -> None:
+    cfg = make_cfg(run_name="nan", lr=1e30, log_every=50)
+    with pytest.raises(TrainingError, match="non-finite loss in epoch 0"):
+        fit(cfg)
+    run_dir = Path(cfg.train.scratch) / "nan"  # type: ignore[arg-type]
+    assert not (run_dir / "last.pt").exists() and not (run_dir / "best.pt").exists()
+
+
+def test_unwritable_scratch_fails_before_training(make_cfg: Callable[..., Config], tmp_path: Path) -> None:
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("")
+    with pytest.raises(InputError, match=f"run directory {blocker}/x is not writable"):
+        fit(make_cfg(run_name="x", scratch=str(blocker)))
+
+
+def test_checkpoint_of_another_shape_is_named(make_cfg: Callable[..., Config]) -> None:
+    cfg = make_cfg(run_name="shape", epochs=1)
+    fit(cfg)
+    cfg.model.base_width = 16
+    with pytest.raises(TrainingError, match=r"parameter \S+ has shape"):
+        fit(cfg)
+
+
+def test_bad_train_options_named(make_cfg: Callable[..., Config]) -> None:
+    with pytest.raises(InputError, match="train.batch_size"):
+        fit(make_cfg(batch_size=0))
+    with pytest.raises(InputError, match="train.run_name"):
+        fit(make_cfg(run_name="../up"))
+    with pytest.raises(InputError, match="data.patch_size"):  # not a multiple of 2**(levels-1)
+        fit(make_cfg(run_name="ps"), overrides={"data.patch_size": 15})
+
+
+def test_metrics_jsonl_is_valid_json(make_cfg: Callable[..., Config]) -> None:
+    res = fit(make_cfg(run_name="js", epochs=1))
+    line = (res.run_dir / "metrics.jsonl").read_text().splitlines()[0]
+    rec = json.loads(line)
+    assert len(rec["val_confusion_matrix"]) == 4 and len(rec["val_iou"]) == 4
