@@ -5,8 +5,9 @@ Training items are random patches whose position and augmentation depend only on
 any sampler, worker count or rank layout. Evaluation items tile every tile on a fixed grid whose
 last row/column is shifted inwards, so every pixel is covered.
 
-Reading a patch straight from zarr costs ~1 ms per band; tiles are therefore cached whole, already
-normalised, in an LRU of ``cache_mb`` per process. When all tiles fit, :meth:`TileDataset.preload`
+Reading a patch straight from zarr decodes its whole (T,128,128) chunks (~10-15 ms for the 14
+arrays, read concurrently); tiles are therefore cached whole, already normalised, in an LRU of
+``cache_mb`` per process, so every chunk is decoded once per process. When all tiles fit, :meth:`TileDataset.preload`
 fills the cache before DataLoader workers fork so they share it copy-on-write instead of each
 re-reading it every epoch. zarr handles are opened lazily per process (never pickled).
 """
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dualseg.data.tile import STREAMS, TileInfo, Window, open_group, read_labels, read_stream
+from dualseg.data.read import read_all
+from dualseg.data.tile import STREAMS, TileInfo, Window, open_group
 from dualseg.errors import InputError
 
 
@@ -62,7 +64,13 @@ def normalise(
         valid &= ~cloud
     data -= mean.astype(np.float32)[:, None, None, None]
     data *= (1.0 / std).astype(np.float32)[:, None, None, None]
-    np.copyto(data, np.float32(0.0), where=~valid[None])
+    # invalid -> +0.0 by AND-ing the bits with 0 (valid ones with -1): 6x faster than
+    # copyto(where=~valid), which was most of the cost of loading a tile
+    if data.dtype == np.float32:
+        keep = np.negative(valid.view(np.int8), dtype=np.int32)
+        np.bitwise_and(data.view(np.int32), keep[None], out=data.view(np.int32))
+    else:
+        np.copyto(data, 0.0, where=~valid[None])
     return data, valid
 
 
@@ -158,10 +166,10 @@ class TileDataset(Dataset):
     def _load(self, i: int, window: Window | None) -> dict[str, Any]:
         info, g = self.tiles[i], self._group(i)
         out: dict[str, Any] = {}
+        streams, out["labels"] = read_all(info, window, group=g)  # one concurrent zarr round trip
         for key in STREAMS:
-            data, cloud = read_stream(info, key, window, group=g)
+            data, cloud = streams[key]
             out[key], out[f"{key}_mask"] = normalise(data, cloud, self.mean[key], self.std[key])
-        out["labels"] = read_labels(info, window, group=g)
         return out
 
     def tile_bytes(self, i: int) -> int:
@@ -185,9 +193,12 @@ class TileDataset(Dataset):
         self._cached_bytes += size
         return hit
 
+    def _total_bytes(self) -> int:
+        return sum(self.tile_bytes(i) for i in range(len(self.tiles)))
+
     def preload(self, workers: int = 4) -> bool:
         """Load every tile into the cache if all fit (zarr decoding in threads); returns whether they did."""
-        if sum(self.tile_bytes(i) for i in range(len(self.tiles))) > self.cache_bytes:
+        if self._total_bytes() > self.cache_bytes:
             return False
         missing = [i for i in range(len(self.tiles)) if i not in self._cache]
         for i in missing:  # open handles here: the threads below only read

@@ -3,7 +3,8 @@
 Each tile contributes exact per-band moments ``(count, mean, M2)``; tiles and ranks are combined
 with Chan's parallel update, so stats of a union equal the merge of stats of its parts. Within a
 tile the moments come from shifted float64 sums (``sum(x-K)``, ``sum((x-K)^2)``) over cache-sized
-blocks: one read of the float32 data from memory, float64 accuracy, and a NaN-free fast path. The
+blocks: one streaming read of the float32 data from memory (the block's second and third passes
+hit L2), float64 accuracy, and a NaN-free fast path. The
 block kernel (:func:`moments_xp`) is generic in the array module ``xp`` so the same code runs on
 numpy or, when available, CuPy on a GPU.
 
@@ -23,7 +24,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dualseg.data.tile import STREAMS, TileInfo, open_group, read_labels, read_stream, row_windows
+from dualseg.data.read import read_labels, read_stream
+from dualseg.data.tile import STREAMS, TileInfo, open_group, row_windows
 from dualseg.data.validate import check_band_values, check_labels
 from dualseg.errors import InputError
 from dualseg.io import atomic_write_text
@@ -82,45 +84,78 @@ def _host(v: Any) -> np.ndarray:
     return np.asarray(v.get() if hasattr(v, "get") else v, dtype=np.float64)
 
 
+_SEG = 4096  # dot-product segment: OpenBLAS runs ddot single-threaded below 10000 elements
+
+
 def moments_xp(x: Any, xp: ModuleType, block: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Moments of each row of ``x`` (C,N) float array of module ``xp``; NaN/inf = missing.
 
-    Works on (C, block) column chunks so the float64 scratch stays in L2 and the Python overhead
-    is shared by all bands. Sums run in float64 around a per-row shift ``K`` (mean of the first
-    chunk), so ``M2 = sum((x-K)^2) - sum(x-K)^2/n`` loses no precision; a chunk whose sum is finite
-    holds no NaN/inf and skips masking. No BLAS call: OpenBLAS's threaded ``dot`` on a loaded node
-    was 20-200x slower than ``einsum`` here. Returns host float64 (count, mean, m2).
+    One streaming read of ``x``: each (C, block) column chunk (~1.5 MiB with its scratch, so it
+    stays in L2) is converted once into a reused float64 buffer around a per-row shift ``K`` (the
+    finite mean of a strided sample of the row, so a row missing at the start still gets a close
+    shift), then summed and dotted with itself in cache; chunk partials
+    accumulate in float64, so ``M2 = sum((x-K)^2) - sum(x-K)^2/n`` loses no precision. A chunk
+    whose shifted sum is finite holds no NaN/inf and skips masking; otherwise (and directly for
+    the chunk after one with holes) the missing values are counted on the float32 source
+    (cheaper) and zeroed by AND-ing their bits with 0. Squares
+    use ``vecdot`` on 4096-element segments: BLAS speed, but below OpenBLAS's threading threshold
+    (its threaded dot was 20-200x slower on a loaded node). Returns host float64 (count, mean, m2).
     """
     c, n = x.shape
+    on_np = xp is np
     if block is None:
-        block = max(1024, (1 << 16) // max(c, 1)) if xp is np else max(n, 1)
-    head = x[:, : min(block, n)].astype(xp.float64)
+        block = max(_SEG, ((1 << 17) // max(c, 1)) // _SEG * _SEG) if on_np else max(n, 1)
+    bw = min(block, max(n, 1))
+    head = x[:, :: max(1, n // 4096)].astype(xp.float64)  # shift K from a strided sample (~0.1 % of a big pass)
     fin = xp.isfinite(head)
     k = xp.where(fin, head, 0.0).sum(axis=1) / xp.maximum(fin.sum(axis=1), 1)
-    d = xp.empty((c, min(block, max(n, 1))), dtype=xp.float64)
+    k = xp.where(xp.isfinite(k), k, 0.0)[:, None]
+    d = xp.empty((c, bw), dtype=xp.float64)
     ok = xp.empty(d.shape, dtype=bool)
     keep = xp.empty(d.shape, dtype=xp.int64)
+    vecdot = getattr(xp, "vecdot", None)
+    ones = xp.ones(_SEG)
     cnt, s, q = xp.zeros(c), xp.zeros(c), xp.zeros(c)
+    holes = False
     for start in range(0, n, block):
         src = x[:, start : start + block]
         m = src.shape[1]
-        dd, oo, kk = d[:, :m], ok[:, :m], keep[:, :m]
-        xp.subtract(src, k[:, None], out=dd, dtype=xp.float64)
-        bs = dd.sum(axis=1)
-        if bool(xp.isfinite(bs).all()):  # fast path: no NaN/inf in this chunk
+        dd = d[:, :m]
+        xp.copyto(dd, src, casting="unsafe")
+        xp.subtract(dd, k, out=dd)
+        seg = dd.reshape(c, m // _SEG, _SEG) if on_np and vecdot is not None and m % _SEG == 0 else None
+        bs = None
+        if not holes:  # a chunk after one with holes skips the probe: missing data comes in runs
+            bs = dd.sum(axis=1) if seg is None else vecdot(seg, ones).sum(axis=1)
+        if bs is not None and bool(xp.isfinite(bs).all()):  # fast path: no NaN/inf in this chunk
             cnt += m
         else:
-            xp.isfinite(dd, out=oo)
-            cnt += oo.sum(axis=1)
+            oo, kk = ok[:, :m], keep[:, :m]
+            xp.isfinite(src, out=oo)
+            if on_np:  # count_nonzero without axis is a SIMD popcount; with axis it is a slow sum
+                bc = np.array([np.count_nonzero(r) for r in oo], dtype=np.float64)
+            else:
+                bc = oo.sum(axis=1)
+            cnt += bc
+            holes = bool((bc < m).any())
             # zero the missing values: AND their bits with 0, the others with all-ones (-1);
             # ~3x faster than putmask/copyto(where=) and the same on CuPy
-            xp.copyto(kk, oo)
-            xp.negative(kk, out=kk)
+            if on_np:  # bool -> -1/0 int64 in one cast
+                np.negative(oo.view(np.int8), out=kk, casting="unsafe")
+            else:
+                xp.copyto(kk, oo)
+                xp.negative(kk, out=kk)
             xp.bitwise_and(dd.view(xp.int64), kk, out=dd.view(xp.int64))
-            bs = dd.sum(axis=1)
+            bs = dd.sum(axis=1) if seg is None else vecdot(seg, ones).sum(axis=1)
         s += bs
-        q += xp.einsum("ij,ij->i", dd, dd)
-    count, s_h, q_h, k_h = _host(cnt), _host(s), _host(q), _host(k)
+        if on_np and vecdot is not None:
+            if seg is not None:
+                q += vecdot(seg, seg).sum(axis=1)
+            else:
+                q += np.array([sum(vecdot(r[i : i + _SEG], r[i : i + _SEG]) for i in range(0, m, _SEG)) for r in dd])
+        else:
+            q += xp.einsum("ij,ij->i", dd, dd)
+    count, s_h, q_h, k_h = _host(cnt), _host(s), _host(q), _host(k[:, 0])
     safe = np.where(count > 0, count, 1.0)
     mean = np.where(count > 0, k_h + s_h / safe, 0.0)
     m2 = np.where(count > 0, np.maximum(q_h - s_h * s_h / safe, 0.0), 0.0)
@@ -171,8 +206,9 @@ def tile_partial(info: TileInfo, num_classes: int, xp: ModuleType = np) -> Parti
         m = Moments.zeros(c)
         for win in row_windows(info, key):
             data, cloud = read_stream(info, key, win, group=g)
-            if cloud is not None:
-                np.copyto(data, np.float32(np.nan), where=cloud[None])
+            if cloud is not None:  # cloudy -> NaN by OR-ing in a quiet-NaN bit pattern (5x copyto(where=))
+                nan_bits = np.negative(cloud.view(np.int8), dtype=np.int32) & np.int32(0x7FC00000)
+                np.bitwise_or(data.view(np.int32), nan_bits[None], out=data.view(np.int32))
             x = data.reshape(c, -1) if xp is np else xp.asarray(data.reshape(c, -1))
             m = m.merge(Moments(*moments_xp(x, xp)))
         if (m.count == 0).any():  # all NaN, or only hidden by clouds (which is legitimate)

@@ -167,3 +167,52 @@ def test_band_hidden_only_by_clouds_is_not_an_error(tmp_path, data):
     info = open_tile(write_tile(tmp_path / "b.zarr", tile))
     with pytest.raises(InputError, match=r"tile b: band s2/B12 is all NaN"):
         tile_partial(info, 3)
+
+
+@pytest.mark.parametrize("n", [3 * 4096 * 4, 200_003])  # whole dot segments, and a ragged tail
+def test_moments_exact_on_adversarial_data(n):
+    # reflectance-like offset with a tiny spread, 30 % NaN, inf, a row missing in whole blocks,
+    # at the default block size (the in-cache segmented path the benchmark measures)
+    rng = np.random.default_rng(3)
+    x = np.stack([10_000 + rng.normal(0, 0.05, n), rng.normal(-15, 4, n), rng.normal(1e-3, 1e-4, n)]).astype(np.float32)
+    x[:, rng.random(n) < 0.3] = np.nan
+    x[1, : n // 2] = np.nan
+    x[0, : n // 3] = np.nan  # the large-offset row starts with missing blocks too
+    x[2, 5] = np.inf
+    x[0, -1] = -np.inf
+    count, mean, m2 = moments_xp(x, np)
+    rn, rmean, rm2 = _ref(x)
+    np.testing.assert_array_equal(count, rn)
+    np.testing.assert_allclose(mean, rmean, rtol=1e-12)
+    np.testing.assert_allclose(m2, rm2, rtol=1e-9)
+
+
+def test_moments_exact_when_holes_stop_and_restart():
+    # chunks with holes, then clean chunks (masked path -> fast path), then holes again
+    rng = np.random.default_rng(4)
+    x = rng.normal(700, 30, (2, 40_000)).astype(np.float32)
+    x[:, :9000][rng.random((2, 9000)) < 0.5] = np.nan
+    x[1, 31_000:31_010] = np.nan
+    for block in (4096, 5000):
+        n, mean, m2 = moments_xp(x, np, block=block)
+        rn, rmean, rm2 = _ref(x)
+        np.testing.assert_array_equal(n, rn)
+        np.testing.assert_allclose(mean, rmean, rtol=1e-12)
+        np.testing.assert_allclose(m2, rm2, rtol=1e-9)
+
+
+def test_generic_array_module_path_matches():
+    # the branch CuPy takes (no numpy fast paths, one chunk), run with numpy behind another module
+    import types
+
+    xp = types.ModuleType("numpy_like")
+    xp.__dict__.update({k: getattr(np, k) for k in dir(np) if not k.startswith("__") and k != "vecdot"})
+    rng = np.random.default_rng(5)
+    x = np.stack([10_000 + rng.normal(0, 0.05, 30_001), rng.normal(-15, 4, 30_001)]).astype(np.float32)
+    x[:, rng.random(30_001) < 0.3] = np.nan
+    x[1, 7] = np.inf
+    n, mean, m2 = moments_xp(x, xp)
+    rn, rmean, rm2 = _ref(x)
+    np.testing.assert_array_equal(n, rn)
+    np.testing.assert_allclose(mean, rmean, rtol=1e-12)
+    np.testing.assert_allclose(m2, rm2, rtol=1e-9)
