@@ -25,7 +25,6 @@ from torch import nn
 
 from dualseg.config import ModelConfig
 from dualseg.model import build_model, count_parameters, estimate_flops
-from dualseg.model.blocks import norm_groups
 from dualseg.model.encoder import StreamEncoder
 
 

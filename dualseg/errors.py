@@ -7,6 +7,9 @@ at fault instead of letting a traceback from deep inside zarr/numpy/torch escape
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class DualsegError(Exception):
     """Base class of all dualseg errors."""
@@ -18,3 +21,28 @@ class InputError(DualsegError, ValueError):
 
 class TrainingError(DualsegError, RuntimeError):
     """Training cannot go on (NaN loss, incompatible checkpoint). Exit code 1."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The user-facing line of ``exc``.
+
+    An error raised in a DataLoader worker comes back with the worker's traceback folded into its
+    message; its last line (minus the ``module.Class:`` prefix) is the original message.
+    """
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    return lines[-1].removeprefix(prefix)
+
+
+def report_error(exc: DualsegError, scrub: Callable[[str], str] | None = None) -> int:
+    """Print ``error: <one line>`` to stderr; return the exit code (2 bad input, 1 otherwise).
+
+    ``scrub`` removes secrets (the orchestration layer passes its password masker).
+    """
+    msg = one_line(exc)
+    if scrub is not None:
+        msg = scrub(msg)
+    print(f"error: {msg}", file=sys.stderr)
+    return 2 if isinstance(exc, InputError) else 1

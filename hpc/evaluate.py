@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from dualseg.config import Config, from_dict
-from dualseg.errors import DualsegError, InputError
+from dualseg.errors import DualsegError, InputError, report_error
 from dualseg.io import atomic_write_bytes, atomic_write_text
 from hpc import study as st
 from hpc.helpers import code_version, connect_url, trial_dir
@@ -120,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         st.parse_url(a.storage)
         r = evaluate_study(a.storage, a.study, a.scratch, a.out)
     except DualsegError as exc:
-        print(f"error: {st.scrub(str(exc), st.parse_url_password(a.storage))}", file=sys.stderr)
-        return 2 if isinstance(exc, InputError) else 1
+        return report_error(exc, lambda m: st.scrub(m, st.parse_url_password(a.storage)))
     t = r["test"]
     print(f"best trial {r['best_trial']['number']} {r['best_trial']['params']}")
     print(f"test loss {t['loss']:.4f} OA {t['oa']:.4f} mIoU {t['miou']:.4f} -> {r['results_dir']}/results.json")

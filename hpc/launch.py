@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable,
     sys.path.insert(0, str(_here.parent))
 
 from dualseg.config import Config, load_config, to_dict  # noqa: E402
-from dualseg.errors import DualsegError, InputError  # noqa: E402
+from dualseg.errors import DualsegError, InputError, report_error  # noqa: E402
 from hpc import study as st  # noqa: E402
 from hpc.config import HpcConfig, parse_hpc, time_to_minutes  # noqa: E402
 from hpc.helpers import REPO_ROOT, code_version, resolve_scratch  # noqa: E402
@@ -383,8 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     except DualsegError as exc:
         secrets = (st.parse_url_password(args.storage), st.parse_url_password(os.environ.get(st.STORAGE_ENV)),
                    os.environ.get(st.PASSWORD_ENV))
-        print(f"error: {st.scrub(str(exc), *secrets)}", file=sys.stderr)
-        return 2 if isinstance(exc, InputError) else 1
+        return report_error(exc, lambda m: st.scrub(m, *secrets))
     h = plan.hpc
     print(f"submitted array {array_id} ({h.workers} task(s) x {h.nodes} node(s)), study {h.study!r} -> {h.trials} trials")
     if eval_id:

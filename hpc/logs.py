@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a script from the repo root
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualseg.errors import InputError  # noqa: E402
+from dualseg.errors import InputError, report_error  # noqa: E402
 from hpc.helpers import resolve_scratch  # noqa: E402
 
 _TS = re.compile(r"^(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[,.]\d+)?)")
@@ -134,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return show(find_logdir(a.job, a.logdir), a.job, a.rank, a.err, a.follow)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     except KeyboardInterrupt:
         return 0
 

@@ -19,7 +19,7 @@ if __package__ in (None, ""):  # run as a script from the repo root
 
 from optuna.trial import TrialState  # noqa: E402
 
-from dualseg.errors import DualsegError, InputError  # noqa: E402
+from dualseg.errors import DualsegError, InputError, report_error  # noqa: E402
 from hpc import study as st  # noqa: E402
 from hpc.helpers import connect_url, squeue_states  # noqa: E402
 
@@ -93,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         st.parse_url(a.storage)
         print(render(collect(a.storage, a.study)))
     except DualsegError as exc:
-        print(f"error: {st.scrub(str(exc), st.parse_url_password(a.storage))}", file=sys.stderr)
-        return 2
+        return report_error(exc, lambda m: st.scrub(m, st.parse_url_password(a.storage)))
     return 0
 
 

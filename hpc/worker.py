@@ -29,7 +29,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from dualseg.config import Config, apply_overrides, from_dict, to_dict
-from dualseg.errors import DualsegError, InputError, TrainingError
+from dualseg.errors import DualsegError, InputError, TrainingError, report_error
 from dualseg.io import atomic_write_text
 from hpc import study as st
 from hpc.config import parse_hpc
@@ -290,8 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGUSR2, lambda signum, frame: _STOP.set())
         run_worker(spec, owner)
     except DualsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, InputError) else 1
+        return report_error(exc)
     return 0
 
 

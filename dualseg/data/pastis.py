@@ -22,7 +22,7 @@ import numpy as np
 from dualseg.config import S2_BANDS
 from dualseg.data.splits import write_splits
 from dualseg.data.tile import Stream, Tile, tile_path, write_tile
-from dualseg.errors import InputError
+from dualseg.errors import InputError, report_error
 
 CLASS_NAMES = [
     "Background", "Meadow", "Soft winter wheat", "Corn", "Winter barley", "Winter rapeseed",
@@ -203,8 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             a.src, a.dst, a.folds, limit=a.limit, workers=a.workers, overwrite=a.overwrite, orbit=a.orbit
         )
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     counts = ", ".join(f"{k}={len(v)}" for k, v in splits.items())
     print(f"wrote {sum(map(len, splits.values()))} tiles to {a.dst} ({counts})")
     return 0

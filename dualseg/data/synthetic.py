@@ -23,7 +23,7 @@ import numpy as np
 from dualseg.config import S1_BANDS, S2_BANDS, SyntheticConfig
 from dualseg.data.splits import write_splits
 from dualseg.data.tile import Stream, Tile, tile_path, write_tile
-from dualseg.errors import InputError
+from dualseg.errors import InputError, report_error
 from dualseg.io import atomic_write_text
 
 IGNORE_INDEX = 255
@@ -131,7 +131,6 @@ def make_tile(cfg: SyntheticConfig, index: int) -> Tile:
 
     # --- Sentinel-1 -------------------------------------------------------------------------
     d1 = _dates(rng, cfg.s1_dates)
-    t1 = d1.size
     veg1 = vegetation(d1)[:, ids]
     moist = (0.6 + 0.4 * np.sin(d1 / 365.0 * 2 * np.pi * 3 + rng.uniform(0, 6))).astype(np.float32)
     s = struct[ids][None].astype(np.float32)
@@ -270,8 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         splits = generate(a.out, cfg, overwrite=a.overwrite)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     counts = ", ".join(f"{k}={len(v)}" for k, v in splits.items())
     print(f"wrote {sum(map(len, splits.values()))} tiles to {a.out} ({counts})")
     return 0

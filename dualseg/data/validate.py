@@ -17,7 +17,7 @@ import zarr
 
 from dualseg.data.splits import check_disjoint, read_splits
 from dualseg.data.tile import STREAMS, TileInfo, open_group, open_tile, read_labels, read_stream, row_windows
-from dualseg.errors import InputError
+from dualseg.errors import InputError, report_error
 
 
 def check_labels(info: TileInfo, labels: np.ndarray) -> None:
@@ -106,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         infos = validate_root(a.root, a.s1_bands, a.s2_bands, a.workers)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     t1 = [i.streams["s1"].t for i in infos]
     t2 = [i.streams["s2"].t for i in infos]
     print(

@@ -22,7 +22,6 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from dualseg.config import Config
 from hpc import study as st
 
 SEARCH = {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
