@@ -37,6 +37,24 @@ def check_train_config(cfg: Config) -> None:
             raise InputError(f"config: {msg}, got {value!r}")
 
 
+_VOLATILE = {"train.scratch", "train.run_name", "train.log_every", "train.device", "data.num_workers", "data.cache_mb"}
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every differing leaf, ignoring ones that do not affect the result."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        dotted = f"{prefix}{key}"
+        if dotted in _VOLATILE or dotted == "hpc":
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{dotted}.")
+        elif a != b:
+            out.append(f"{dotted}: {a!r} -> {b!r}")
+    return out
+
+
 def epoch_seed(seed: int, rank: int, epoch: int) -> None:
     """Seed torch (CPU+CUDA), numpy and python from (seed, rank, epoch)."""
     s = int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])

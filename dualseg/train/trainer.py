@@ -8,6 +8,7 @@ lets a preempted job save mid-epoch progress and return ``stopped="interrupted"`
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import time
@@ -39,7 +40,7 @@ from dualseg.train.log import set_log_context
 from dualseg.train.metrics import metrics_from_confusion
 from dualseg.train.progress import progress_bar
 from dualseg.train.schedule import build_scheduler
-from dualseg.train.state import bundle_meta, check_train_config, epoch_seed, gather_rng
+from dualseg.train.state import bundle_meta, check_train_config, config_changes, epoch_seed, gather_rng
 from dualseg.train.steps import EpochProgress, evaluate_batches, train_epoch
 
 log = logging.getLogger(__name__)
@@ -85,11 +86,18 @@ def fit(
         cfg = apply_overrides(cfg, overrides)
     check_train_config(cfg)
     info = init_distributed(cfg.train.device)
+    runner: _Fit | None = None
     try:
-        return _Fit(cfg, info, Path(run_dir) if run_dir is not None else rundir.default_run_dir(cfg)).run(
-            callback, resume, should_stop
-        )
+        runner = _Fit(cfg, info, Path(run_dir) if run_dir is not None else rundir.default_run_dir(cfg))
+        return runner.run(callback, resume, should_stop)
     finally:
+        if runner is not None:
+            runner.close()
+        del runner
+        if info.distributed:
+            # The DDP reducer (in reference cycles) holds the process group; free it now, not at
+            # interpreter exit where gloo's threads can abort the process.
+            gc.collect()
         cleanup(info)
 
 
@@ -144,6 +152,11 @@ class _Fit:
         self.epoch, self.step, self.loss_sum, self.stopped = 0, 0, 0.0, None
         self.rng: dict[str, Any] | None = None
 
+    def close(self) -> None:
+        """Drop the DDP wrapper and loaders (they reference the process group)."""
+        self.model = unwrap(self.model)
+        self.loader = self.val_loader = None  # type: ignore[assignment]
+
     # ---- setup -----------------------------------------------------------------------------
     def _check_run_dir(self) -> None:
         """Rank 0 proves the run dir writable; every rank raises the same InputError if not."""
@@ -166,6 +179,10 @@ class _Fit:
             return
         state = load_checkpoint(last, map_location=self.info.device)
         load_model_state(self.model, state["model"], source=f"checkpoint {last}")
+        changed = config_changes(state.get("config", {}), to_dict(self.cfg))
+        if changed:
+            log.warning("resuming %s with a changed config (optimizer/scheduler state comes from the "
+                        "checkpoint): %s", last, "; ".join(changed))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.early.load_state_dict(state["early_stopping"])
