@@ -7,10 +7,13 @@ never a half-written checkpoint, stats cache or results file.
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from dualseg.errors import InputError
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -59,3 +62,14 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """Parse a JSON file the user gave us; a missing or malformed file is one ``InputError`` line."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{what}: file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{what}: {path}: not valid JSON ({exc})") from None

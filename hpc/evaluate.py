@@ -106,18 +106,12 @@ def evaluate_study(storage_url: str, study_name: str, scratch: str | Path | None
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hpc.evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--study", default=os.environ.get("DUALSEG_STUDY"), help="study name (default $DUALSEG_STUDY)")
-    p.add_argument("--storage", default=os.environ.get("DUALSEG_STORAGE_URL") or os.environ.get(st.STORAGE_ENV),
-                   help="study database URL (default $DUALSEG_STORAGE_URL, $DUALSEG_STORAGE)")
+    st.add_study_arguments(p)
     p.add_argument("--scratch", default=os.environ.get("DUALSEG_SCRATCH"), help="default: the study's own record")
     p.add_argument("--out", default=None, help="results folder (default <scratch>/<study>/results)")
     a = p.parse_args(argv)
     try:
-        if not a.study:
-            raise InputError("--study: not given and $DUALSEG_STUDY is not set")
-        if not a.storage:
-            raise InputError("--storage: not given and $DUALSEG_STORAGE is not set")
-        st.parse_url(a.storage)
+        st.check_study_arguments(a)
         r = evaluate_study(a.storage, a.study, a.scratch, a.out)
     except DualsegError as exc:
         return report_error(exc, lambda m: st.scrub(m, st.parse_url_password(a.storage)))

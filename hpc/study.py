@@ -10,6 +10,7 @@ never passed around: URLs handed to jobs have it stripped and libpq reads it fro
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -266,3 +267,19 @@ def parse_url_password(url: str | None) -> str | None:
         return make_url(url).password
     except Exception:  # noqa: BLE001
         return None
+
+
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--study``/``--storage`` with the environment defaults every hpc entry point shares."""
+    parser.add_argument("--study", default=os.environ.get("DUALSEG_STUDY"), help="study name (default $DUALSEG_STUDY)")
+    parser.add_argument("--storage", default=os.environ.get("DUALSEG_STORAGE_URL") or os.environ.get(STORAGE_ENV),
+                        help="study database URL (default $DUALSEG_STORAGE_URL, $DUALSEG_STORAGE)")
+
+
+def check_study_arguments(args: argparse.Namespace) -> None:
+    """Both given and the URL well-formed, else one ``InputError`` naming the option."""
+    if not args.study:
+        raise InputError("--study: not given and $DUALSEG_STUDY is not set")
+    if not args.storage:
+        raise InputError("--storage: not given and $DUALSEG_STORAGE is not set")
+    parse_url(args.storage)

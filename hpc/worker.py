@@ -245,16 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hpc.worker", description=__doc__.split("\n")[0])
     p.add_argument("--config", default=os.environ.get("DUALSEG_CONFIG") or None,
                    help="default: the config recorded in the study by `launch.py --prepare-only`")
-    p.add_argument("--study", default=os.environ.get("DUALSEG_STUDY"))
-    p.add_argument("--storage", default=os.environ.get(st.STORAGE_ENV))
+    st.add_study_arguments(p)
     p.add_argument("--scratch", default=None, help="default: the one recorded in the study by the launcher")
     p.add_argument("--trials", type=int, default=None, help="default: the target recorded in the study")
     a = p.parse_args(argv)
     try:
-        if not a.study:
-            raise InputError("--study: not given and $DUALSEG_STUDY is not set")
-        if not a.storage:
-            raise InputError("--storage: not given and $DUALSEG_STORAGE is not set")
+        st.check_study_arguments(a)
         public, _ = st.split_password(st.normalize_url(a.storage))
         storage = st.open_storage(connect_url(public), retries=5)
         attrs = st.load_study(storage, a.study).user_attrs  # created by `launch.py --prepare-only`

@@ -23,6 +23,7 @@ from dualseg.config import S2_BANDS
 from dualseg.data.splits import write_splits
 from dualseg.data.tile import Stream, Tile, tile_path, write_tile
 from dualseg.errors import InputError, report_error
+from dualseg.io import read_json
 
 CLASS_NAMES = [
     "Background", "Meadow", "Soft winter wheat", "Corn", "Winter barley", "Winter rapeseed",
@@ -138,10 +139,7 @@ def read_metadata(src: Path) -> tuple[list[dict[str, Any]], str | None]:
     path = src / "metadata.geojson"
     if not path.is_file():
         raise InputError(f"pastis: {src} has no metadata.geojson (is it a PASTIS-R folder?)")
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"pastis: {path}: not valid JSON ({exc})") from None
+    doc = read_json(path, "pastis")
     feats = doc.get("features") if isinstance(doc, dict) else None
     if not isinstance(feats, list) or not feats:
         raise InputError(f"pastis: {path}: no features")

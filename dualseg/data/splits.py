@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dualseg.config import DataConfig
 from dualseg.errors import InputError
-from dualseg.io import atomic_write_text
+from dualseg.io import atomic_write_text, read_json
 
 SPLITS = ("train", "val", "test")
 
@@ -24,12 +24,7 @@ def splits_path(cfg: DataConfig) -> Path:
 def read_splits(path: str | Path) -> dict[str, list[str]]:
     """Parse a splits JSON ``{"train": [...], "val": [...], "test": [...]}`` (missing keys = empty)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"splits: file not found: {path}")
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"splits: {path}: not valid JSON ({exc})") from None
+    raw = read_json(path, "splits")
     if not isinstance(raw, dict):
         raise InputError(f"splits: {path}: expected an object with keys train/val/test")
     unknown = sorted(set(raw) - set(SPLITS))
