@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dualseg.io import atomic_torch_save, atomic_write_bytes, atomic_write_text
+from dualseg.errors import InputError
+from dualseg.io import atomic_torch_save, atomic_write_bytes, atomic_write_text, read_json
 
 
 def test_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -37,3 +38,15 @@ def test_torch_save_round_trip_weights_only(tmp_path: Path) -> None:
     atomic_torch_save(obj, tmp_path / "c.pt")
     back = torch.load(tmp_path / "c.pt", weights_only=True)
     assert back["epoch"] == 3 and torch.equal(back["w"], obj["w"])
+
+
+def test_read_json(tmp_path: Path) -> None:
+    good = tmp_path / "a.json"
+    good.write_text('{"train": ["t1"]}')
+    assert read_json(good, "splits") == {"train": ["t1"]}
+    with pytest.raises(InputError, match=r"^splits: file not found: .*nope\.json$"):
+        read_json(tmp_path / "nope.json", "splits")
+    bad = tmp_path / "b.json"
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match=r"^pastis: .*b\.json: not valid JSON"):
+        read_json(bad, "pastis")
