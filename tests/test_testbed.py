@@ -18,6 +18,8 @@ from typing import Any
 import cloudpickle
 import pytest
 
+from tests.conftest import service_missing
+
 REPO = Path(__file__).resolve().parents[1]
 UP = REPO / "tests" / "cluster" / "up.sh"
 DOWN = REPO / "tests" / "cluster" / "down.sh"
@@ -234,7 +236,7 @@ def _bed_processes(bed_dir: Path) -> list[str]:
 @pytest.mark.slow
 def test_second_bed_comes_up_and_goes_down_without_leftovers(short_tmp):
     if os.geteuid() != 0:
-        pytest.skip("up.sh needs root")
+        service_missing("up.sh needs root")
     bed = short_tmp / "bed"
     env = {**os.environ, "DUALSEG_TESTBED_DIR": str(bed), "DUALSEG_TESTBED_PARTITION": "second"}
     env.pop("SLURM_CONF", None)
@@ -269,7 +271,7 @@ def test_second_bed_comes_up_and_goes_down_without_leftovers(short_tmp):
 @pytest.mark.slow
 def test_down_stops_a_bed_whose_directory_was_deleted(short_tmp):
     if os.geteuid() != 0:
-        pytest.skip("up.sh needs root")
+        service_missing("up.sh needs root")
     bed = short_tmp / "bed"
     env = {**os.environ, "DUALSEG_TESTBED_DIR": str(bed)}
     up = subprocess.run(["bash", str(UP)], env=env, capture_output=True, text=True, timeout=120)
@@ -285,7 +287,7 @@ def test_down_stops_a_bed_whose_directory_was_deleted(short_tmp):
 @pytest.mark.slow
 def test_failed_bring_up_reports_logs_and_cleans_up(short_tmp):
     if os.geteuid() != 0:
-        pytest.skip("up.sh needs root")
+        service_missing("up.sh needs root")
     bed = short_tmp / "bed"
     # An unknown slurm.conf key makes slurmctld refuse to start, after munged and postgres are up.
     env = {**os.environ, "DUALSEG_TESTBED_DIR": str(bed), "DUALSEG_TESTBED_SLURM_EXTRA": "NoSuchOption=1",
