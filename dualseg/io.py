@@ -6,12 +6,15 @@ never a half-written checkpoint, stats cache or results file.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from dualseg.errors import InputError
 
@@ -29,14 +32,14 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically and durably."""
-    path = Path(path)
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """Yield a temp file beside ``path``; on success fsync it, rename it over ``path``, fsync the dir."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -47,7 +50,22 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             pass
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and durably."""
+    path = Path(path)
+    with _atomic_file(path) as fh:
+        fh.write(data)
     return path
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> Path:
+    """Copy ``src`` to ``dst`` atomically and durably (checkpoints handed between trials/results)."""
+    dst = Path(dst)
+    with _atomic_file(dst) as out, open(src, "rb") as inp:
+        shutil.copyfileobj(inp, out, 1 << 20)
+    return dst
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from dualseg.config import Config, from_dict
 from dualseg.errors import DualsegError, InputError, report_error
-from dualseg.io import atomic_write_bytes, atomic_write_text
+from dualseg.io import atomic_copy, atomic_write_text
 from hpc import study as st
 from hpc.helpers import code_version, connect_url, trial_dir
 
@@ -99,7 +99,7 @@ def evaluate_study(storage_url: str, study_name: str, scratch: str | Path | None
         "results_dir": str(out),
     }
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "best_model.pth", ckpt.read_bytes())
+    atomic_copy(ckpt, out / "best_model.pth")
     atomic_write_text(out / "results.json", json.dumps(_finite(results), indent=2, sort_keys=True, default=str) + "\n")
     return results
 

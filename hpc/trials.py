@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from dualseg.io import atomic_copy
 from hpc import study as st
 from hpc.config import HpcConfig, ParamSpec, search_specs
 from hpc.helpers import build_pruner, build_sampler, connect_url, job_label, squeue_states, trial_dir
@@ -103,9 +103,7 @@ def seed_from_retry(study_dir: Path, frozen: optuna.trial.FrozenTrial) -> Path |
             target.mkdir(parents=True, exist_ok=True)
             for name in ("last.pt", "best.pt", "metrics.jsonl"):
                 if (source / name).exists():
-                    tmp = target / f".{name}.copy"
-                    shutil.copyfile(source / name, tmp)
-                    os.replace(tmp, target / name)
+                    atomic_copy(source / name, target / name)
             log.info("trial %d resumes from the checkpoint of failed trial %d", frozen.number, number)
             return source
     return None

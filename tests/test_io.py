@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dualseg.errors import InputError
-from dualseg.io import atomic_torch_save, atomic_write_bytes, atomic_write_text, read_json
+from dualseg.io import atomic_copy, atomic_torch_save, atomic_write_bytes, atomic_write_text, read_json
 
 
 def test_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -50,3 +50,14 @@ def test_read_json(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(InputError, match=r"^pastis: .*b\.json: not valid JSON"):
         read_json(bad, "pastis")
+
+
+def test_atomic_copy(tmp_path: Path) -> None:
+    src = tmp_path / "a.pt"
+    src.write_bytes(b"x" * (3 << 20))
+    dst = atomic_copy(src, tmp_path / "out" / "b.pt")
+    assert dst.read_bytes() == src.read_bytes()
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["b.pt"]
+    with pytest.raises(FileNotFoundError):
+        atomic_copy(tmp_path / "missing.pt", tmp_path / "out" / "c.pt")
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["b.pt"]
