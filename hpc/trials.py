@@ -165,6 +165,11 @@ class Coordinator:
             trial.set_user_attr("job_id", job_label())
             return Assignment("train", trial._trial_id, trial.number, params, "new")
 
+    def study_full(self) -> bool:
+        """The study already holds the requested number of finished trials."""
+        counts = self._retry(lambda: st.count_states(self.study), "count trials")
+        return st.finished(counts) >= self.hpc.trials
+
     def mark_requeued(self, trial_id: int) -> None:
         """Before a USR2 requeue: the trial will wait in the queue without a heartbeat."""
         self._retry(lambda: self.storage.set_trial_user_attr(trial_id, "requeued_job", job_label()), "mark requeued")

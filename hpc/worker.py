@@ -77,7 +77,7 @@ class Worker:
         """Called by submitit on rank 0: requeue this callable, remembering the running trial."""
         import submitit
 
-        log.warning("requeueing; the requeued job continues trial id %s", self.resume_trial_id)
+        log.warning("requeueing; the requeued job continues the same trial (storage id %s)", self.resume_trial_id)
         clone = Worker(self.spec)
         clone.resume_trial_id = self.resume_trial_id
         return submitit.helpers.DelayedSubmission(clone)
@@ -146,8 +146,9 @@ def run_worker(spec: WorkerSpec, owner: Worker | None = None) -> dict[str, Any]:
     while True:
         job: Assignment | None = None
         if coord is not None:
-            if _STOP.is_set():
-                job = Assignment("requeue")
+            if _STOP.is_set():  # between trials: requeue only if the study still needs work
+                job = Assignment("stop", reason="USR2 and the study is full") if coord.study_full() \
+                    else Assignment("requeue")
             else:
                 try:
                     job = coord.next(resume)

@@ -218,3 +218,49 @@ def test_pickle_free_train_sbatch(slurm_env, pg_db_url, hpc_tools, tiny_args, tm
     text = "".join(p.read_text() for p in logdir.glob(f"{array}_*_1_log.out"))
     assert "[rank 1/2 node n" in text  # rank 1 of the 2-node job trained too
     storage.engine.dispose()
+
+
+
+@pytest.mark.slurm
+@pytest.mark.postgres
+def test_real_time_limit_requeues_and_the_same_trial_resumes(slurm_env, pg_db_url, hpc_tools, tiny_args) -> None:
+    """Nobody but SLURM interrupts: ``--time 1`` and ``hpc.signal_delay_s=15``.
+
+    slurmctld checks limits on a fixed ~30 s cycle and sends the ``--signal`` warning up to one
+    cycle *early*, so USR2 comes 15-45 s into an allocation (with a delay >= 30 s it would come at
+    the first check after the start, often before training begins), 15-45 s before the limit and
+    at least ~15 s before the time-limit kill. The trial needs more than one allocation (slow
+    epochs from more samples per tile, not sleeps), so it must be continued across requeues: the
+    same trial number, finished epochs never re-run. Requeue counts depend on load and on the
+    phase of SLURM's cycle; only progress across requeues is asserted.
+    """
+    epochs = 16
+    array, scratch = _launch(hpc_tools, tiny_args, pg_db_url, "--trials", "1", "--workers", "1", "--nodes", "1",
+                             "--study", "tl", "--time", "1", "--set", "hpc.signal_delay_s=15",
+                             "--set", f"train.epochs={epochs}", "--set", "train.patience=100",
+                             "--set", "data.samples_per_tile=128")
+    hpc_tools.wait_gone([array], timeout=300)
+    logs = sorted((scratch / "tl" / "logs").glob(f"{array}_*log.out"))  # one task: no array index
+    assert len(logs) == 1, logs
+    text = logs[0].read_text()
+    storage = st.open_storage(pg_db_url)
+    trials = optuna.load_study(study_name="tl", storage=storage).trials
+    storage.engine.dispose()
+    assert [(t.number, t.state.name) for t in trials] == [(0, "COMPLETE")], [(t.number, t.state.name) for t in trials]
+    assert trials[0].user_attrs["stopped"] == "completed", trials[0].user_attrs
+    # SLURM's own signal (the test never signals the job), each followed by submitit's requeue
+    assert "Job has timed out" in text, text[-3000:]
+    requeued = set(re.findall(r"Requeued job \S+ \((\d+) remaining timeouts\)", text))  # lines are logged twice
+    assert "received USR2" in text and len(requeued) >= 1, text[-3000:]
+    record = subprocess.run(["scontrol", "show", "job", array], capture_output=True, text=True, timeout=30,
+                            check=True).stdout
+    assert "TimeLimit=00:01:00" in record and re.search(rf"\bRestarts={len(requeued)}\b", record), record
+    # the same trial went on after every requeue that interrupted it (a USR2 that lands after the
+    # trial finished requeues a job that only finds the study done)
+    assert text.count("trial 0 (new)") == 1, text[-3000:]
+    resumes = [int(e) for e in re.findall(r"resumed from \S*trial-0/last\.pt at epoch (\d+)", text)]
+    assert len(resumes) >= 1 and text.count("trial 0 (resumed)") == len(resumes), text[-3000:]
+    assert max(resumes) > 0 and resumes == sorted(resumes), resumes  # progress across requeues
+    for epoch in range(epochs):  # every epoch trained (and logged) exactly once
+        assert text.count(f"epoch {epoch}: train_loss") == 1, (epoch, text[-3000:])
+    assert _epochs(scratch / "tl" / "trial-0") == list(range(epochs))
