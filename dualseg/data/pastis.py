@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from dualseg.config import S2_BANDS
-from dualseg.data.splits import write_splits
+from dualseg.data.splits import describe_splits, write_splits
 from dualseg.data.tile import Stream, Tile, tile_path, write_tile
 from dualseg.errors import InputError, report_error
 from dualseg.io import read_json
@@ -202,8 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except InputError as exc:
         return report_error(exc)
-    counts = ", ".join(f"{k}={len(v)}" for k, v in splits.items())
-    print(f"wrote {sum(map(len, splits.values()))} tiles to {a.dst} ({counts})")
+    print(f"wrote {describe_splits(splits)} to {a.dst}")
     return 0
 
 

@@ -79,3 +79,9 @@ def resolve_splits(cfg: DataConfig, wanted: tuple[str, ...] | list[str]) -> dict
             if not (Path(cfg.root) / f"{name}.zarr").is_dir():
                 raise InputError(f"data: tile {name} ({split}) not found under {cfg.root}")
     return out
+
+
+def describe_splits(splits: dict[str, list[str]]) -> str:
+    """``"12 tiles (train=8, val=2, test=2)"``: the CLIs' one-line summary."""
+    counts = ", ".join(f"{k}={len(v)}" for k, v in splits.items())
+    return f"{sum(map(len, splits.values()))} tiles ({counts})"

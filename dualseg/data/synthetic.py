@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dualseg.config import S1_BANDS, S2_BANDS, SyntheticConfig
-from dualseg.data.splits import write_splits
+from dualseg.data.splits import describe_splits, write_splits
 from dualseg.data.tile import Stream, Tile, tile_path, write_tile
 from dualseg.errors import InputError, report_error
 from dualseg.io import atomic_write_text
@@ -270,8 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         splits = generate(a.out, cfg, overwrite=a.overwrite)
     except InputError as exc:
         return report_error(exc)
-    counts = ", ".join(f"{k}={len(v)}" for k, v in splits.items())
-    print(f"wrote {sum(map(len, splits.values()))} tiles to {a.out} ({counts})")
+    print(f"wrote {describe_splits(splits)} to {a.out}")
     return 0
 
 
