@@ -41,12 +41,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    # OMP_NUM_THREADS=1 above already makes torch start with one thread; this also covers a
-    # caller that exported a larger value. Only when a test module imported torch (it is slow).
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Every test runs torch on one thread (also when the caller exported a larger
+    OMP_NUM_THREADS), and a test that changes the count cannot leak it into the next one.
+    Torch is not imported here for tests that never use it (it is slow to import)."""
     torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(1)
+    if torch is None:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def in_ci() -> bool:

@@ -62,11 +62,3 @@ def data() -> types.SimpleNamespace:
     return types.SimpleNamespace(make_tile=make_tile, write_root=write_root, cfg=cfg)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

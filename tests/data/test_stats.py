@@ -28,6 +28,14 @@ def _ref(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return n, mean, np.nansum((x64 - mean[:, None]) ** 2, axis=1)
 
 
+def _assert_exact(x: np.ndarray, got: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    """Counts equal, mean to 1e-12 and M2 to 1e-9 relative of the float64 reference."""
+    rn, rmean, rm2 = _ref(x)
+    np.testing.assert_array_equal(got[0], rn)
+    np.testing.assert_allclose(got[1], rmean, rtol=1e-12)
+    np.testing.assert_allclose(got[2], rm2, rtol=1e-9)
+
+
 @pytest.mark.parametrize("block", [7, 1000, 1 << 15])
 def test_moments_exact_vs_float64(block):
     rng = np.random.default_rng(0)
@@ -35,11 +43,7 @@ def test_moments_exact_vs_float64(block):
     x[0, rng.random(20_000) < 0.3] = np.nan
     x[1, :5000] = np.nan  # whole first blocks missing
     x[2, 17] = np.inf
-    n, mean, m2 = moments_xp(x, np, block=block)
-    rn, rmean, rm2 = _ref(x)
-    np.testing.assert_array_equal(n, rn)
-    np.testing.assert_allclose(mean, rmean, rtol=1e-12)
-    np.testing.assert_allclose(m2, rm2, rtol=1e-9)
+    _assert_exact(x, moments_xp(x, np, block=block))
 
 
 def test_moments_large_offset_small_variance():
@@ -180,11 +184,7 @@ def test_moments_exact_on_adversarial_data(n):
     x[0, : n // 3] = np.nan  # the large-offset row starts with missing blocks too
     x[2, 5] = np.inf
     x[0, -1] = -np.inf
-    count, mean, m2 = moments_xp(x, np)
-    rn, rmean, rm2 = _ref(x)
-    np.testing.assert_array_equal(count, rn)
-    np.testing.assert_allclose(mean, rmean, rtol=1e-12)
-    np.testing.assert_allclose(m2, rm2, rtol=1e-9)
+    _assert_exact(x, moments_xp(x, np))
 
 
 def test_moments_exact_when_holes_stop_and_restart():
@@ -194,11 +194,7 @@ def test_moments_exact_when_holes_stop_and_restart():
     x[:, :9000][rng.random((2, 9000)) < 0.5] = np.nan
     x[1, 31_000:31_010] = np.nan
     for block in (4096, 5000):
-        n, mean, m2 = moments_xp(x, np, block=block)
-        rn, rmean, rm2 = _ref(x)
-        np.testing.assert_array_equal(n, rn)
-        np.testing.assert_allclose(mean, rmean, rtol=1e-12)
-        np.testing.assert_allclose(m2, rm2, rtol=1e-9)
+        _assert_exact(x, moments_xp(x, np, block=block))
 
 
 def test_generic_array_module_path_matches():
@@ -211,8 +207,4 @@ def test_generic_array_module_path_matches():
     x = np.stack([10_000 + rng.normal(0, 0.05, 30_001), rng.normal(-15, 4, 30_001)]).astype(np.float32)
     x[:, rng.random(30_001) < 0.3] = np.nan
     x[1, 7] = np.inf
-    n, mean, m2 = moments_xp(x, xp)
-    rn, rmean, rm2 = _ref(x)
-    np.testing.assert_array_equal(n, rn)
-    np.testing.assert_allclose(mean, rmean, rtol=1e-12)
-    np.testing.assert_allclose(m2, rm2, rtol=1e-9)
+    _assert_exact(x, moments_xp(x, xp))

@@ -18,12 +18,6 @@ from dualseg.model import build_model
 C1, C2, K, H = 2, 3, 4, 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_cfg(**overrides) -> ModelConfig:
