@@ -1,16 +1,17 @@
 """The evaluation job: best trial of the study -> test metrics -> ``results.json`` + ``best_model.pth``.
 
-Runs after the whole array (``afterany``), so it must cope with a study where some trials failed
-or were pruned: it picks the best COMPLETE trial, evaluates that trial's ``best.pt`` on the test
-tiles and writes everything a paper table or a re-run needs (hyperparameters, metrics, confusion
-matrix, config, trial counts, timings, code version). Both outputs are written atomically, so a
-reader never sees half a result. ``sbatch sbatch/eval.sbatch`` runs ``python -m hpc.evaluate``.
+Runs after the whole array (``afterany``). In a SLURM job it first heals the study (:mod:`hpc.heal`):
+short of its count with no worker left, it resubmits workers and a new evaluation job instead of
+evaluating. It then picks the best COMPLETE trial, evaluates that trial's ``best.pt`` — chosen on the
+study's objective (``train.monitor``), so the evaluated model is the one ranked best — on the test
+tiles and writes everything a paper table or a re-run needs. Outputs are written atomically.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -18,14 +19,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import optuna
-from optuna.trial import TrialState
+if __package__ in (None, ""):  # run as a script from the repo root
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualseg.config import Config, from_dict
-from dualseg.errors import DualsegError, InputError, report_error
-from dualseg.io import atomic_copy, atomic_write_text
-from hpc import study as st
-from hpc.helpers import code_version, connect_url, trial_dir
+import optuna  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+from dualseg.config import Config, apply_overrides, from_dict  # noqa: E402
+from dualseg.errors import DualsegError, InputError, report_error  # noqa: E402
+from dualseg.io import atomic_copy, atomic_write_text  # noqa: E402
+from hpc.paths import code_version, trial_dir  # noqa: E402
+from hpc.slurm import SlurmEnv  # noqa: E402
+from hpc.storage import StorageURL, open_database, resolve_storage  # noqa: E402
+
+log = logging.getLogger("hpc.evaluate")
 
 
 def _timings(trials: list[optuna.trial.FrozenTrial]) -> dict[str, Any]:
@@ -52,19 +60,30 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def evaluate_study(storage_url: str, study_name: str, scratch: str | Path | None = None,
+def scratch_usage(study_dir: Path) -> dict[str, Any]:
+    """Bytes under the study folder, and in checkpoints."""
+    total = ckpt = 0
+    for p in study_dir.rglob("*"):
+        if p.is_file():
+            size = p.stat().st_size
+            total += size
+            ckpt += size if p.suffix in (".pt", ".pth") else 0
+    return {"bytes": total, "checkpoint_bytes": ckpt}
+
+
+def evaluate_study(storage: StorageURL, study_name: str, scratch: str | Path | None = None,
                    out_dir: str | Path | None = None) -> dict[str, Any]:
     """Evaluate the study's best trial; returns the results dict (also written to ``results.json``)."""
     from dualseg.train import evaluate_checkpoint
 
     t0 = time.monotonic()
-    storage = st.open_storage(connect_url(storage_url), pool_size=2, retries=3)
+    db = open_database(storage, budget_s=300)
     try:
-        study = st.load_study(storage, study_name)
+        study = db.load_study(study_name)
         trials = study.get_trials(deepcopy=False)
         attrs = study.user_attrs
     finally:
-        storage.engine.dispose()
+        db.close()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
     if not complete:
@@ -76,26 +95,24 @@ def evaluate_study(storage_url: str, study_name: str, scratch: str | Path | None
     if not ckpt.exists():
         raise InputError(f"best trial {best.number}: checkpoint {ckpt} not found (wrong --scratch?)")
     cfg_dict = attrs.get("config")
-    cfg = from_dict(Config, cfg_dict) if cfg_dict else None
-    if cfg is not None:
-        from dualseg.config import apply_overrides
-
-        cfg = apply_overrides(cfg, dict(best.params))
+    cfg = apply_overrides(from_dict(Config, cfg_dict), dict(best.params)) if cfg_dict else None
     test = evaluate_checkpoint(ckpt, cfg, split="test")
     out = Path(out_dir) if out_dir else study_dir / "results"
+    objective = attrs.get("objective", "val_loss")
     results = {
         "study": study_name,
         "direction": study.direction.name.lower(),
-        "objective": attrs.get("objective", "val_loss"),
+        "objective": objective,
         "best_trial": {"number": best.number, "value": best.value, "params": best.params,
                        "user_attrs": best.user_attrs},
+        "checkpoint": {"path": str(ckpt), "epoch": test.get("epoch"), "chosen_on": objective},
         "test": {k: test.get(k) for k in ("loss", "oa", "miou", "iou", "f1", "support", "confusion_matrix",
                                           "class_names", "majority_baseline", "epoch")},
-        "trials": {"requested": attrs.get("trials"), "by_state": counts},
+        "trials": {"requested": attrs.get("trials"), "by_state": counts, "resubmits": attrs.get("resubmits", 0)},
         "config": cfg_dict,
         "timings": {**_timings(trials), "eval_s": time.monotonic() - t0},
+        "scratch": scratch_usage(study_dir),
         "code_version": code_version(),
-        "checkpoint": str(ckpt),
         "results_dir": str(out),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -105,16 +122,37 @@ def evaluate_study(storage_url: str, study_name: str, scratch: str | Path | None
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dualseg.train.log import setup_logging
+
     p = argparse.ArgumentParser(prog="python -m hpc.evaluate", description=__doc__.split("\n")[0])
-    st.add_study_arguments(p)
+    p.add_argument("--study", default=os.environ.get("DUALSEG_STUDY"), help="study name (default $DUALSEG_STUDY)")
+    p.add_argument("--storage", default=os.environ.get("DUALSEG_STORAGE_URL"),
+                   help="study database URL (default $DUALSEG_STORAGE_URL, $DUALSEG_STORAGE)")
     p.add_argument("--scratch", default=os.environ.get("DUALSEG_SCRATCH"), help="default: the study's own record")
     p.add_argument("--out", default=None, help="results folder (default <scratch>/<study>/results)")
+    p.add_argument("--no-heal", action="store_true", help="evaluate as is, even when workers are missing")
     a = p.parse_args(argv)
+    setup_logging(stream=sys.stdout)
+    storage: StorageURL | None = None
     try:
-        st.check_study_arguments(a)
-        r = evaluate_study(a.storage, a.study, a.scratch, a.out)
+        if not a.study:
+            raise InputError("--study: not given and $DUALSEG_STUDY is not set")
+        storage = resolve_storage(a.storage, None, None)
+        if storage is None:
+            raise InputError("--storage: not given and $DUALSEG_STORAGE is not set")
+        if SlurmEnv.read().in_job and not a.no_heal:
+            from hpc.heal import heal
+
+            db = open_database(storage, budget_s=300)
+            try:
+                outcome = heal(db, a.study, storage, Path(a.scratch) if a.scratch else None)
+            finally:
+                db.close()
+            if outcome in ("waiting", "resubmitted"):
+                return 0
+        r = evaluate_study(storage, a.study, a.scratch, a.out)
     except DualsegError as exc:
-        return report_error(exc, lambda m: st.scrub(m, st.parse_url_password(a.storage)))
+        return report_error(exc, storage.scrub if storage is not None else None)
     t = r["test"]
     print(f"best trial {r['best_trial']['number']} {r['best_trial']['params']}")
     print(f"test loss {t['loss']:.4f} OA {t['oa']:.4f} mIoU {t['miou']:.4f} -> {r['results_dir']}/results.json")

@@ -1,24 +1,22 @@
 """Launch a distributed hyperparameter search: ``python hpc/launch.py --nodes 2 --trials 50``.
 
-On a login node this validates everything it can (config, search space, partition, database
-credentials) *before* submitting anything, creates or resumes the study once (the only place the
-schema is created), submits a submitit job array of multi-node DDP workers and an evaluation job
-that runs ``afterany`` the array (one failed task must not block it), prints how to follow
-progress and exits. Without SLURM (``--executor local``, automatic on a laptop) it runs the same
-workers through submitit's local executor on a SQLite study with generated data, waits, evaluates
-and prints the result.
+On a login node this validates everything it can (config, search space, partition, the worker array
+*and* the evaluation job through ``sbatch --test-only``, scratch, database credentials) *before*
+submitting anything, creates or resumes the study once (the only place the schema is created),
+submits a submitit job array of multi-node DDP workers and an evaluation job that runs ``afterany``
+the array, prints how to follow progress and exits. Run again with the same ``--study`` it adds
+workers for what is left. Without SLURM (``--executor local``, automatic on a laptop) it runs the same
+workers through submitit's local executor on a SQLite study, prints a line per finished trial, then
+evaluates and prints the result.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
-import shutil
-import subprocess
 import sys
-from dataclasses import dataclass
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +27,13 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable,
 
 from dualseg.config import Config, load_config, to_dict  # noqa: E402
 from dualseg.errors import DualsegError, InputError, report_error  # noqa: E402
-from hpc import study as st  # noqa: E402
-from hpc.config import HpcConfig, parse_hpc, time_to_minutes  # noqa: E402
-from hpc.helpers import REPO_ROOT, code_version, resolve_scratch  # noqa: E402
-from hpc.worker import Worker, WorkerSpec  # noqa: E402
+from hpc import jobs, slurm  # noqa: E402
+from hpc.config import parse_hpc  # noqa: E402
+from hpc.jobs import Plan  # noqa: E402
+from hpc.paths import REPO_ROOT, claim_study_dir, code_version, new_incarnation, resolve_scratch  # noqa: E402
+from hpc.storage import StorageURL, create_or_load_study, open_database, resolve_storage, write_passfile  # noqa: E402
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
-EVAL_TEMPLATE = REPO_ROOT / "sbatch" / "eval.sbatch"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--time", help="time limit per array task (SLURM syntax: MM, HH:MM:SS, D-HH:MM)")
     a("--mem", help="memory per node, e.g. 32G")
     a("--cpus-per-task", type=int)
+    a("--eval-cpus", type=int, help="CPUs of the evaluation job (default: min(--cpus-per-task or 2, the partition's smallest node))")
+    a("--eval-gpus", type=int, help="GPUs of the evaluation job (default: 1 if --gpus-per-node else 0)")
+    a("--eval-mem", help="memory of the evaluation job (default: the partition's default)")
+    a("--eval-time", help="time limit of the evaluation job (default 30 minutes)")
     a("--storage", help="SQLAlchemy URL of the study database (default: hpc.storage, $DUALSEG_STORAGE; local: SQLite)")
     a("--study", help="study name")
     a("--scratch", help="checkpoints/logs/results root (default: train.scratch, $SCRATCH, ./runs)")
@@ -67,20 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     a("--prepare-only", action="store_true", help="validate, generate data, create/resume the study; submit nothing "
       "(then submit sbatch/train.sbatch yourself)")
     return p
-
-
-@dataclass
-class Plan:
-    """Everything resolved from config + command line, before any side effect."""
-
-    cfg: Config
-    hpc: HpcConfig
-    executor: str
-    scratch: Path
-    study_dir: Path
-    logdir: Path
-    storage: str  # full URL, may hold the password: never printed, never written
-    public_storage: str  # without password: what jobs and printed commands get
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -95,23 +83,7 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def slurm_available() -> bool:
-    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        return False
-    try:
-        return subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
-
-
-def slurm_partitions() -> list[str]:
-    out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30)
-    if out.returncode != 0:
-        raise InputError(f"--executor slurm: sinfo failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'no output'}")
-    return [p.strip().rstrip("*") for p in out.stdout.split() if p.strip()]
-
-
-def make_plan(args: argparse.Namespace) -> Plan:
+def _load(args: argparse.Namespace) -> Config:
     cfg_path = Path(args.config) if args.config else DEFAULT_CONFIG
     if not cfg_path.is_file():
         raise InputError(f"--config: file not found: {cfg_path}")
@@ -126,137 +98,86 @@ def make_plan(args: argparse.Namespace) -> Plan:
             if not isinstance(node, dict):
                 raise InputError(f"--set: {dotted}: {part} is not a section")
         node[leaf] = value
+    return cfg
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    cfg = _load(args)
     overrides = {
         "nodes": args.nodes, "gpus_per_node": args.gpus_per_node, "trials": args.trials, "workers": args.workers,
         "parallel": args.parallel, "partition": args.partition, "account": args.account, "qos": args.qos,
-        "time": args.time, "mem": args.mem, "cpus_per_task": args.cpus_per_task, "storage": args.storage,
-        "study": args.study, "scratch": args.scratch, "executor": args.executor,
+        "time": args.time, "mem": args.mem, "cpus_per_task": args.cpus_per_task, "study": args.study,
+        "scratch": args.scratch, "executor": args.executor, "eval_cpus": args.eval_cpus, "eval_gpus": args.eval_gpus,
+        "eval_mem": args.eval_mem, "eval_time": args.eval_time,
     }
     if args.no_eval:
         overrides["eval"] = False
+    configured_storage = cfg.hpc.get("storage")
+    cfg.hpc = {k: v for k, v in cfg.hpc.items() if k != "storage"}  # parsed once, below, as a StorageURL
     hpc = parse_hpc(cfg, overrides)
     executor = hpc.executor
     if executor == "auto":
-        executor = "slurm" if slurm_available() else "local"
-    if executor == "slurm" and hpc.partition is not None and slurm_available():
-        have = slurm_partitions()
+        executor = "slurm" if slurm.available() else "local"
+    if executor == "slurm" and hpc.partition is not None and slurm.available():
+        have = slurm.partitions()
         if hpc.partition not in have:
             raise InputError(f"--partition: unknown partition {hpc.partition!r} (have: {', '.join(have)})")
     if executor == "local" and hpc.nodes > 1:
         raise InputError(f"--nodes: the local executor runs on one machine (got {hpc.nodes}); use --executor slurm")
     scratch = resolve_scratch(hpc.scratch, cfg.train.scratch)
-    study_dir = scratch / hpc.study
-    storage = hpc.storage or os.environ.get(st.STORAGE_ENV)
-    if not storage:
-        if executor == "slurm":
-            raise InputError("--storage: a SLURM search needs a shared database: pass --storage postgresql://user@host/db "
-                             f"or set ${st.STORAGE_ENV} (password in ~/.pgpass or $PGPASSWORD)")
-        storage = f"sqlite:///{study_dir / 'study.db'}"
-    storage = st.normalize_url(storage)
-    public, _ = st.split_password(storage)
-    if executor == "slurm" and st.parse_url(storage).get_backend_name() == "sqlite":
+    local_db = scratch / hpc.study / "study.db" if executor == "local" else None
+    storage = resolve_storage(args.storage, configured_storage, local_db)
+    if storage is None:
+        raise InputError("--storage: a SLURM search needs a shared database: pass --storage postgresql://user@host/db "
+                         "or set $DUALSEG_STORAGE (password in ~/.pgpass or $PGPASSWORD)")
+    if executor == "slurm" and storage.is_sqlite:
         raise InputError("--storage: SQLite cannot be shared by jobs on several nodes; use postgresql://")
-    # absolute paths: jobs may start in another directory
-    data_root = Path(cfg.data.root)
+    data_root = Path(cfg.data.root)  # absolute paths: jobs may start in another directory
     if not data_root.is_absolute():
         cfg.data.root = str((Path.cwd() / data_root).resolve())
     cfg.train.scratch = str(scratch)
-    # the config travels into pickles, the study and results.json: never with a password inside
-    cfg.hpc = {k: v for k, v in cfg.hpc.items() if k != "storage"}
-    if hpc.storage:
-        cfg.hpc["storage"] = public
-    return Plan(cfg, hpc, executor, scratch, study_dir, study_dir / "logs", storage, public)
+    if hasattr(cfg.train, "monitor"):
+        cfg.train.monitor = hpc.objective  # best.pt is chosen on what the study optimises
+    if configured_storage or args.storage:
+        cfg.hpc["storage"] = storage.public  # the config travels into pickles and results: never a password
+    return Plan(cfg, hpc, executor, scratch, storage)
 
 
-def _worker_spec(plan: Plan) -> WorkerSpec:
-    h = plan.hpc
-    overrides = {"trials": h.trials, "study": h.study, "gpus_per_node": h.gpus_per_node, "scratch": str(plan.scratch)}
-    return WorkerSpec(to_dict(plan.cfg), plan.public_storage, h.study, str(plan.scratch), overrides)
-
-
-def slurm_executor(plan: Plan) -> Any:
-    import submitit
-
-    h = plan.hpc
-    ex = submitit.SlurmExecutor(folder=plan.logdir, max_num_timeout=100)
-    params: dict[str, Any] = {
-        "job_name": f"dualseg-{h.study}",
-        "nodes": h.nodes,
-        "ntasks_per_node": max(1, h.gpus_per_node),
-        "time": time_to_minutes(h.time),
-        "signal_delay_s": h.signal_delay_s,
-        "array_parallelism": h.parallel or h.workers,
-        "additional_parameters": {"requeue": True},
-        "srun_args": ["--kill-on-bad-exit=1"],  # one dead rank ends the step: no rank hangs in a collective
-    }
-    if h.gpus_per_node:
-        params["gpus_per_node"] = h.gpus_per_node
-    for key in ("partition", "account", "qos", "mem", "cpus_per_task"):
-        if getattr(h, key) is not None:
-            params[key] = getattr(h, key)
-    if h.setup:
-        params["setup"] = list(h.setup)
-    ex.update_parameters(**params)
-    return ex
-
-
-def array_script(plan: Plan) -> str:
-    """The sbatch script submitit will submit for the array (for --dry-run)."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    ex = slurm_executor(plan)
-    extra = {"map_count": plan.hpc.workers} if plan.hpc.workers > 1 else {}
-    return _make_sbatch_string(command=ex._submitit_command_str, folder=ex.folder, **ex.parameters, **extra)
-
-
-def eval_script(plan: Plan, dependency: str | None) -> str:
-    """Render sbatch/eval.sbatch: our #SBATCH lines replace the template's, settings exported at the marker."""
-    h = plan.hpc
-    sbatch = {"job-name": f"dualseg-eval-{h.study}", "time": str(time_to_minutes(h.eval_time)),
-              "output": str(plan.logdir / "%j_0_log.out"), "error": str(plan.logdir / "%j_0_log.err")}
-    for key in ("partition", "account", "qos", "mem"):
-        if getattr(h, key) is not None:
-            sbatch[key] = str(getattr(h, key))
-    if h.cpus_per_task:
-        sbatch["cpus-per-task"] = str(h.cpus_per_task)
-    if h.gpus_per_node:
-        sbatch["gpus-per-node"] = "1"
-    if dependency:
-        sbatch["dependency"] = f"afterany:{dependency}"
-    lines = EVAL_TEMPLATE.read_text().splitlines()
-    out: list[str] = []
-    for line in lines:
-        m = re.match(r"#SBATCH\s+--([\w-]+)", line)
-        if m and m.group(1) in sbatch:
-            continue
-        out.append(line)
-        if line.startswith("#!"):
-            out += [f"#SBATCH --{k}={v}" for k, v in sbatch.items()]
-        if line.strip() == "# dualseg: launcher settings":
-            env = {"DUALSEG_STUDY": h.study, "DUALSEG_STORAGE_URL": plan.public_storage,
-                   "DUALSEG_SCRATCH": str(plan.scratch), "DUALSEG_REPO": str(REPO_ROOT), "DUALSEG_PYTHON": sys.executable}
-            out += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
-            out += list(h.setup)
-    return "\n".join(out) + "\n"
+def check_scratch(scratch: Path) -> None:
+    """Scratch must be creatable and writable before anything is written elsewhere."""
+    probe = scratch
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"--scratch: {scratch} is not writable (checked {probe})")
 
 
 def prepare(plan: Plan) -> None:
-    """Side effects every launch needs before submitting: data present, study created once.
+    """Side effects every launch needs before submitting: data present, study created once, scratch claimed.
 
     The database is checked first, so a wrong password or an unreachable host leaves nothing behind.
     """
-    url = st.parse_url(plan.storage)
-    if url.get_backend_name() == "sqlite" and url.database:
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    storage = st.open_storage(plan.storage, create_tables=True, pool_size=2)
+    check_scratch(plan.scratch)
+    db_path = plan.storage.sqlite_path
+    if db_path is not None:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+    db = open_database(plan.storage, create_tables=True)
     try:
         ensure_data(plan.cfg)
+        try:
+            existing = db.load_study(plan.hpc.study).user_attrs
+        except InputError:
+            existing = {}
+        plan.incarnation = existing.get("incarnation") or new_incarnation()
+        claim_study_dir(plan.study_dir, plan.incarnation, plan.hpc.study)
         attrs = {"config": to_dict(plan.cfg), "trials": plan.hpc.trials, "scratch": str(plan.scratch),
-                 "objective": plan.hpc.objective, "code_version": code_version()}
-        st.create_or_load_study(storage, plan.hpc.study, st.direction_for(plan.hpc.objective), attrs)
+                 "objective": plan.hpc.objective, "code_version": code_version(), "incarnation": plan.incarnation,
+                 "launch": {k: v for k, v in to_dict(plan.hpc).items() if k != "storage"}}
+        create_or_load_study(db, plan.hpc.study, plan.hpc.direction, attrs)
     finally:
-        storage.engine.dispose()
+        db.close()
     plan.logdir.mkdir(parents=True, exist_ok=True)
+    plan.passfile = write_passfile(plan.storage, plan.study_dir / ".pgpass")
 
 
 def ensure_data(cfg: Config) -> None:
@@ -273,131 +194,112 @@ def ensure_data(cfg: Config) -> None:
     ensure_synthetic(root, cfg.data.synthetic)
 
 
-def _export_password(plan: Plan) -> None:
-    """Jobs inherit the submitting environment: the password travels there, not in a script."""
-    _, password = st.split_password(plan.storage)
-    if password:
-        os.environ[st.PASSWORD_ENV] = password
-
-
-def check_with_sbatch(plan: Plan) -> None:
-    """``sbatch --test-only`` the array script: SLURM itself rejects a bad account, QOS, time or node
-    count before the study is created or anything is submitted."""
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".sbatch", prefix="dualseg-check-") as fh:
-        fh.write(array_script(plan))
-        fh.flush()
-        out = subprocess.run(["sbatch", "--test-only", fh.name], capture_output=True, text=True, timeout=60)
-    if out.returncode != 0:
-        reason = _last_line(out.stderr).removeprefix("sbatch: error: ")
-        raise InputError(f"sbatch refuses these resources (--nodes/--partition/--account/--qos/--time/--mem): {reason}")
+def record_submission(plan: Plan, array_id: str) -> None:
+    """The arrays of this study (the evaluation job's self-healing checks whether any still runs)."""
+    db = open_database(plan.storage, budget_s=60)
+    try:
+        study = db.load_study(plan.hpc.study)
+        study.set_user_attr("arrays", list(study.user_attrs.get("arrays", [])) + [array_id])
+    finally:
+        db.close()
 
 
 def submit_slurm(plan: Plan) -> tuple[str, str | None]:
-    import submitit
-
-    check_with_sbatch(plan)
+    res = jobs.check_scripts(plan)  # both scripts judged by SLURM before anything exists
     prepare(plan)
-    _export_password(plan)
-    ex = slurm_executor(plan)
-    spec = _worker_spec(plan)
-    try:
-        jobs = ex.submit_array([Worker(spec) for _ in range(plan.hpc.workers)])
-    except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as exc:
-        raise InputError(f"sbatch refused the array: {_last_line(str(exc))}") from None
-    array_id = str(jobs[0].job_id).split("_")[0]
+    jobs.scrub_environment(plan)
+    array_id = jobs.submit_array(plan, plan.hpc.workers)
+    record_submission(plan, array_id)
     eval_id = None
     if plan.hpc.eval:
-        script = plan.logdir / f"eval-{array_id}.sbatch"
-        from dualseg.io import atomic_write_text
-
-        atomic_write_text(script, eval_script(plan, array_id))
-        out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, cwd=REPO_ROOT)
-        if out.returncode != 0:
-            subprocess.run(["scancel", array_id], capture_output=True)
-            raise InputError(f"sbatch refused the evaluation job (array {array_id} cancelled): {_last_line(out.stderr)}")
-        eval_id = out.stdout.strip().split(";")[0]
+        try:
+            eval_id = jobs.submit_eval(plan, array_id, res)
+        except InputError as exc:
+            slurm.cancel(array_id)
+            raise InputError(f"{exc} (array {array_id} cancelled)") from None
     return array_id, eval_id
 
 
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "no message"
-
-
-def run_local(plan: Plan) -> dict[str, Any] | None:
-    """The embedded default: submitit's local executor, a SQLite study, wait, evaluate, print."""
-    import submitit
-
+def run_local(plan: Plan) -> int:
+    """The embedded default: local executor, SQLite study, a line per finished trial, then evaluate."""
     from hpc.evaluate import evaluate_study
+    from hpc.progress import follow_local
 
     prepare(plan)
-    ex = submitit.LocalExecutor(folder=plan.logdir)
-    ex.update_parameters(timeout_min=time_to_minutes(plan.hpc.time), tasks_per_node=max(1, plan.hpc.gpus_per_node),
-                         gpus_per_node=plan.hpc.gpus_per_node)
-    jobs = ex.submit_array([Worker(_worker_spec(plan)) for _ in range(plan.hpc.workers)])
-    print(f"local jobs: {', '.join(j.job_id for j in jobs)}; logs in {plan.logdir}", flush=True)
-    failures = []
-    for job in jobs:
-        try:
-            job.result()
-        except Exception as exc:  # noqa: BLE001 - report every worker, then fail once
-            failures.append(f"worker {job.job_id}: {_last_line(str(exc))}")
-    if failures:
-        print("\n".join(failures), file=sys.stderr)
-    if not plan.hpc.eval:
-        return None
-    return evaluate_study(plan.public_storage, plan.hpc.study, plan.scratch)
+    workers = jobs.run_local_workers(plan)
+    print(f"local workers: {', '.join(j.job_id for j in workers)}; logs in {plan.logdir}", flush=True)
+    failures = follow_local(plan, workers)
+    for line in failures:
+        print(f"error: {line}", file=sys.stderr)
+    here = shlex.quote(sys.executable)
+    if plan.hpc.eval:
+        results = evaluate_study(plan.storage, plan.hpc.study, plan.scratch)
+        r = results["test"]
+        print(f"best trial {results['best_trial']['number']}: test OA {r['oa']:.3f} mIoU {r['miou']:.3f}; "
+              f"results in {results['results_dir']}/results.json")
+    print(f"status: {here} hpc/status.py --study {plan.hpc.study} --scratch {shlex.quote(str(plan.scratch))}")
+    return 1 if failures else 0
+
+
+def _dry_run(plan: Plan) -> int:
+    masked = plan.storage.masked
+    if plan.executor == "local":
+        print(f"# local executor: {plan.hpc.workers} worker(s), storage {masked}, logs {plan.logdir}; nothing submitted")
+        return 0
+    check_scratch(plan.scratch)
+    res = jobs.check_scripts(plan) if slurm.available() else jobs.eval_resources(plan, None)
+    print(f"# array of {plan.hpc.workers} job(s), {plan.hpc.nodes} node(s) each; storage {masked}")
+    print(jobs.array_script(plan))
+    if plan.hpc.eval:
+        print("# evaluation job (submitted with the array id as dependency)")
+        print(jobs.eval_script(plan, "<ARRAY_ID>", res))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    storage: StorageURL | None = None
     try:
         plan = make_plan(args)
-        masked = st.mask_url(plan.storage)
+        storage = plan.storage
         if args.dry_run:
-            if plan.executor == "local":
-                print(f"# local executor: {plan.hpc.workers} worker(s), storage {masked}, logs {plan.logdir}; nothing submitted")
-                return 0
-            if slurm_available():
-                check_with_sbatch(plan)  # sbatch --test-only: validated by SLURM, still nothing submitted
-            print(f"# array of {plan.hpc.workers} job(s), {plan.hpc.nodes} node(s) each; storage {masked}")
-            print(array_script(plan))
-            if plan.hpc.eval:
-                print("# evaluation job (submitted with the array id as dependency)")
-                print(eval_script(plan, "<ARRAY_ID>"))
-            return 0
+            return _dry_run(plan)
         if args.prepare_only:
             prepare(plan)
-            print(f"study {plan.hpc.study!r} ready in {masked}; scratch {plan.scratch}")
+            print(f"study {plan.hpc.study!r} ready in {plan.storage.masked}; scratch {plan.scratch}")
             return 0
         if plan.executor == "local":
-            results = run_local(plan)
-            if results is not None:
-                r = results["test"]
-                print(f"best trial {results['best_trial']['number']}: test OA {r['oa']:.3f} mIoU {r['miou']:.3f}; "
-                      f"results in {results['results_dir']}/results.json")
-            return 0
+            return run_local(plan)
         array_id, eval_id = submit_slurm(plan)
     except DualsegError as exc:
-        secrets = (st.parse_url_password(args.storage), st.parse_url_password(os.environ.get(st.STORAGE_ENV)),
-                   os.environ.get(st.PASSWORD_ENV))
-        return report_error(exc, lambda m: st.scrub(m, *secrets))
+        def scrub(m: str) -> str:
+            m = storage.scrub(m) if storage is not None else m
+            for raw in (args.storage, os.environ.get("DUALSEG_STORAGE")):
+                try:
+                    m = StorageURL.parse(raw).scrub(m) if raw else m
+                except InputError:
+                    pass
+            return m
+
+        return report_error(exc, scrub)
+    _print_submitted(plan, array_id, eval_id)
+    return 0
+
+
+def _print_submitted(plan: Plan, array_id: str, eval_id: str | None) -> None:
     h = plan.hpc
     print(f"submitted array {array_id} ({h.workers} task(s) x {h.nodes} node(s)), study {h.study!r} -> {h.trials} trials")
     if eval_id:
         print(f"evaluation job {eval_id} (afterany:{array_id}) -> {plan.study_dir / 'results' / 'results.json'}")
-    print(f"storage: {masked}")
+    print(f"storage: {plan.storage.masked}")
     print(f"logs:    {plan.logdir}")
     here = shlex.quote(sys.executable)
     print("follow:")
     first = f"{array_id}_0" if h.workers > 1 else array_id
     print(f"  {here} hpc/logs.py {first} --follow --logdir {plan.logdir}")
-    print(f"  {here} hpc/status.py --study {h.study} --storage {shlex.quote(plan.public_storage)}")
-    print(f"  optuna-dashboard {shlex.quote(plan.public_storage)}")
+    print(f"  {here} hpc/status.py --study {h.study} --storage {shlex.quote(plan.storage.public)}")
+    print(f"  optuna-dashboard {shlex.quote(plan.storage.public)}")
     print(f"  squeue -j {array_id}{',' + eval_id if eval_id else ''}")
-    return 0
 
 
 if __name__ == "__main__":

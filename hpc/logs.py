@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dualseg.errors import InputError, report_error  # noqa: E402
-from hpc.helpers import resolve_scratch  # noqa: E402
+from hpc.paths import resolve_scratch  # noqa: E402
 
 _TS = re.compile(r"^(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[,.]\d+)?)")
 

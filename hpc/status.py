@@ -1,8 +1,10 @@
 """Where a search stands: ``python hpc/status.py --study NAME [--storage URL]``.
 
 One compact screen: trials by state against the target, the best value and its parameters, the
-running trials with the SLURM job that runs each and that job's state in ``squeue`` (a RUNNING
-trial whose job is gone is about to be failed by the heartbeat check and retried).
+running trials with the SLURM job of each and that job's state in ``squeue`` (a RUNNING trial whose
+job is gone is *stale*: the next ask fails and retries it), failed trials with their errors,
+resubmissions by the self-healing evaluation job, and scratch usage. Without ``--storage`` or
+``$DUALSEG_STORAGE`` it finds the local default study (``<scratch>/<study>/study.db``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -20,51 +23,58 @@ if __package__ in (None, ""):  # run as a script from the repo root
 from optuna.trial import TrialState  # noqa: E402
 
 from dualseg.errors import DualsegError, InputError, report_error  # noqa: E402
-from hpc import study as st  # noqa: E402
-from hpc.helpers import connect_url, squeue_states  # noqa: E402
+from hpc.paths import resolve_scratch  # noqa: E402
+from hpc.slurm import QUEUED_STATES, squeue_states  # noqa: E402
+from hpc.storage import StorageURL, open_database, resolve_storage  # noqa: E402
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def collect(storage_url: str, study_name: str) -> dict[str, Any]:
+def collect(storage: StorageURL, study_name: str) -> dict[str, Any]:
     """The status as a dict (printed by :func:`render`; used by tests)."""
-    storage = st.open_storage(connect_url(storage_url), pool_size=2)
+    db = open_database(storage, budget_s=30)
     try:
-        study = st.load_study(storage, study_name)
+        study = db.load_study(study_name)
         trials = study.get_trials(deepcopy=False)
-        target = study.user_attrs.get("trials")
+        attrs = study.user_attrs
     finally:
-        storage.engine.dispose()
+        db.close()
     counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = None
-    if complete:
+    if any(t.state == TrialState.COMPLETE for t in trials):
         b = study.best_trial
         best = {"number": b.number, "value": b.value, "params": b.params}
-    running = [{"number": t.number, "job": str(t.user_attrs.get("job_id", "?")),
-                "last_step": max(t.intermediate_values) if t.intermediate_values else None,
-                "retry_of": t.system_attrs.get("failed_trial")}
-               for t in trials if t.state == TrialState.RUNNING]
-    slurm = squeue_states([r["job"] for r in running if r["job"][:1].isdigit()])
-    for r, t in zip(running, [t for t in trials if t.state == TrialState.RUNNING]):
-        r["requeued"] = bool(t.user_attrs.get("requeued_job"))
-    for r in running:
-        r["slurm"] = slurm.get(r["job"], "-")
-    return {"study": study_name, "target": target, "counts": counts, "best": best, "running": running,
-            "direction": study.direction.name.lower()}
+    run = [t for t in trials if t.state == TrialState.RUNNING]
+    slurm = squeue_states([str(t.user_attrs.get("requeued_job") or t.user_attrs.get("job_id", "?")) for t in run])
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    running = []
+    for t in run:
+        job = str(t.user_attrs.get("requeued_job") or t.user_attrs.get("job_id", "?"))
+        state = slurm.get(job, "-")
+        running.append({"number": t.number, "job": job, "slurm": state, "requeued": bool(t.user_attrs.get("requeued_job")),
+                        "last_step": max(t.intermediate_values) if t.intermediate_values else None,
+                        "retry_of": t.system_attrs.get("failed_trial"),
+                        "stale": job[:1].isdigit() and state not in QUEUED_STATES,
+                        "age_s": (now - t.datetime_start.astimezone(timezone.utc).replace(tzinfo=None)).total_seconds()
+                        if t.datetime_start else None})
+    failed = [{"number": t.number, "error": t.user_attrs.get("error", "no heartbeat (job died)")}
+              for t in trials if t.state == TrialState.FAIL]
+    scratch = Path(str(attrs.get("scratch") or "")) / study_name if attrs.get("scratch") else None
+    usage = None
+    if scratch is not None and scratch.is_dir():
+        usage = sum(p.stat().st_size for p in scratch.rglob("*") if p.is_file())
+    return {"study": study_name, "target": attrs.get("trials"), "counts": counts, "best": best, "running": running,
+            "failed": failed, "direction": study.direction.name.lower(), "resubmits": attrs.get("resubmits", 0),
+            "arrays": attrs.get("arrays", []), "scratch_bytes": usage}
 
 
 def render(s: dict[str, Any]) -> str:
     c = s["counts"]
     done = c["COMPLETE"] + c["PRUNED"]
-    lines = [
-        f"study {s['study']} ({s['direction']}): {done}/{s['target'] or '?'} finished",
-        "  " + "  ".join(f"{k.lower()} {v}" for k, v in c.items()),
-    ]
+    lines = [f"study {s['study']} ({s['direction']}): {done}/{s['target'] or '?'} finished",
+             "  " + "  ".join(f"{k.lower()} {v}" for k, v in c.items())]
     if s["best"]:
         b = s["best"]
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in b["params"].items())
@@ -76,24 +86,37 @@ def render(s: dict[str, Any]) -> str:
         for r in s["running"]:
             step = "-" if r["last_step"] is None else r["last_step"]
             retry = "-" if r["retry_of"] is None else r["retry_of"]
-            note = "  (requeued, waiting in the queue)" if r.get("requeued") else ""
+            note = "  (requeued, waiting in the queue)" if r["requeued"] and not r["stale"] else ""
+            note = "  STALE: its job is gone; the next ask retries it" if r["stale"] else note
             lines.append(f"{r['number']:>6} {r['job']:>12} {r['slurm']:>10} {step:>6} {retry}{note}")
+    for f in s["failed"][-5:]:
+        lines.append(f"failed: trial {f['number']}: {f['error']}")
+    if s["resubmits"]:
+        lines.append(f"self-healing: workers resubmitted {s['resubmits']} time(s); arrays {', '.join(map(str, s['arrays']))}")
+    if s["scratch_bytes"] is not None:
+        lines.append(f"scratch: {s['scratch_bytes'] / 2**20:.1f} MiB")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python hpc/status.py", description=__doc__.split("\n")[0])
-    p.add_argument("--study", required=True)
-    p.add_argument("--storage", default=os.environ.get(st.STORAGE_ENV),
-                   help="study database URL (default $DUALSEG_STORAGE)")
+    p.add_argument("--study", default=os.environ.get("DUALSEG_STUDY") or "dualseg-default",
+                   help="study name (default $DUALSEG_STUDY, else the local default study)")
+    p.add_argument("--storage", default=None, help="study database URL (default $DUALSEG_STORAGE, else the local "
+                   "SQLite study under --scratch)")
+    p.add_argument("--scratch", default=None, help="where the local default study lives (default $SCRATCH, ./runs)")
     a = p.parse_args(argv)
+    storage: StorageURL | None = None
     try:
-        if not a.storage:
-            raise InputError("--storage: not given and $DUALSEG_STORAGE is not set")
-        st.parse_url(a.storage)
-        print(render(collect(a.storage, a.study)))
+        local = resolve_scratch(a.scratch) / a.study / "study.db"
+        storage = resolve_storage(a.storage, None, local)
+        assert storage is not None
+        path = storage.sqlite_path
+        if path is not None and not path.is_file():  # sqlite would create an empty database
+            raise InputError(f"--storage: no study database at {path} (pass --storage or --scratch)")
+        print(render(collect(storage, a.study)))
     except DualsegError as exc:
-        return report_error(exc, lambda m: st.scrub(m, st.parse_url_password(a.storage)))
+        return report_error(exc, storage.scrub if storage is not None else None)
     return 0
 
 

@@ -1,32 +1,47 @@
-"""Which trial a job runs next, decided by rank 0 under a study-wide lock.
+"""Which trial a job runs next, decided by rank 0 in one short, locked transaction.
 
-``finished + running >= trials`` means "wait", never "ask", so N workers asking at once can neither
-overshoot nor undershoot the requested number of finished trials. A RUNNING trial whose job died
-stops beating; the next worker that takes the lock fails it (``fail_stale_trials``) and Optuna's
-``RetryHeartbeatStaleTrialCallback`` re-queues it as WAITING with the same parameters; the next ask
-pops it and :func:`seed_from_retry` hands it the dead trial's checkpoint.
+The rule that keeps the count exact: ``finished + running >= trials`` means "wait", never "ask", so
+any number of workers asking at once can neither overshoot nor undershoot the requested number of
+finished (complete + pruned) trials. The critical section (:func:`hpc.storage.critical_section`)
+holds only the decision and the creation of the RUNNING trial *with its first heartbeat* (one
+commit: a connection drop can never leave a RUNNING trial without a heartbeat, which Optuna's stale
+check would ignore for ever); counts are one aggregate query; sampling runs after the lock is
+released (the trial is already RUNNING and counted; TPE's ``constant_liar`` keeps concurrent samples
+apart). A lost commit reply is recognised by the ask token stored with the trial, so a retried ask
+never creates a second trial. Stale trials (no heartbeat for ``grace_period``) are failed inside the
+lock and re-queued as WAITING by Optuna's ``RetryHeartbeatStaleTrialCallback`` with their parameters;
+the next ask pops them and :func:`seed_from_retry` hands them the dead trial's checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import threading
+import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
+import sqlalchemy as sa
+from optuna.storages._rdb import models as M
 from optuna.trial import TrialState
+from sqlalchemy.orm import Session
 
 from dualseg.io import atomic_copy
-from hpc import study as st
-from hpc.config import HpcConfig, ParamSpec, search_specs
-from hpc.helpers import build_pruner, build_sampler, connect_url, job_label, squeue_states, trial_dir
+from hpc.config import HpcConfig
+from hpc.paths import trial_dir
+from hpc.search import build_pruner, build_sampler, suggest
+from hpc.slurm import QUEUED_STATES, SlurmEnv, squeue_states
+from hpc.storage import OUTAGE, Database, LockTimeout, StorageURL, call, critical_section, is_connection_error, open_database
 
 log = logging.getLogger("hpc.trials")
-QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RUNNING", "SUSPENDED"}
+ASK_TOKEN = "dualseg:ask"
+T, H, SA, UA = M.TrialModel, M.TrialHeartbeatModel, M.TrialSystemAttributeModel, M.TrialUserAttributeModel
 
 
 @dataclass
@@ -38,33 +53,66 @@ class WorkerSpec:
     study: str
     scratch: str
     hpc_overrides: dict[str, Any] = field(default_factory=dict)
+    incarnation: str | None = None  # the scratch folders belong to this study incarnation (hpc.paths)
 
 
 @dataclass
 class Assignment:
     """Rank 0's decision for the whole job, broadcast to every rank."""
 
-    action: str  # "train" | "wait" | "stop"
+    action: Literal["train", "wait", "stop", "requeue"]
     trial_id: int = -1
     number: int = -1
     params: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
 
 
-class Heartbeat:
-    """Records the trial's heartbeat every ``interval`` s; database hiccups are retried, not fatal."""
+class TrialLost(Exception):
+    """The trial was finished by someone else (e.g. failed as stale during an outage): drop it."""
 
-    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, interval: int) -> None:
-        self._storage, self._trial_id, self._interval = storage, trial_id, interval
+
+def count_states(session: Session, study_id: int) -> dict[str, int]:
+    """Trials per state name, one aggregate query."""
+    counts = {s.name: 0 for s in TrialState}
+    for state, n in session.execute(sa.select(T.state, sa.func.count()).where(T.study_id == study_id)
+                                    .group_by(T.state)).all():
+        counts[state.name] = int(n)
+    return counts
+
+
+def finished(counts: dict[str, int]) -> int:
+    return counts["COMPLETE"] + counts["PRUNED"]
+
+
+def lost_failures(session: Session, study_id: int) -> int:
+    """FAIL trials that no retry continues."""
+    failed = set(session.scalars(sa.select(T.number).where(T.study_id == study_id, T.state == TrialState.FAIL)))
+    if not failed:
+        return 0
+    retried = {json.loads(v) for v in session.scalars(
+        sa.select(SA.value_json).join(T, SA.trial_id == T.trial_id).where(T.study_id == study_id,
+                                                                          SA.key == "failed_trial"))}
+    return len(failed - retried)
+
+
+class Heartbeat:
+    """Beats every ``interval`` s in a thread; an unreachable database is waited out, never fatal."""
+
+    def __init__(self, db: Database, trial_id: int, interval: int) -> None:
+        self._db, self._trial_id, self._interval = db, trial_id, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self._storage.record_heartbeat(self._trial_id)
+                self._db.rdb.record_heartbeat(self._trial_id)
+                OUTAGE.recovered()
             except Exception as exc:  # noqa: BLE001 - keep beating; the next beat may get through
-                log.warning("heartbeat failed (%s); retrying", type(exc).__name__)
+                if is_connection_error(exc):
+                    OUTAGE.failed("heartbeat", exc, self._db.budget_s)
+                else:
+                    log.warning("heartbeat failed (%s); retrying", type(exc).__name__)
             self._stop.wait(self._interval)
 
     def __enter__(self) -> Heartbeat:
@@ -76,22 +124,9 @@ class Heartbeat:
         self._thread.join(timeout=30)
 
 
-def suggest(trial: optuna.Trial, specs: dict[str, ParamSpec]) -> dict[str, Any]:
-    """Sample the configured search space (a re-queued WAITING trial returns its fixed values)."""
-    params: dict[str, Any] = {}
-    for name, s in specs.items():
-        if s.type == "int":
-            params[name] = trial.suggest_int(name, int(s.low), int(s.high), step=int(s.step or 1), log=s.log)  # type: ignore[arg-type]
-        elif s.type == "float":
-            params[name] = trial.suggest_float(name, s.low, s.high, step=s.step, log=s.log)  # type: ignore[arg-type]
-        else:
-            params[name] = trial.suggest_categorical(name, s.choices)  # type: ignore[arg-type]
-    return params
-
-
 def seed_from_retry(study_dir: Path, frozen: optuna.trial.FrozenTrial) -> Path | None:
     """Copy the newest checkpoint of the trials this one retries into its own folder."""
-    with warnings.catch_warnings():  # experimental-API notice, once per retry, is noise in job logs
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(frozen)
     target = trial_dir(study_dir, frozen.number)
@@ -99,9 +134,9 @@ def seed_from_retry(study_dir: Path, frozen: optuna.trial.FrozenTrial) -> Path |
         return target
     for number in reversed(history):
         source = trial_dir(study_dir, number)
-        if (source / "last.pt").exists():
+        if any((source / name).exists() for name in ("last.pt", "best.pt")):
             target.mkdir(parents=True, exist_ok=True)
-            for name in ("last.pt", "best.pt", "metrics.jsonl"):
+            for name in ("last.pt", "last.prev.pt", "best.pt", "metrics.jsonl"):
                 if (source / name).exists():
                     atomic_copy(source / name, target / name)
             log.info("trial %d resumes from the checkpoint of failed trial %d", frozen.number, number)
@@ -112,106 +147,219 @@ def seed_from_retry(study_dir: Path, frozen: optuna.trial.FrozenTrial) -> Path |
 class Coordinator:
     """Rank 0's side: the study, the lock and the counting rules."""
 
-    def __init__(self, spec: WorkerSpec, hpc: HpcConfig) -> None:
+    def __init__(self, spec: WorkerSpec, hpc: HpcConfig, db: Database | None = None) -> None:
         self.spec, self.hpc = spec, hpc
-        self.storage = st.open_storage(
-            connect_url(spec.storage),
-            heartbeat_interval=hpc.heartbeat_interval,
-            grace_period=hpc.grace_period,
-            max_retry=hpc.max_retry,
-            pool_size=hpc.pool_size,
-            retries=hpc.db_retries,
-        )
-        worker = int(os.environ.get("SLURM_ARRAY_TASK_ID") or os.environ.get("SLURM_JOB_ID") or os.getpid())
-        self.study = st.load_study(self.storage, spec.study, build_sampler(hpc, worker), build_pruner(hpc))
-        self.specs = search_specs(hpc)
+        self.url = StorageURL.parse(spec.storage)
+        self.db = db or open_database(self.url, heartbeat_interval=hpc.heartbeat_interval,
+                                      grace_period=hpc.grace_period, max_retry=hpc.max_retry, budget_s=hpc.db_outage_s)
+        self.study = self.db.load_study(spec.study, pruner=build_pruner(hpc.pruner))
+        self.study_id = self.study._study_id
+        self.specs = hpc.specs
         self.study_dir = Path(spec.scratch) / spec.study
+        self.label = SlurmEnv.read().label
+        self._last_keepalive = 0.0
 
     def _retry(self, fn: Any, what: str) -> Any:
-        return st.with_retries(fn, what, self.hpc.db_retries)
+        return call(fn, what, self.hpc.db_outage_s)
 
-    def next(self, resume_trial_id: int | None) -> Assignment:
-        job = self._retry(lambda: self._next(resume_trial_id), "ask")
-        if job.action == "train" and job.reason == "new":  # outside the lock: checkpoints can be large
-            seed_from_retry(self.study_dir, self.storage.get_trial(job.trial_id))
+    # ---- the ask ---------------------------------------------------------------------------
+    def next(self, resume_trial_id: int | None, stop_requested: Any = lambda: False) -> Assignment:
+        """The job's next step; a stop requested while asking hands a fresh trial back (never trains it)."""
+        if resume_trial_id is not None:
+            job = self._resume(resume_trial_id)
+            if job is not None:
+                return job
+        self._keep_queued_alive()
+        token = uuid.uuid4().hex
+        while True:
+            try:
+                job = self._retry(lambda: self._decide(token), "ask")
+                break
+            except LockTimeout:
+                log.info("study lock busy for %.0f s; asking again", self.hpc.lock_timeout_s)
+        if job.action != "train":
+            return job
+        if stop_requested():
+            self.release(job.trial_id)
+            return Assignment("stop", reason="signal received while asking; trial handed back")
+        job.params = self._sample(job.trial_id, job.number)
+        self._retry(lambda: self.db.storage.set_trial_user_attr(job.trial_id, "job_id", self.label), "set job id")
+        seed_from_retry(self.study_dir, self._retry(lambda: self.db.storage.get_trial(job.trial_id), "get trial"))
         return job
 
-    def _next(self, resume_trial_id: int | None) -> Assignment:
-        with st.ask_lock(self.storage, self.spec.study):
-            if resume_trial_id is not None:
-                frozen = self.storage.get_trial(resume_trial_id)
-                if frozen.state == TrialState.RUNNING:  # requeued: continue the very same trial
-                    self.storage.record_heartbeat(resume_trial_id)
-                    self.storage.set_trial_user_attr(resume_trial_id, "requeued_job", None)
-                    return Assignment("train", resume_trial_id, frozen.number, dict(frozen.params), "resumed")
-                log.warning("trial %d became %s while this job was requeued; its retry continues it",
-                            frozen.number, frozen.state.name)
-            self._keep_queued_alive()
-            optuna.storages.fail_stale_trials(self.study)
-            trials = self.study.get_trials(deepcopy=False)
-            counts = st.count_states(self.study)
-            done = st.finished(counts)
-            if done >= self.hpc.trials:
-                return Assignment("stop", reason=f"study has {done}/{self.hpc.trials} finished trials")
-            retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-            lost = [t.number for t in trials if t.state == TrialState.FAIL and t.number not in retried]
-            if len(lost) >= self.hpc.max_failed:
-                return Assignment("stop", reason=f"{len(lost)} failed trials (hpc.max_failed={self.hpc.max_failed})")
-            if counts["WAITING"] == 0 and done + counts["RUNNING"] >= self.hpc.trials:
-                return Assignment("wait", reason=f"{done} finished + {counts['RUNNING']} running")
-            trial = self.study.ask()
-            self.storage.record_heartbeat(trial._trial_id)
-            params = suggest(trial, self.specs)
-            trial.set_user_attr("job_id", job_label())
-            return Assignment("train", trial._trial_id, trial.number, params, "new")
+    def _resume(self, trial_id: int) -> Assignment | None:
+        frozen = self._retry(lambda: self.db.storage.get_trial(trial_id), "get trial")
+        if frozen.state != TrialState.RUNNING:
+            log.warning("trial %d became %s while this job was requeued; its retry continues it",
+                        frozen.number, frozen.state.name)
+            return None
+        self._retry(lambda: self.db.rdb.record_heartbeat(trial_id), "heartbeat")
+        self._retry(lambda: self.db.storage.set_trial_user_attr(trial_id, "requeued_job", None), "clear requeued")
+        return Assignment("train", trial_id, frozen.number, self._sample(trial_id, frozen.number), "resumed")
 
-    def study_full(self) -> bool:
-        """The study already holds the requested number of finished trials."""
-        counts = self._retry(lambda: st.count_states(self.study), "count trials")
-        return st.finished(counts) >= self.hpc.trials
+    def _sample(self, trial_id: int, number: int) -> dict[str, Any]:
+        """Parameters of the trial: drawn by a sampler seeded for this trial number (fixed ones kept)."""
+        def go() -> dict[str, Any]:
+            self.study.sampler = build_sampler(self.hpc, number)
+            self.study._thread_local.cached_all_trials = None
+            self.study.sampler.before_trial(self.study, self.db.storage.get_trial(trial_id))
+            return suggest(optuna.Trial(self.study, trial_id), self.specs)
 
-    def mark_requeued(self, trial_id: int) -> None:
-        """Before a USR2 requeue: the trial will wait in the queue without a heartbeat."""
-        self._retry(lambda: self.storage.set_trial_user_attr(trial_id, "requeued_job", job_label()), "mark requeued")
+        return dict(self._retry(go, "suggest"))
+
+    def _decide(self, token: str) -> Assignment:
+        with critical_section(self.db.engine, self.url, self.spec.study, self.hpc.lock_timeout_s) as s:
+            mine = s.execute(sa.select(T.trial_id, T.number).join(SA, SA.trial_id == T.trial_id)
+                             .where(T.study_id == self.study_id, SA.key == ASK_TOKEN,
+                                    SA.value_json == json.dumps(token))).first()
+            if mine is not None:  # our earlier commit went through; its reply was lost
+                return Assignment("train", mine.trial_id, mine.number, reason="new")
+            self._fail_stale(s)
+            counts = count_states(s, self.study_id)
+            done, running, target = finished(counts), counts["RUNNING"], self.hpc.trials
+            if done >= target:
+                return Assignment("stop", reason=f"study has {done}/{target} finished trials")
+            lost = lost_failures(s, self.study_id)
+            if lost >= self.hpc.max_failed:
+                return Assignment("stop", reason=f"{lost} failed trials (hpc.max_failed={self.hpc.max_failed})")
+            if done + running >= target:
+                return Assignment("wait", reason=f"{done} finished + {running} running")
+            trial_id, number, reason = self._start_trial(s, token)
+            return Assignment("train", trial_id, number, reason=reason)
+
+    def _start_trial(self, s: Session, token: str) -> tuple[int, int, str]:
+        """Pop the oldest WAITING trial (a retry) or create one; RUNNING + heartbeat + token, same commit."""
+        now_db = s.execute(sa.select(sa.func.now())).scalar_one().replace(tzinfo=None)
+        waiting = s.execute(sa.select(T).where(T.study_id == self.study_id, T.state == TrialState.WAITING)
+                            .order_by(T.trial_id).limit(1).with_for_update()).scalar_one_or_none()
+        if waiting is not None:
+            waiting.state = TrialState.RUNNING
+            waiting.datetime_start = datetime.now()
+            trial = waiting
+            reason = "retry" if s.execute(sa.select(SA.trial_id).where(
+                SA.trial_id == trial.trial_id, SA.key == "failed_trial")).first() else "handed back"
+        else:
+            trial = T(study_id=self.study_id, number=None, state=TrialState.RUNNING, datetime_start=datetime.now())
+            s.add(trial)
+            s.flush()
+            trial.number = trial.count_past_trials(s)
+            reason = "new"
+        hb = s.execute(sa.select(H).where(H.trial_id == trial.trial_id)).scalar_one_or_none()
+        if hb is None:
+            s.add(H(trial_id=trial.trial_id, heartbeat=now_db))
+        else:
+            hb.heartbeat = now_db
+        s.execute(sa.delete(SA).where(SA.trial_id == trial.trial_id, SA.key == ASK_TOKEN))
+        s.add(SA(trial_id=trial.trial_id, key=ASK_TOKEN, value_json=json.dumps(token)))
+        s.flush()
+        return int(trial.trial_id), int(trial.number), "new" if reason == "new" else reason
+
+    def _fail_stale(self, s: Session) -> None:
+        """Fail RUNNING trials without a heartbeat for ``grace_period`` and let Optuna's callback re-queue them.
+
+        Not right after a database outage: nobody's heartbeat could get through, so every trial looks
+        stale; their workers get one grace period to beat again.
+        """
+        if OUTAGE.recent(self.hpc.grace_period):
+            return
+        now_db = s.execute(sa.select(sa.func.now())).scalar_one().replace(tzinfo=None)
+        now_utc = datetime.now(timezone.utc).replace(tzinfo=None)
+        grace = self.hpc.grace_period
+        rows = s.execute(sa.select(T.trial_id, T._datetime_start_utc, H.heartbeat)
+                         .outerjoin(H, H.trial_id == T.trial_id)
+                         .where(T.study_id == self.study_id, T.state == TrialState.RUNNING)).all()
+        stale = [tid for tid, start, beat in rows
+                 if (beat is not None and (now_db - beat).total_seconds() > grace)
+                 or (beat is None and start is not None and (now_utc - start).total_seconds() > grace)]
+        callback = self.db.rdb.get_heartbeat_stale_trial_callback()
+        for tid in stale:
+            if not self.db.storage.set_trial_state_values(tid, TrialState.FAIL):
+                continue
+            frozen = self.db.storage.get_trial(tid)
+            log.warning("trial %d had no heartbeat for %d s: failed%s", frozen.number, grace,
+                        "; re-queued with its parameters" if callback else "")
+            if callback is not None:
+                callback(self.study, frozen)
 
     def _keep_queued_alive(self) -> None:
-        """Beat for RUNNING trials whose requeued job still waits in squeue.
+        """Beat for RUNNING trials whose requeued job still waits in the queue (one batched squeue).
 
-        A requeued job may wait in the queue far longer than ``grace_period``; it is not dead, so
-        its trial must not be failed and retried under a new number. Once its job has left the
-        queue (cancelled, failed) the heartbeat check takes its normal course.
+        A requeued job may wait far longer than ``grace_period``; it is not dead, so its trial must not
+        be failed and retried. Once its job has left the queue the heartbeat check takes its course.
         """
-        waiting = {t._trial_id: str(t.user_attrs["requeued_job"])
-                   for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                   if t.user_attrs.get("requeued_job")}
-        if not waiting:
+        if time.monotonic() - self._last_keepalive < max(1.0, self.hpc.heartbeat_interval / 2):
             return
-        states = squeue_states(list(waiting.values()))
-        for trial_id, job in waiting.items():
+        self._last_keepalive = time.monotonic()
+
+        def waiting() -> dict[int, str]:
+            with Session(self.db.engine) as s:
+                rows = s.execute(sa.select(T.trial_id, UA.value_json).join(UA, UA.trial_id == T.trial_id)
+                                 .where(T.study_id == self.study_id, T.state == TrialState.RUNNING,
+                                        UA.key == "requeued_job")).all()
+            return {tid: json.loads(v) for tid, v in rows if json.loads(v)}
+
+        queued = self._retry(waiting, "list requeued trials")
+        if not queued:
+            return
+        states = squeue_states(list(queued.values()))
+        for trial_id, job in queued.items():
             if states.get(job) in QUEUED_STATES:
-                self.storage.record_heartbeat(trial_id)
+                self._retry(lambda t=trial_id: self.db.rdb.record_heartbeat(t), "heartbeat")
+
+    def release(self, trial_id: int) -> None:
+        """Hand a RUNNING trial back as WAITING (a signal arrived during the ask): the next ask takes it."""
+        def go() -> None:
+            with Session(self.db.engine) as s, s.begin():
+                s.execute(sa.update(T).where(T.trial_id == trial_id, T.state == TrialState.RUNNING)
+                          .values(state=TrialState.WAITING))
+                s.execute(sa.delete(SA).where(SA.trial_id == trial_id, SA.key == ASK_TOKEN))
+
+        self._retry(go, "hand trial back")
+        log.warning("signal received while asking: trial handed back to the study, not started")
+
+    # ---- during and after a trial ----------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        def go() -> dict[str, int]:
+            with Session(self.db.engine) as s:
+                return count_states(s, self.study_id)
+
+        return dict(self._retry(go, "count trials"))
+
+    def study_full(self) -> bool:
+        return finished(self.counts()) >= self.hpc.trials
+
+    def mark_requeued(self, trial_id: int) -> None:
+        """Before a requeue: the trial waits in the queue without a heartbeat; live workers keep it beating."""
+        self._retry(lambda: self.db.storage.set_trial_user_attr(trial_id, "requeued_job", self.label), "mark requeued")
 
     def report(self, trial_id: int, step: int, value: float) -> bool:
-        """Report an epoch's objective; True means prune."""
-        trial = optuna.Trial(self.study, trial_id)
-
+        """Report an epoch's objective; True means prune. :class:`TrialLost` if someone finished the trial."""
         def go() -> bool:
-            if step not in self.storage.get_trial(trial_id).intermediate_values:
-                trial.report(value, step)
-            return trial.should_prune()
+            frozen = self.db.storage.get_trial(trial_id)
+            if frozen.state.is_finished():
+                raise TrialLost(f"trial {frozen.number} is {frozen.state.name}")
+            if step not in frozen.intermediate_values:
+                try:
+                    self.db.storage.set_trial_intermediate_value(trial_id, step, value)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    raise TrialLost(f"trial {frozen.number} was finished by another worker") from None
+                frozen = self.db.storage.get_trial(trial_id)
+            return bool(self.study.pruner.prune(self.study, frozen))
 
         return bool(self._retry(go, "report"))
 
-    def tell(self, trial_id: int, state: TrialState, value: float | None, attrs: dict[str, Any]) -> None:
-        def go() -> None:
+    def tell(self, trial_id: int, state: TrialState, value: float | None, attrs: dict[str, Any]) -> bool:
+        """Finish the trial; False (one warning) when someone else already finished it."""
+        try:
             for k, v in attrs.items():
-                self.storage.set_trial_user_attr(trial_id, k, v)
-            try:
-                self.study.tell(self.storage.get_trial(trial_id).number, value, state=state)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                log.warning("trial was already finished by someone else (stale heartbeat?)")
-
-        self._retry(go, "tell")
+                self._retry(lambda k=k, v=v: self.db.storage.set_trial_user_attr(trial_id, k, v), "set attribute")
+            values = None if value is None else [value]
+            self._retry(lambda: self.db.storage.set_trial_state_values(trial_id, state, values), "tell")
+            return True
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.warning("trial (storage id %d) was already finished by another worker (stale heartbeat during "
+                        "an outage?); dropping it", trial_id)
+            return False
 
     def heartbeat(self, trial_id: int) -> Heartbeat:
-        return Heartbeat(self.storage, trial_id, self.hpc.heartbeat_interval)
+        return Heartbeat(self.db, trial_id, self.hpc.heartbeat_interval)

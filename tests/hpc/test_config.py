@@ -6,7 +6,8 @@ import pytest
 
 from dualseg.config import Config, load_config
 from dualseg.errors import InputError
-from hpc.config import HpcConfig, parse_hpc, search_specs, time_to_minutes
+from hpc.config import HpcConfig, parse_hpc
+from hpc.slurm import time_to_minutes
 
 from pathlib import Path
 
@@ -16,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_shipped_configs_parse() -> None:
     for name in ("default.yaml", "tiny.yaml"):
         hpc = parse_hpc(load_config(REPO / "configs" / name))
-        assert hpc.trials >= 1 and search_specs(hpc)
+        assert hpc.trials >= 1 and hpc.specs
 
 
 def test_command_line_wins_over_file_and_none_keeps_file() -> None:
@@ -32,14 +33,14 @@ def test_command_line_wins_over_file_and_none_keeps_file() -> None:
         ({"nodes": 0}, "--nodes: must be >= 1"),
         ({"trials": "many"}, "hpc.trials: expected int"),
         ({"pruner": {"kind": "magic"}}, "hpc.pruner.kind"),
-        ({"executor": "k8s"}, "--executor"),
+        ({"executor": "k8s"}, "hpc.executor: must be one of auto, slurm, local"),
         ({"study": "a b"}, "--study"),
         ({"mem": "lots"}, "--mem"),
         ({"time": "1:2:3:4"}, "--time"),
         ({"search": {"train.learning_rate": {"type": "float", "low": 0.1, "high": 1}}}, "train.learning_rate"),
         ({"search": {"train.lr": {"type": "float", "low": 1, "high": 0.1}}}, "low <= high"),
         ({"search": {"model.temporal": {"type": "categorical", "choices": [1, 2]}}}, "model.temporal"),
-        ({"search": {"train.lr": {"type": "normal"}}}, "type must be"),
+        ({"search": {"train.lr": {"type": "normal"}}}, "hpc.search.train.lr.type: must be one of"),
         ({"grace_period": 1, "heartbeat_interval": 5}, "grace_period"),
     ],
 )

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import optuna
 
-from hpc import study as st
+from hpc.storage import StorageURL, create_or_load_study, open_database
 
 
 def _study(tmp_path: Path, complete: bool) -> str:
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    study = st.create_or_load_study(st.open_storage(url, create_tables=True), "s", "minimize",
+    study = create_or_load_study(open_database(StorageURL.parse(url), create_tables=True), "s", "minimize",
                                     {"trials": 1, "scratch": str(tmp_path)})
     dist = {"train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
     state = optuna.trial.TrialState.COMPLETE if complete else optuna.trial.TrialState.FAIL

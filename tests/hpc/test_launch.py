@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,7 +12,6 @@ import optuna
 import pytest
 from sqlalchemy.engine import make_url
 
-from hpc import study as st
 
 OPTIONS = ["--config", "--nodes", "--gpus-per-node", "--trials", "--workers", "--parallel", "--partition", "--account",
            "--qos", "--time", "--mem", "--cpus-per-task", "--storage", "--study", "--scratch", "--executor",
@@ -48,7 +48,9 @@ def test_local_executor_runs_the_search_and_prints_the_result(hpc_tools, tiny_ar
     study = optuna.load_study(study_name="loc", storage=f"sqlite:///{study_dir / 'study.db'}")
     assert len(study.trials) == 2
     assert sorted(p.name for p in study_dir.glob("trial-*")) == ["trial-0", "trial-1"]
-    assert all((study_dir / f"trial-{i}" / n).exists() for i in (0, 1) for n in ("last.pt", "best.pt", "metrics.jsonl"))
+    assert all((study_dir / f"trial-{i}" / n).exists() for i in (0, 1) for n in ("best.pt", "metrics.jsonl"))
+    assert not any((study_dir / f"trial-{i}" / "last.pt").exists() for i in (0, 1)), "finished trials drop last.pt"
+    assert [ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("trial ")] == ["0", "1"], r.stdout
 
 
 def test_local_executor_refuses_multi_node(hpc_tools, tiny_args) -> None:
@@ -81,10 +83,10 @@ def test_dry_run_prints_every_script_and_submits_nothing(slurm_env, hpc_tools, t
     [
         (["--nodes", "0"], "error: --nodes: must be >= 1 (got 0)"),
         (["--partition", "nosuchpart"], "error: --partition: unknown partition 'nosuchpart'"),
-        (["--nodes", "3"], "error: sbatch refuses these resources"),  # the bed has 2 nodes
+        (["--nodes", "3"], "error: sbatch refuses the worker array"),  # the bed has 2 nodes
         (["--config", "configs/missing.yaml"], "error: --config: file not found: configs/missing.yaml"),
         (["--storage", "WRONGPW"], "password authentication failed"),
-        (["--storage", "PORT1"], "cannot connect: connection to server at \"127.0.0.1\", port 1 failed"),
+        (["--storage", "PORT1"], "unreachable: connection to server at \"127.0.0.1\", port 1 failed"),
         (["--executor", "slurm"], "error: --storage: a SLURM search needs a shared database"),
     ],
 )
@@ -132,8 +134,7 @@ def test_slurm_search_two_node_ddp_exact_count_eval_and_no_password_leak(slurm_e
     hpc_tools.wait_gone([array, eval_id], timeout=300, check=snapshot)
     study_dir = tmp_path / "scratch" / "e2e"
     results = _check_results(study_dir / "results" / "results.json", 4)
-    storage = st.open_storage(pg_db_url)
-    study = optuna.load_study(study_name="e2e", storage=storage)
+    study = optuna.load_study(study_name="e2e", storage=pg_db_url)
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 4 and len(study.trials) == 4
     assert results["best_trial"]["number"] == study.best_trial.number
     jobs = {t.user_attrs["job_id"] for t in study.trials}
@@ -145,7 +146,11 @@ def test_slurm_search_two_node_ddp_exact_count_eval_and_no_password_leak(slurm_e
             assert f"[rank {rank}/2 node n" in text and "trial " in text
     files = [p for p in study_dir.rglob("*") if p.is_file()]
     assert any(p.suffix == ".pkl" for p in files) and any(p.name.endswith(".sbatch") for p in files)
-    leaks = [str(p) for p in files if password.encode() in p.read_bytes()]
+    passfile = study_dir / ".pgpass"  # the one place the password may be: libpq's mode-0600 passfile
+    assert stat.S_IMODE(passfile.stat().st_mode) == 0o600
+    leaks = [str(p) for p in files if p != passfile and password.encode() in p.read_bytes()]
     assert leaks == [], f"password found in {leaks}"
     assert not any(password in s for s in seen), "password in a job's argv or SLURM's job record"
-    storage.engine.dispose()
+    state = Path(slurm_env["dir"]) / "slurm"
+    stored = [str(p) for p in state.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+    assert stored == [], f"password stored by slurmctld (job environment/script): {stored}"

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import optuna
 
-from hpc import study as st
+from hpc.storage import StorageURL, create_or_load_study, open_database
 from hpc.status import collect, render
 
 
 def _study(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    study = st.create_or_load_study(st.open_storage(url, create_tables=True), "s", "minimize", {"trials": 5})
+    study = create_or_load_study(open_database(StorageURL.parse(url), create_tables=True), "s", "minimize", {"trials": 5})
     dist = {"train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
     for value in (0.5, 0.2):
         study.add_trial(optuna.create_trial(value=value, params={"train.lr": value / 100}, distributions=dist))
@@ -26,11 +26,12 @@ def _study(tmp_path: Path) -> str:
 
 
 def test_collect_and_render(tmp_path: Path) -> None:
-    s = collect(_study(tmp_path), "s")
+    s = collect(StorageURL.parse(_study(tmp_path)), "s")
     assert s["counts"]["COMPLETE"] == 2 and s["counts"]["PRUNED"] == 1 and s["counts"]["RUNNING"] == 1
     assert s["best"]["number"] == 1 and s["best"]["value"] == 0.2
-    assert s["running"] == [{"number": 3, "job": "123_4", "last_step": 1, "retry_of": None, "slurm": "-",
-                            "requeued": False}]
+    (r,) = s["running"]
+    assert (r["number"], r["job"], r["last_step"], r["retry_of"], r["slurm"], r["requeued"]) == (3, "123_4", 1, None, "-", False)
+    assert r["stale"], "a RUNNING trial whose job squeue does not know is stale"
     text = render(s)
     assert "3/5 finished" in text and "best: trial 1 value 0.2" in text and "123_4" in text
 
@@ -41,5 +42,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, hpc_tools) -> None:
     assert r.returncode == 0 and "complete 2" in r.stdout
     r = hpc_tools.run_cli("status.py", "--study", "nope", "--storage", url)
     assert r.returncode == 2 and r.stderr.strip() == f"error: --study: no study named 'nope' in storage {url}"
-    r = hpc_tools.run_cli("status.py", "--study", "s", env={"DUALSEG_STORAGE": ""})
-    assert r.returncode == 2 and r.stderr.strip() == "error: --storage: not given and $DUALSEG_STORAGE is not set"
+    r = hpc_tools.run_cli("status.py", "--study", "s", "--scratch", str(tmp_path / "none"), env={"DUALSEG_STORAGE": ""})
+    missing = tmp_path / "none" / "s" / "study.db"
+    assert r.returncode == 2 and r.stderr.strip() == f"error: --storage: no study database at {missing} (pass --storage or --scratch)"
+    assert not missing.exists() and not missing.parent.exists(), "status must not create an empty database"

@@ -22,84 +22,7 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from hpc import study as st
-
-SEARCH = {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
-
-CHILD = textwrap.dedent(
-    """
-    import os, sys, time, json
-    from optuna.trial import TrialState
-    from dualseg.config import Config, to_dict
-    from hpc.config import parse_hpc
-    from hpc.trials import Coordinator, WorkerSpec
-    url, study, scratch, hpc_json, die = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "1"
-    cfg = Config(hpc=json.loads(hpc_json))
-    coord = Coordinator(WorkerSpec(to_dict(cfg), url, study, scratch), parse_hpc(cfg))
-    while True:
-        job = coord.next(None)
-        if job.action == "stop":
-            break
-        if job.action == "wait":
-            time.sleep(0.2)
-            continue
-        if die:  # a hard crash after asking: the trial stays RUNNING, no heartbeat any more
-            os._exit(9)
-        with coord.heartbeat(job.trial_id):
-            time.sleep(0.2)
-        coord.tell(job.trial_id, TrialState.COMPLETE, float(job.number), {})
-    """
-)
-
-
-def _race(url: str, tmp_path: Path, n_procs: int, trials: int, die: list[bool]) -> optuna.Study:
-    hpc = {"trials": trials, "heartbeat_interval": 1, "grace_period": 3, "poll_interval": 0.2, "search": SEARCH,
-           "study": "race"}
-    storage = st.open_storage(url, create_tables=True)
-    st.create_or_load_study(storage, "race", "minimize", {"trials": trials})
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, url, "race", str(tmp_path), json.dumps(hpc),
-                               "1" if die[i] else "0"], env={**os.environ, "PYTHONWARNINGS": "ignore"})
-             for i in range(n_procs)]
-    for p in procs:
-        p.wait(timeout=120)
-    assert [p.returncode for p in procs] == [9 if d else 0 for d in die]
-    return optuna.load_study(study_name="race", storage=storage)
-
-
-def _finished(study: optuna.Study) -> int:
-    return sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
-
-
-def test_concurrent_workers_reach_exactly_the_requested_count_sqlite(tmp_path: Path) -> None:
-    study = _race(f"sqlite:///{tmp_path / 'study.db'}", tmp_path, n_procs=4, trials=7, die=[False] * 4)
-    assert _finished(study) == 7 and len(study.trials) == 7
-
-
-@pytest.mark.postgres
-def test_concurrent_workers_exact_count_and_crash_retry_postgres(pg_db_url: str, tmp_path: Path) -> None:
-    """4 workers, one dies right after asking: its RUNNING trial goes stale, is failed and retried."""
-    study = _race(pg_db_url, tmp_path, n_procs=4, trials=6, die=[True, False, False, False])
-    states = [t.state.name for t in study.trials]
-    assert _finished(study) == 6, states
-    assert states.count("FAIL") == 1 and states.count("RUNNING") == 0
-    failed = next(t for t in study.trials if t.state.name == "FAIL")
-    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == failed.number]
-    assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == failed.params
-
-
-def test_retry_copies_the_failed_trials_checkpoint(tmp_path: Path) -> None:
-    from hpc.trials import seed_from_retry
-
-    (tmp_path / "trial-3").mkdir()
-    (tmp_path / "trial-3" / "last.pt").write_bytes(b"epoch-2-state")
-    (tmp_path / "trial-3" / "metrics.jsonl").write_text('{"epoch": 0}\n')
-    frozen = optuna.create_trial(state=optuna.trial.TrialState.WAITING, system_attrs={"failed_trial": 1, "retry_history": [1, 3]})
-    frozen.number = 5
-    assert seed_from_retry(tmp_path, frozen) == tmp_path / "trial-3"
-    assert (tmp_path / "trial-5" / "last.pt").read_bytes() == b"epoch-2-state"
-    assert (tmp_path / "trial-5" / "metrics.jsonl").read_text() == '{"epoch": 0}\n'
-    assert seed_from_retry(tmp_path, frozen) == tmp_path / "trial-5"  # its own checkpoint now wins
-
+from hpc.storage import StorageURL, create_or_load_study, open_database
 
 # ---------------------------------------------------------------- the real test bed: SLURM + PostgreSQL
 
@@ -158,14 +81,12 @@ def test_usr2_requeues_and_the_same_trial_resumes(slurm_env, pg_db_url, hpc_tool
     hpc_tools.wait_gone([array], timeout=240)
     text = log0.read_text()
     number = int(re.search(r"hpc\.worker: trial (\d+) \(new\)", text).group(1))
-    storage = st.open_storage(pg_db_url)
-    trials = optuna.load_study(study_name="rq", storage=storage).trials
+    trials = optuna.load_study(study_name="rq", storage=pg_db_url).trials
     assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE"], [(t.number, t.state.name) for t in trials]
     assert f"trial {number} (resumed)" in text and "resumed from" in text
     assert text.count("epoch 0:") == 1, "epoch 0 was re-run after the requeue"
     assert _epochs(scratch / "rq" / f"trial-{number}") == [0, 1, 2, 3, 4]
     assert not trials[number].user_attrs.get("requeued_job")
-    storage.engine.dispose()
 
 
 @pytest.mark.slurm
@@ -177,8 +98,7 @@ def test_sigkill_of_a_rank_retries_the_trial_and_the_count_is_exact(slurm_env, p
     _wait_for_line(log0, "epoch 0:", 120)
     os.kill(_rank_pid(f"{array}_0", 1), signal.SIGKILL)
     hpc_tools.wait_gone([array], timeout=240)
-    storage = st.open_storage(pg_db_url)
-    study = optuna.load_study(study_name="sk", storage=storage)
+    study = optuna.load_study(study_name="sk", storage=pg_db_url)
     states = [t.state.name for t in study.trials]
     assert _finished(study) == 3 and "RUNNING" not in states and "WAITING" not in states, states
     failed = [t for t in study.trials if t.state.name == "FAIL"]
@@ -191,7 +111,6 @@ def test_sigkill_of_a_rank_retries_the_trial_and_the_count_is_exact(slurm_env, p
     assert re.search(rf"trial {retry.number} epoch -\] INFO dualseg\.train\.trainer: resumed from "
                      rf"\S*trial-{retry.number}/last\.pt at epoch [1-9]", logs), logs[-3000:]
     assert _epochs(scratch / "sk" / f"trial-{retry.number}") == [0, 1, 2]
-    storage.engine.dispose()
 
 
 @pytest.mark.slurm
@@ -211,13 +130,11 @@ def test_pickle_free_train_sbatch(slurm_env, pg_db_url, hpc_tools, tiny_args, tm
     assert out.returncode == 0, out.stderr
     array = out.stdout.strip().split(";")[0]
     hpc_tools.wait_gone([array], timeout=180)
-    storage = st.open_storage(pg_db_url)
-    study = optuna.load_study(study_name="plain", storage=storage)
+    study = optuna.load_study(study_name="plain", storage=pg_db_url)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     assert (tmp_path / "scratch" / "plain" / "trial-1" / "best.pt").exists()
     text = "".join(p.read_text() for p in logdir.glob(f"{array}_*_1_log.out"))
     assert "[rank 1/2 node n" in text  # rank 1 of the 2-node job trained too
-    storage.engine.dispose()
 
 
 
@@ -243,9 +160,7 @@ def test_real_time_limit_requeues_and_the_same_trial_resumes(slurm_env, pg_db_ur
     logs = sorted((scratch / "tl" / "logs").glob(f"{array}_*log.out"))  # one task: no array index
     assert len(logs) == 1, logs
     text = logs[0].read_text()
-    storage = st.open_storage(pg_db_url)
-    trials = optuna.load_study(study_name="tl", storage=storage).trials
-    storage.engine.dispose()
+    trials = optuna.load_study(study_name="tl", storage=pg_db_url).trials
     assert [(t.number, t.state.name) for t in trials] == [(0, "COMPLETE")], [(t.number, t.state.name) for t in trials]
     assert trials[0].user_attrs["stopped"] == "completed", trials[0].user_attrs
     # SLURM's own signal (the test never signals the job), each followed by submitit's requeue

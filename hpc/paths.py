@@ -1,0 +1,75 @@
+"""Scratch layout: the one scratch default chain, study and trial folders, study incarnations.
+
+``<scratch>/<study>/`` holds ``trial-<n>/{last,best}.pt + metrics.jsonl``, ``logs/``, ``results/`` and
+``incarnation`` — the id of the study these folders belong to. A new study that happens to reuse the
+name (deleted and re-created, or a fresh SQLite file) would otherwise resume the old run's
+``trial-0/last.pt`` and report its metrics as new; instead it is refused with one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+from dualseg.errors import InputError
+from dualseg.io import atomic_write_text
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+INCARNATION_ATTR = "dualseg:incarnation"
+
+
+def resolve_scratch(cli: str | None, train_scratch: str | None = None) -> Path:
+    """Scratch root: ``--scratch`` / ``hpc.scratch``, then ``train.scratch``, ``$SCRATCH``, ``./runs``."""
+    raw = cli or train_scratch or os.environ.get("SCRATCH") or "runs"
+    return Path(raw).expanduser().resolve()
+
+
+def trial_dir(study_dir: Path, number: int) -> Path:
+    """``<scratch>/<study>/trial-<number>``."""
+    return Path(study_dir) / f"trial-{number}"
+
+
+def new_incarnation() -> str:
+    return uuid.uuid4().hex
+
+
+def claim_study_dir(study_dir: Path, incarnation: str, study: str) -> None:
+    """Bind ``study_dir`` to this study incarnation, or refuse folders left by another one."""
+    marker = study_dir / "incarnation"
+    if marker.exists():
+        have = marker.read_text().strip()
+        if have != incarnation:
+            raise InputError(f"--scratch: {study_dir} holds trial folders of another study named {study!r} "
+                             f"(incarnation {have[:8]}, this one {incarnation[:8]}); use another --study or "
+                             "--scratch, or remove that folder")
+        return
+    if any(study_dir.glob("trial-*")):
+        raise InputError(f"--scratch: {study_dir} holds trial folders of an earlier study named {study!r}; "
+                         "use another --study or --scratch, or remove that folder")
+    atomic_write_text(marker, incarnation + "\n")
+
+
+def check_study_dir(study_dir: Path, incarnation: str | None, study: str) -> None:
+    """Workers: the folder must belong to this study (the launcher claimed it)."""
+    if incarnation is None:
+        return
+    marker = study_dir / "incarnation"
+    if marker.exists() and marker.read_text().strip() != incarnation:
+        raise InputError(f"--scratch: {study_dir} belongs to another incarnation of study {study!r}; refusing "
+                         "to resume its trial folders")
+
+
+def code_version() -> str:
+    """``git describe`` of the checkout (for results), else the package version."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    import dualseg
+
+    return f"dualseg {dualseg.__version__}"

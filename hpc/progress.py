@@ -1,0 +1,60 @@
+"""Following a local search while it runs: one line per finished trial, then worker failures.
+
+The embedded default used to print nothing for minutes; now every finished trial prints its number,
+state, value, the best so far and the elapsed time. Workers are waited for with ``results()`` (a
+multi-task local job has one result per task) and each failure is reported as one line.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from optuna.trial import TrialState
+
+from dualseg.errors import one_line
+from hpc.jobs import Plan
+from hpc.storage import open_database
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
+
+def follow_local(plan: Plan, workers: list[Any], poll_s: float = 2.0) -> list[str]:
+    """Print finished trials until every worker is done; return one line per failed worker."""
+    t0 = time.monotonic()
+    seen: set[int] = set()
+    db = open_database(plan.storage, budget_s=60)
+    try:
+        study = db.load_study(plan.hpc.study)
+        while True:
+            running = [w for w in workers if not w.done()]
+            trials = study.get_trials(deepcopy=False)
+            best = None
+            for t in sorted(trials, key=lambda t: t.number):
+                if t.state == TrialState.COMPLETE and t.value is not None:
+                    if best is None or (t.value < best.value if plan.hpc.direction == "minimize" else t.value > best.value):
+                        best = t
+                if t.state.is_finished() and t.number not in seen:
+                    seen.add(t.number)
+                    done = sum(x.state in (TrialState.COMPLETE, TrialState.PRUNED) for x in trials)
+                    best_txt = f"best {_fmt(best.value)} (trial {best.number})" if best else "best -"
+                    err = f"  {t.user_attrs.get('error', '')}" if t.state == TrialState.FAIL else ""
+                    print(f"trial {t.number:>3} {t.state.name.lower():<8} value {_fmt(t.value):>8}  {best_txt}  "
+                          f"[{done}/{plan.hpc.trials} finished, {time.monotonic() - t0:.0f}s]{err}", flush=True)
+            if not running:
+                break
+            time.sleep(poll_s)
+    finally:
+        db.close()
+    failures = []
+    for w in workers:
+        try:
+            w.results()
+        except Exception as exc:  # noqa: BLE001 - one line per failed worker, then a non-zero exit
+            errors = re.findall(r"^(?:[\w.]+\.)?(\w*Error|\w*Exception): (.+)$", str(exc), re.M)
+            why = f"{errors[-1][0]}: {errors[-1][1]}" if errors else one_line(exc)
+            failures.append(f"local worker {w.job_id} failed: {why[:300]} (log: {plan.logdir})")
+    return failures

@@ -1,0 +1,219 @@
+"""Everything this project reads from SLURM, in one place (like Lightning's ``SLURMEnvironment``).
+
+Every ``SLURM_*`` variable is read by :class:`SlurmEnv`; every ``squeue``/``sinfo``/``sbatch`` call
+goes through the functions below. ``squeue`` is asked once for a whole list of jobs (it rejects the
+list when one id has left the queue, so ``--states=all`` style filtering is done here) and answers
+are cached for a few seconds: many workers polling the study must not hammer slurmctld.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+from dualseg.errors import InputError
+
+# squeue states in which a job will still run (or run again): its trial is not dead.
+QUEUED_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RUNNING",
+                           "SUSPENDED", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT"})
+
+
+@dataclass(frozen=True)
+class SlurmEnv:
+    """This process's view of its SLURM job (all fields None/defaults outside SLURM)."""
+
+    job_id: str | None = None
+    array_job_id: str | None = None
+    array_task_id: str | None = None
+    procid: int = 0
+    localid: int = 0
+    ntasks: int = 1
+    nnodes: int = 1
+    nodelist: str | None = None
+    nodename: str | None = None
+    restart_count: int = 0
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def read(cls, environ: dict[str, str] | None = None) -> SlurmEnv:
+        e = dict(os.environ if environ is None else environ)
+        return cls(
+            job_id=e.get("SLURM_JOB_ID"), array_job_id=e.get("SLURM_ARRAY_JOB_ID"),
+            array_task_id=e.get("SLURM_ARRAY_TASK_ID"), procid=int(e.get("SLURM_PROCID", "0")),
+            localid=int(e.get("SLURM_LOCALID", "0")), ntasks=int(e.get("SLURM_NTASKS", "1")),
+            nnodes=int(e.get("SLURM_NNODES", e.get("SLURM_JOB_NUM_NODES", "1"))),
+            nodelist=e.get("SLURM_JOB_NODELIST"), nodename=e.get("SLURMD_NODENAME"),
+            restart_count=int(e.get("SLURM_RESTART_COUNT", "0")),
+        )
+
+    @property
+    def in_job(self) -> bool:
+        return self.job_id is not None
+
+    @property
+    def label(self) -> str:
+        """This job as squeue names it: ``<array>_<task>`` for array tasks, else the job id (or local pid)."""
+        if self.array_job_id:
+            return f"{self.array_job_id}_{self.array_task_id or '0'}"
+        return self.job_id or f"local-{os.getpid()}"
+
+    @property
+    def state_key(self) -> str:
+        """A file-name-safe key of this array task that survives requeues (``<job>_<task>``)."""
+        return f"{self.array_job_id or self.job_id or 'local'}_{self.array_task_id or '0'}"
+
+    def torch_env(self) -> dict[str, str]:
+        """torchrun-style variables for ``srun python -m hpc.worker`` (what submitit's
+        ``TorchDistributedEnvironment`` exports for pickled jobs)."""
+        assert self.nodelist is not None and self.job_id is not None
+        nodes = subprocess.run(["scontrol", "show", "hostnames", self.nodelist], capture_output=True, text=True,
+                               check=True, timeout=30).stdout.split()
+        job = int(self.array_job_id or self.job_id)
+        return {"MASTER_ADDR": nodes[0], "MASTER_PORT": str(20000 + (job * 7 + int(self.array_task_id or 0)) % 40000),
+                "RANK": str(self.procid), "WORLD_SIZE": str(self.ntasks), "LOCAL_RANK": str(self.localid),
+                "LOCAL_WORLD_SIZE": str(self.ntasks // max(1, self.nnodes))}
+
+
+def available() -> bool:
+    """``sbatch`` and ``sinfo`` exist and the controller answers."""
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "no message"
+
+
+def partitions() -> list[str]:
+    out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        raise InputError(f"--executor slurm: sinfo failed: {_last_line(out.stderr)}")
+    return [p.strip().rstrip("*") for p in out.stdout.split() if p.strip()]
+
+
+@dataclass(frozen=True)
+class NodeResources:
+    """The smallest node of a partition: what a one-node job can always get there."""
+
+    cpus: int
+    mem_mb: int | None
+    gpus: int
+
+
+def partition_resources(partition: str | None) -> NodeResources:
+    """CPUs, memory and GPUs of the smallest node of ``partition`` (default partition when None)."""
+    cmd = ["sinfo", "-h", "-N", "-o", "%c %m %G"] + (["-p", partition] if partition else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    if out.returncode != 0 or not out.stdout.strip():
+        raise InputError(f"--partition: sinfo shows no nodes for {partition or 'the default partition'}")
+    cpus, mems, gpus = [], [], []
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) < 2:
+            continue
+        cpus.append(int(re.sub(r"\D.*", "", parts[0]) or 1))
+        mem = re.sub(r"\D.*", "", parts[1])
+        mems.append(int(mem) if mem else None)
+        m = re.search(r"gpu(?::[\w.-]+)?:(\d+)", parts[2] if len(parts) > 2 else "")
+        gpus.append(int(m.group(1)) if m else 0)
+    known = [m for m in mems if m]
+    return NodeResources(min(cpus), min(known) if known else None, min(gpus))
+
+
+def test_only(script: str, what: str) -> None:
+    """``sbatch --test-only`` of ``script``: SLURM itself judges account, QOS, time, nodes, CPUs, memory."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sbatch", prefix="dualseg-check-") as fh:
+        fh.write(script)
+        fh.flush()
+        out = subprocess.run(["sbatch", "--test-only", fh.name], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        reason = _last_line(out.stderr).removeprefix("sbatch: error: ")
+        raise InputError(f"sbatch refuses the {what} (--nodes/--partition/--account/--qos/--time/--mem/"
+                         f"--cpus-per-task): {reason}")
+
+
+def submit(script_path: str, cwd: str | None = None) -> str:
+    """``sbatch --parsable``: the job id, or one InputError line."""
+    out = subprocess.run(["sbatch", "--parsable", script_path], capture_output=True, text=True, cwd=cwd, timeout=60)
+    if out.returncode != 0:
+        raise InputError(f"sbatch refused {script_path}: {_last_line(out.stderr)}")
+    return out.stdout.strip().split(";")[0]
+
+
+def cancel(job_id: str) -> None:
+    subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
+
+
+_cache: dict[str, tuple[float, dict[str, str]]] = {}
+_cache_lock = threading.Lock()
+
+
+def squeue_states(job_ids: list[str], max_age_s: float = 5.0) -> dict[str, str]:
+    """``{job: state}`` for jobs squeue still lists (``<array>_<task>`` or plain ids); one call, cached.
+
+    Asks for the whole queue of the involved job ids' owners in a single ``squeue`` call and filters
+    here, because ``squeue -j a,b`` fails as a whole once one id has left the queue.
+    """
+    wanted = sorted(set(j for j in job_ids if j and j[:1].isdigit()))
+    if not wanted or shutil.which("squeue") is None:
+        return {}
+    key = ",".join(wanted)
+    with _cache_lock:
+        hit = _cache.get(key)
+        if hit is not None and time.monotonic() - hit[0] < max_age_s:
+            return hit[1]
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    listed = dict(line.split()[:2] for line in out.stdout.splitlines() if len(line.split()) >= 2)
+    states: dict[str, str] = {}
+    for job in wanted:
+        if job in listed:
+            states[job] = listed[job]
+        else:  # an array id matches its tasks
+            tasks = [s for j, s in listed.items() if j.split("_")[0] == job]
+            if tasks:
+                states[job] = "RUNNING" if "RUNNING" in tasks else tasks[0]
+    with _cache_lock:
+        _cache[key] = (time.monotonic(), states)
+    return states
+
+
+def any_queued(job_ids: list[str]) -> bool:
+    """True while one of ``job_ids`` (array ids match their tasks) may still run."""
+    return any(s in QUEUED_STATES for s in squeue_states(job_ids, max_age_s=0).values())
+
+
+_TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def time_to_minutes(value: str | int, what: str = "--time") -> int:
+    """SLURM ``--time`` syntax (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``) to whole minutes."""
+    m = _TIME_RE.match(str(value).strip())
+    if not m:
+        raise InputError(f"{what}: cannot parse {value!r} (use MM, HH:MM:SS or D-HH:MM)")
+    days, a, b, c = m.groups()
+    if days is not None:
+        h, mi, s = int(a), int(b or 0), int(c or 0)
+    elif c is not None:
+        h, mi, s = int(a), int(b), int(c)
+    elif b is not None:
+        h, mi, s = 0, int(a), int(b)
+    else:
+        h, mi, s = 0, int(a), 0
+    minutes = int(days or 0) * 1440 + h * 60 + mi + (1 if s else 0)
+    if minutes < 1:
+        raise InputError(f"{what}: {value!r} is shorter than one minute")
+    return minutes
