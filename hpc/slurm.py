@@ -128,7 +128,17 @@ def partition_resources(partition: str | None) -> NodeResources:
         m = re.search(r"gpu(?::[\w.-]+)?:(\d+)", parts[2] if len(parts) > 2 else "")
         gpus.append(int(m.group(1)) if m else 0)
     known = [m for m in mems if m]
-    return NodeResources(min(cpus), min(known) if known else None, min(gpus))
+    limit = _partition_max_cpus(partition)
+    return NodeResources(min(min(cpus), limit or min(cpus)), min(known) if known else None, min(gpus))
+
+
+def _partition_max_cpus(partition: str | None) -> int | None:
+    """``MaxCPUsPerNode`` of the partition (a partition may offer fewer CPUs than its nodes have)."""
+    if not partition:
+        return None
+    out = subprocess.run(["scontrol", "show", "partition", "-o", partition], capture_output=True, text=True, timeout=30)
+    m = re.search(r"\bMaxCPUsPerNode=(\d+)", out.stdout)
+    return int(m.group(1)) if m else None
 
 
 def test_only(script: str, what: str) -> None:

@@ -158,6 +158,7 @@ class Coordinator:
         self.study_dir = Path(spec.scratch) / spec.study
         self.label = SlurmEnv.read().label
         self._last_keepalive = 0.0
+        self._adopted = False
 
     def _retry(self, fn: Any, what: str) -> Any:
         return call(fn, what, self.hpc.db_outage_s)
@@ -165,6 +166,9 @@ class Coordinator:
     # ---- the ask ---------------------------------------------------------------------------
     def next(self, resume_trial_id: int | None, stop_requested: Any = lambda: False) -> Assignment:
         """The job's next step; a stop requested while asking hands a fresh trial back (never trains it)."""
+        if resume_trial_id is None and not self._adopted:
+            resume_trial_id = self._requeued_here()  # SLURM requeued us itself (preemption, node failure)
+        self._adopted = True
         if resume_trial_id is not None:
             job = self._resume(resume_trial_id)
             if job is not None:
@@ -186,6 +190,16 @@ class Coordinator:
         self._retry(lambda: self.db.storage.set_trial_user_attr(job.trial_id, "job_id", self.label), "set job id")
         seed_from_retry(self.study_dir, self._retry(lambda: self.db.storage.get_trial(job.trial_id), "get trial"))
         return job
+
+    def _requeued_here(self) -> int | None:
+        """The RUNNING trial this array task was running when SLURM requeued it (marked before it exited)."""
+        def go() -> int | None:
+            with Session(self.db.engine) as s:
+                return s.scalars(sa.select(T.trial_id).join(UA, UA.trial_id == T.trial_id).where(
+                    T.study_id == self.study_id, T.state == TrialState.RUNNING, UA.key == "requeued_job",
+                    UA.value_json == json.dumps(self.label)).order_by(T.trial_id).limit(1)).first()
+
+        return self._retry(go, "find requeued trial")
 
     def _resume(self, trial_id: int) -> Assignment | None:
         frozen = self._retry(lambda: self.db.storage.get_trial(trial_id), "get trial")

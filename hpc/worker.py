@@ -250,8 +250,10 @@ def _busy_seconds(history: list[dict[str, Any]]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     from dualseg.config import load_config
+    from dualseg.train.log import setup_logging
 
     SIGNALS.install()
+    setup_logging(stream=sys.stdout)
     p = argparse.ArgumentParser(prog="python -m hpc.worker", description=__doc__.split("\n")[0])
     p.add_argument("--config", default=os.environ.get("DUALSEG_CONFIG") or None,
                    help="default: the config recorded in the study by `launch.py --prepare-only`")
@@ -259,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage", default=None, help="study database URL (default $DUALSEG_STORAGE)")
     p.add_argument("--scratch", default=None, help="default: the one recorded in the study by the launcher")
     p.add_argument("--trials", type=int, default=None, help="default: the target recorded in the study")
+    p.add_argument("--db-outage-s", type=float, default=300.0,
+                   help="how long to wait for an unreachable database at start (then hpc.db_outage_s)")
     a = p.parse_args(argv)
     slurm = SlurmEnv.read()
     try:
@@ -271,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError("--storage: not given and $DUALSEG_STORAGE is not set")
         attrs: dict[str, Any] = {}
         if slurm.procid == 0:  # only rank 0 ever connects
-            db = open_database(url, budget_s=300)
+            db = open_database(url, budget_s=a.db_outage_s)
             try:
                 attrs = db.load_study(a.study).user_attrs  # created by `launch.py --prepare-only`
             finally:

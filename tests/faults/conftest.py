@@ -155,9 +155,14 @@ class Search:
 
         return optuna.load_study(study_name=self.study, storage=self.url).get_trials()
 
-    def wait_done(self, timeout: float = 300, extra: list[str] | None = None) -> None:
-        ids = [self.array] + ([self.eval_id] if self.eval_id else []) + (extra or [])
-        self.tools.wait_gone(ids, timeout=timeout)
+    def wait_done(self, timeout: float = 300) -> None:
+        """Until no job of this search is queued: the array, the evaluation job and whatever they resubmitted."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ids = sorted(self.tools.jobs_named(f"dualseg-{self.study}") | self.tools.jobs_named(f"dualseg-eval-{self.study}"))
+            if not ids:
+                return
+            self.tools.wait_gone(ids, timeout=max(1.0, deadline - time.monotonic()))
 
     def epochs(self, number: int) -> list[int]:
         import json

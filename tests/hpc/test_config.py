@@ -7,7 +7,6 @@ import pytest
 from dualseg.config import Config, load_config
 from dualseg.errors import InputError
 from hpc.config import HpcConfig, parse_hpc
-from hpc.slurm import time_to_minutes
 
 from pathlib import Path
 
@@ -47,8 +46,3 @@ def test_command_line_wins_over_file_and_none_keeps_file() -> None:
 def test_bad_values_name_the_option(hpc: dict, message: str) -> None:
     with pytest.raises(InputError, match=message.replace(".", r"\.").replace("(", r"\(")):
         parse_hpc(Config(hpc=hpc))
-
-
-@pytest.mark.parametrize("value, minutes", [(90, 90), ("30", 30), ("1:30:00", 90), ("2-00:00", 2880), ("0:30", 1), ("10:00", 10)])
-def test_time_syntax(value: str, minutes: int) -> None:
-    assert time_to_minutes(value) == minutes

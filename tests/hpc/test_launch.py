@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import stat
+import os
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -119,9 +121,12 @@ def test_slurm_search_two_node_ddp_exact_count_eval_and_no_password_leak(slurm_e
                                                                          tmp_path) -> None:
     password = make_url(pg_db_url).password
     assert password
-    r = hpc_tools.run_cli("launch.py", *tiny_args, "--nodes", "2", "--trials", "4", "--workers", "2",
-                          "--partition", slurm_env["partition"], "--time", "10", "--study", "e2e",
-                          "--storage", pg_db_url, env={"DUALSEG_STORAGE": ""}, timeout=120)
+    # a user's shell: the test harness's own variables (which hold the test password) are not there
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DUALSEG_TEST_PG") and k != "PGPASSWORD"}
+    r = subprocess.run([sys.executable, "hpc/launch.py", *tiny_args, "--nodes", "2", "--trials", "4", "--workers", "2",
+                        "--partition", slurm_env["partition"], "--time", "10", "--study", "e2e", "--storage", pg_db_url],
+                       cwd=hpc_tools.repo, capture_output=True, text=True, timeout=120,
+                       env={**clean, "DUALSEG_STORAGE": ""}, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr
     array, eval_id = hpc_tools.job_ids_from(r.stdout)
     assert eval_id and password not in r.stdout + r.stderr and "***" in r.stdout
@@ -151,6 +156,9 @@ def test_slurm_search_two_node_ddp_exact_count_eval_and_no_password_leak(slurm_e
     leaks = [str(p) for p in files if p != passfile and password.encode() in p.read_bytes()]
     assert leaks == [], f"password found in {leaks}"
     assert not any(password in s for s in seen), "password in a job's argv or SLURM's job record"
-    state = Path(slurm_env["dir"]) / "slurm"
-    stored = [str(p) for p in state.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+    state = Path(slurm_env["dir"]) / "slurm" / "state"  # slurmctld's record of each job: script + environment
+    ours = [d for d in state.glob("hash.*/job.*") if any(str(study_dir).encode() in f.read_bytes()
+                                                       for f in d.iterdir() if f.is_file())]
+    assert ours, "no job state of this search found under the bed's StateSaveLocation"
+    stored = [str(f) for d in ours for f in d.iterdir() if f.is_file() and password.encode() in f.read_bytes()]
     assert stored == [], f"password stored by slurmctld (job environment/script): {stored}"
