@@ -23,15 +23,15 @@ if __package__ in (None, ""):  # run as a script from the repo root
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import optuna  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
+import optuna
+from optuna.trial import TrialState
 
-from dualseg.config import Config, apply_overrides, from_dict  # noqa: E402
-from dualseg.errors import DualsegError, InputError, report_error  # noqa: E402
-from dualseg.io import atomic_copy, atomic_write_text  # noqa: E402
-from hpc.paths import code_version, trial_dir  # noqa: E402
-from hpc.slurm import SlurmEnv  # noqa: E402
-from hpc.storage import StorageURL, open_database, resolve_storage  # noqa: E402
+from dualseg.config import Config, apply_overrides, from_dict
+from dualseg.errors import DualsegError, InputError, report_error
+from dualseg.io import atomic_copy, atomic_write_text
+from hpc.paths import code_version, trial_dir
+from hpc.slurm import SlurmEnv
+from hpc.storage import StorageURL, open_database, resolve_storage
 
 log = logging.getLogger("hpc.evaluate")
 

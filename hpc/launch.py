@@ -16,7 +16,6 @@ import argparse
 import os
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,13 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable,
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-from dualseg.config import Config, load_config, to_dict  # noqa: E402
-from dualseg.errors import DualsegError, InputError, report_error  # noqa: E402
-from hpc import jobs, slurm  # noqa: E402
-from hpc.config import parse_hpc  # noqa: E402
-from hpc.jobs import Plan  # noqa: E402
-from hpc.paths import REPO_ROOT, claim_study_dir, code_version, new_incarnation, resolve_scratch  # noqa: E402
-from hpc.storage import StorageURL, create_or_load_study, open_database, resolve_storage, write_passfile  # noqa: E402
+from dualseg.config import Config, load_config, to_dict
+from dualseg.errors import DualsegError, InputError, report_error
+from hpc import jobs, slurm
+from hpc.config import parse_hpc
+from hpc.jobs import Plan
+from hpc.paths import REPO_ROOT, claim_study_dir, code_version, new_incarnation, resolve_scratch
+from hpc.storage import StorageURL, create_or_load_study, open_database, resolve_storage, write_passfile
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 
@@ -44,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a = p.add_argument
     a("--config", help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
-    a("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=5 (YAML value syntax)")
+    a("--set", action="append", default=[], metavar="KEY=VALUE",
+      help="override a config value, e.g. train.epochs=5 (YAML value syntax)")
     a("--nodes", type=int, help="nodes per trial (multi-node DDP)")
     a("--gpus-per-node", type=int, help="GPUs per node = tasks per node (0: one CPU task per node)")
     a("--trials", type=int, help="finished (complete + pruned) trials the study must reach")
@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--time", help="time limit per array task (SLURM syntax: MM, HH:MM:SS, D-HH:MM)")
     a("--mem", help="memory per node, e.g. 32G")
     a("--cpus-per-task", type=int)
-    a("--eval-cpus", type=int, help="CPUs of the evaluation job (default: min(--cpus-per-task or 2, the partition's smallest node))")
+    a("--eval-cpus", type=int,
+      help="CPUs of the evaluation job (default: min(--cpus-per-task or 2, the partition's smallest node))")
     a("--eval-gpus", type=int, help="GPUs of the evaluation job (default: 1 if --gpus-per-node else 0)")
     a("--eval-mem", help="memory of the evaluation job (default: the partition's default)")
     a("--eval-time", help="time limit of the evaluation job (default 30 minutes)")
@@ -244,7 +245,8 @@ def run_local(plan: Plan) -> int:
 def _dry_run(plan: Plan) -> int:
     masked = plan.storage.masked
     if plan.executor == "local":
-        print(f"# local executor: {plan.hpc.workers} worker(s), storage {masked}, logs {plan.logdir}; nothing submitted")
+        print(f"# local executor: {plan.hpc.workers} worker(s), storage {masked}, logs {plan.logdir}; "
+              "nothing submitted")
         return 0
     check_scratch(plan.scratch)
     res = jobs.check_scripts(plan) if slurm.available() else jobs.eval_resources(plan, None)
@@ -288,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_submitted(plan: Plan, array_id: str, eval_id: str | None) -> None:
     h = plan.hpc
-    print(f"submitted array {array_id} ({h.workers} task(s) x {h.nodes} node(s)), study {h.study!r} -> {h.trials} trials")
+    print(f"submitted array {array_id} ({h.workers} task(s) x {h.nodes} node(s)), study {h.study!r} "
+          f"-> {h.trials} trials")
     if eval_id:
         print(f"evaluation job {eval_id} (afterany:{array_id}) -> {plan.study_dir / 'results' / 'results.json'}")
     print(f"storage: {plan.storage.masked}")

@@ -21,8 +21,8 @@ if __package__ in (None, ""):  # run as a script from the repo root
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dualseg.errors import InputError, report_error  # noqa: E402
-from hpc.paths import resolve_scratch  # noqa: E402
+from dualseg.errors import InputError, report_error
+from hpc.paths import resolve_scratch
 
 _TS = re.compile(r"^(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[,.]\d+)?)")
 

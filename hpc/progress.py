@@ -34,9 +34,9 @@ def follow_local(plan: Plan, workers: list[Any], poll_s: float = 2.0) -> list[st
             trials = study.get_trials(deepcopy=False)
             best = None
             for t in sorted(trials, key=lambda t: t.number):
-                if t.state == TrialState.COMPLETE and t.value is not None:
-                    if best is None or (t.value < best.value if plan.hpc.direction == "minimize" else t.value > best.value):
-                        best = t
+                if t.state == TrialState.COMPLETE and t.value is not None and (best is None or best.value is None or (
+                        t.value < best.value if plan.hpc.direction == "minimize" else t.value > best.value)):
+                    best = t
                 if t.state.is_finished() and t.number not in seen:
                     seen.add(t.number)
                     done = sum(x.state in (TrialState.COMPLETE, TrialState.PRUNED) for x in trials)
@@ -53,7 +53,7 @@ def follow_local(plan: Plan, workers: list[Any], poll_s: float = 2.0) -> list[st
     for w in workers:
         try:
             w.results()
-        except Exception as exc:  # noqa: BLE001 - one line per failed worker, then a non-zero exit
+        except Exception as exc:
             errors = re.findall(r"^(?:[\w.]+\.)?(\w*Error|\w*Exception): (.+)$", str(exc), re.M)
             why = f"{errors[-1][0]}: {errors[-1][1]}" if errors else one_line(exc)
             failures.append(f"local worker {w.job_id} failed: {why[:300]} (log: {plan.logdir})")

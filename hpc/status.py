@@ -20,12 +20,12 @@ if __package__ in (None, ""):  # run as a script from the repo root
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from optuna.trial import TrialState  # noqa: E402
+from optuna.trial import TrialState
 
-from dualseg.errors import DualsegError, InputError, report_error  # noqa: E402
-from hpc.paths import resolve_scratch  # noqa: E402
-from hpc.slurm import QUEUED_STATES, squeue_states  # noqa: E402
-from hpc.storage import StorageURL, open_database, resolve_storage  # noqa: E402
+from dualseg.errors import DualsegError, InputError, report_error
+from hpc.paths import resolve_scratch
+from hpc.slurm import QUEUED_STATES, squeue_states
+from hpc.storage import StorageURL, open_database, resolve_storage
 
 
 def _fmt(v: Any) -> str:
@@ -53,7 +53,8 @@ def collect(storage: StorageURL, study_name: str) -> dict[str, Any]:
     for t in run:
         job = str(t.user_attrs.get("requeued_job") or t.user_attrs.get("job_id", "?"))
         state = slurm.get(job, "-")
-        running.append({"number": t.number, "job": job, "slurm": state, "requeued": bool(t.user_attrs.get("requeued_job")),
+        running.append({"number": t.number, "job": job, "slurm": state,
+                        "requeued": bool(t.user_attrs.get("requeued_job")),
                         "last_step": max(t.intermediate_values) if t.intermediate_values else None,
                         "retry_of": t.system_attrs.get("failed_trial"),
                         "stale": job[:1].isdigit() and state not in QUEUED_STATES,
@@ -92,7 +93,8 @@ def render(s: dict[str, Any]) -> str:
     for f in s["failed"][-5:]:
         lines.append(f"failed: trial {f['number']}: {f['error']}")
     if s["resubmits"]:
-        lines.append(f"self-healing: workers resubmitted {s['resubmits']} time(s); arrays {', '.join(map(str, s['arrays']))}")
+        arrays = ", ".join(map(str, s["arrays"]))
+        lines.append(f"self-healing: workers resubmitted {s['resubmits']} time(s); arrays {arrays}")
     if s["scratch_bytes"] is not None:
         lines.append(f"scratch: {s['scratch_bytes'] / 2**20:.1f} MiB")
     return "\n".join(lines)

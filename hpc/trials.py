@@ -37,7 +37,16 @@ from hpc.config import HpcConfig
 from hpc.paths import trial_dir
 from hpc.search import build_pruner, build_sampler, suggest
 from hpc.slurm import QUEUED_STATES, SlurmEnv, squeue_states
-from hpc.storage import OUTAGE, Database, LockTimeout, StorageURL, call, critical_section, is_connection_error, open_database
+from hpc.storage import (
+    OUTAGE,
+    Database,
+    LockTimeout,
+    StorageURL,
+    call,
+    critical_section,
+    is_connection_error,
+    open_database,
+)
 
 log = logging.getLogger("hpc.trials")
 ASK_TOKEN = "dualseg:ask"
@@ -108,7 +117,7 @@ class Heartbeat:
             try:
                 self._db.rdb.record_heartbeat(self._trial_id)
                 OUTAGE.recovered()
-            except Exception as exc:  # noqa: BLE001 - keep beating; the next beat may get through
+            except Exception as exc:
                 if is_connection_error(exc):
                     OUTAGE.failed("heartbeat", exc, self._db.budget_s)
                 else:

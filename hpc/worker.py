@@ -182,7 +182,7 @@ def _loop(spec: WorkerSpec, cfg: Config, hpc: Any, info: Any, coord: Coordinator
         run_dir = trial_dir(study_dir, job.number)
         lost: list[str] = []
 
-        def callback(epoch: int, metrics: dict[str, float], _id: int = job.trial_id) -> bool:
+        def callback(epoch: int, metrics: dict[str, float], _id: int = job.trial_id, lost: list[str] = lost) -> bool:
             if coord is None:
                 return False
             try:
@@ -196,7 +196,7 @@ def _loop(spec: WorkerSpec, cfg: Config, hpc: Any, info: Any, coord: Coordinator
             heartbeat.__enter__()
         try:
             result = fit(trial_cfg, run_dir=run_dir, callback=callback, resume=True, should_stop=SIGNALS.requested)
-        except Exception as exc:  # noqa: BLE001 - the trial's failure, not the job's (unless fatal)
+        except Exception as exc:
             fatal = classify(exc) == "fatal"
             _fail_trial(coord, job, exc, fatal)
             done["failed"] += 1

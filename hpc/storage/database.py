@@ -133,7 +133,8 @@ def create_or_load_study(db: Database, name: str, direction: str, attrs: dict[st
     if existing is not None:
         have = existing.direction.name.lower()
         if have != direction:
-            raise InputError(f"--study: {name!r} exists and {have}s; this config would {direction} (use another --study)")
+            raise InputError(f"--study: {name!r} exists and {have}s; this config would {direction} "
+                             "(use another --study)")
         study = existing
     else:
         study = optuna.create_study(study_name=name, storage=db.storage, direction=direction, load_if_exists=True)

@@ -93,7 +93,8 @@ class Outage:
             if self.since is None:
                 self.since = now
                 self.count += 1
-                kind = type(next((e for e in _chain(exc) if isinstance(e, sqlalchemy.exc.SQLAlchemyError)), exc)).__name__
+                db_error = next((e for e in _chain(exc) if isinstance(e, sqlalchemy.exc.SQLAlchemyError)), exc)
+                kind = type(db_error).__name__
                 log.warning("database outage: connection lost during %s (%s); retrying for up to %.0f s",
                             what, kind, budget_s)
             return now - self.since
@@ -120,7 +121,7 @@ def call(fn: Callable[[], T], what: str, budget_s: float, *, base_delay: float =
     while True:
         try:
             result = fn()
-        except Exception as exc:  # noqa: BLE001 - classified below; everything else propagates unchanged
+        except Exception as exc:
             if not is_connection_error(exc):
                 raise
             lasted = OUTAGE.failed(what, exc, budget_s)
