@@ -1,7 +1,9 @@
 """Atomic file writes: temp file in the target directory, fsync, rename, fsync the directory.
 
 A reader (or a requeued job after a crash) therefore sees either the old file or the new one,
-never a half-written checkpoint, stats cache or results file.
+never a half-written checkpoint, stats cache or results file. Files get the mode an ordinary
+``open()`` would give under the process umask (0644 under umask 022), not ``mkstemp``'s 0600: a
+dataset, stats cache or results file written by one member of a group must be readable by the next.
 """
 
 from __future__ import annotations
@@ -32,12 +34,49 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` is a process-wide write, racy
+    under threads): ``/proc/self/status`` on Linux, else set-and-restore."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_writable_dir(path: str | Path, what: str) -> Path:
+    """Prove ``path`` is (or can be created as) a writable directory, creating nothing.
+
+    Probes the deepest existing ancestor with a temp file that is removed at once; raises one
+    :class:`InputError` line naming ``what`` (the option, e.g. ``--scratch``) and the path.
+    """
+    path = Path(path)
+    probe_dir = path
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise InputError(f"{what}: {path} is not a directory ({probe_dir} is a file)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".dualseg-write-test.", dir=probe_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        where = "" if probe_dir == path else f" ({probe_dir} cannot hold a new folder)"
+        raise InputError(f"{what}: {path} is not writable{where}: {exc.strerror or type(exc).__name__}") from None
+    return path
+
+
 @contextlib.contextmanager
 def _atomic_file(path: Path) -> Iterator[BinaryIO]:
     """Yield a temp file beside ``path``; on success fsync it, rename it over ``path``, fsync the dir."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would lock out the group
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()

@@ -36,7 +36,8 @@ from dualseg.data.stats import (
     save_cached,
     unpack,
 )
-from dualseg.data.tile import STREAMS, TileInfo, open_tile, read_labels, tile_path
+from dualseg.data.read import read_labels
+from dualseg.data.tile import STREAMS, TileInfo, open_tile, tile_path
 from dualseg.data.validate import check_labels
 from dualseg.data.weights import METHODS, compute_class_weights
 from dualseg.errors import InputError

@@ -16,7 +16,8 @@ import numpy as np
 import zarr
 
 from dualseg.data.splits import check_disjoint, read_splits
-from dualseg.data.tile import STREAMS, TileInfo, open_group, open_tile, read_labels, read_stream, row_windows
+from dualseg.data.read import read_labels, read_stream
+from dualseg.data.tile import STREAMS, TileInfo, open_group, open_tile, row_windows
 from dualseg.errors import InputError, report_error
 
 

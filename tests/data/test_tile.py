@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import zarr
 
-from dualseg.data.tile import consolidate, open_tile, read_stream, read_tile, write_tile
+from dualseg.data.read import read_stream, read_tile
+from dualseg.data.tile import consolidate, open_tile, write_tile
 from dualseg.data.validate import validate_tile
 from dualseg.errors import InputError
 
