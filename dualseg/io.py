@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -130,3 +131,36 @@ def read_json(path: str | Path, what: str) -> Any:
         raise InputError(f"{what}: file not found: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{what}: {path}: not valid JSON ({exc})") from None
+
+
+@contextlib.contextmanager
+def staged_dir(target: str | Path, what: str, *, overwrite: bool, flag: str = "--overwrite") -> Iterator[Path]:
+    """Build a whole folder (a dataset) at a temp path beside ``target``, renamed into place at the end.
+
+    A failure or interrupt removes the temp folder: ``target`` is either untouched or complete,
+    never half-written. An existing non-empty ``target`` is replaced only with ``overwrite``
+    (the error names the CLI's own ``flag``); a file in its place is one error line.
+    """
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise InputError(f"{what}: {target} is a file, not a folder")
+    if target.is_dir() and any(p.name != ".generate.lock" for p in target.iterdir()) and not overwrite:
+        held = "a dataset (splits.json)" if (target / "splits.json").exists() else "files"
+        raise InputError(f"{what}: {target} already holds {held}; pass {flag} to replace it")
+    check_writable_dir(target.parent, what)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if target.exists():
+            trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(target, trash)
+            os.replace(tmp, target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(target.parent)

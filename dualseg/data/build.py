@@ -39,7 +39,7 @@ from dualseg.data.stats import (
 from dualseg.data.read import read_labels
 from dualseg.data.tile import STREAMS, TileInfo, open_tile, tile_path
 from dualseg.data.validate import check_labels
-from dualseg.data.weights import METHODS, compute_class_weights
+from dualseg.data.weights import compute_class_weights
 from dualseg.errors import InputError
 
 log = logging.getLogger("dualseg.data")
@@ -69,12 +69,6 @@ def _check_options(cfg: DataConfig) -> None:
         raise InputError(f"data.samples_per_tile must be >= 1, got {cfg.samples_per_tile}")
     if cfg.max_t is not None and cfg.max_t < 1:
         raise InputError(f"data.max_t must be >= 1, got {cfg.max_t}")
-    if cfg.class_weighting not in METHODS:
-        raise InputError(f"data.class_weighting: unknown method {cfg.class_weighting!r} (known: {', '.join(METHODS)})")
-    if cfg.stats_backend not in ("auto", "numpy", "cupy"):
-        raise InputError(f"data.stats_backend: unknown value {cfg.stats_backend!r} (auto, numpy, cupy)")
-    if cfg.date_encoding not in ("doy", "days"):
-        raise InputError(f"data.date_encoding: unknown value {cfg.date_encoding!r} (doy, days)")
     if cfg.cache_mb < 0 or cfg.num_workers < 0:
         raise InputError("data.cache_mb and data.num_workers must be >= 0")
     for key, bands in (("s1", cfg.s1_bands), ("s2", cfg.s2_bands)):
@@ -127,16 +121,19 @@ def _check_consistent(infos: list[TileInfo], cfg: DataConfig) -> None:
 def _stats(
     cfg: DataConfig, train: list[TileInfo], num_classes: int, gather: Gather | None, cache: bool, rank: int, world: int
 ) -> BandStats:
+    """``data.stats_cache``: read (a valid entry, else compute and write), rebuild (compute and
+    overwrite), off (compute only); ``cache=False`` means off."""
+    mode = cfg.stats_cache if cache else "off"
     bands = {"s1": list(cfg.s1_bands), "s2": list(cfg.s2_bands)}
     channels = {k: len(v) for k, v in bands.items()}
-    path = cache_path(cfg.root, fingerprint(train, bands))
-    cached = load_cached(path, channels, num_classes) if cache else None
-    if gather is not None and cache:  # all ranks must agree, or some would wait in the gather below
+    path = cache_path(cfg.root, fingerprint(train, bands)) if mode != "off" else None
+    cached = load_cached(path, channels, num_classes) if path is not None and mode == "read" else None
+    if gather is not None and mode == "read":  # all ranks must agree, or some would wait in the gather below
         hits = gather(np.array([1.0 if cached is not None else 0.0]))
         if not all(float(np.asarray(h).ravel()[0]) == 1.0 for h in hits):
             cached = None
     if cached is not None:
-        log.info("band statistics loaded from %s", path)
+        log.info("band statistics loaded from %s (data.stats_cache=rebuild recomputes them)", path)
         return BandStats.from_partial(cached, bands)
     xp = get_xp(cfg.stats_backend)
     if gather is None:
@@ -144,7 +141,7 @@ def _stats(
     else:
         total = _gathered(train[rank::world], num_classes, channels, xp, gather, rank)
     result = BandStats.from_partial(total, bands)  # raises on zero variance before caching
-    if cache and rank == 0:
+    if path is not None and rank == 0:
         save_cached(path, total, bands)
     return result
 

@@ -53,22 +53,35 @@ def test_bundle_contract_and_train_only_stats(tmp_path, data):
     json.dumps(b.stats.to_dict())
 
 
-def test_stats_cache_hit_skips_reading(tmp_path, data):
+def test_stats_cache_is_keyed_by_content(tmp_path, data, monkeypatch):
     root = data.write_root(tmp_path, n=4)
     first = build_data(data.cfg(root))
-    caches = list((root / ".dualseg-stats").glob("*.json"))
-    assert len(caches) == 1
-    # break the pixel data of a train tile without touching its metadata: only a cache hit survives
+    assert len(list((root / ".dualseg-stats").glob("*.json"))) == 1
+
+    def no_compute(*a, **k):
+        raise AssertionError("statistics recomputed")
+
+    with monkeypatch.context() as m:  # an unchanged dataset is a cache hit: nothing recomputed
+        m.setattr("dualseg.data.build.compute_partial", no_compute)
+        again = build_data(data.cfg(root))
+        np.testing.assert_array_equal(again.stats.std["s2"], first.stats.std["s2"])
+        with pytest.raises(AssertionError, match="recomputed"):  # rebuild ignores the entry
+            build_data(data.cfg(root, stats_cache="rebuild"))
+    # rewrite one band of a train tile in place (metadata untouched): the key changes
+    g = zarr.open_group(str(root / "t0.zarr"), mode="a")
+    g["s2"]["B02"][...] = np.asarray(g["s2"]["B02"][...]) * 10
+    changed = build_data(data.cfg(root))
+    assert changed.stats.mean["s2"][0] > 2 * first.stats.mean["s2"][0]
+    assert len(list((root / ".dualseg-stats").glob("*.json"))) == 2
+    # stats_cache=off neither reads nor writes an entry
+    off = build_data(data.cfg(root, train_tiles=["t1"], val_tiles=["t2"], stats_cache="off"))
+    assert len(list((root / ".dualseg-stats").glob("*.json"))) == 2
+    assert not np.array_equal(off.stats.mean["s2"], first.stats.mean["s2"])
     for chunk in (root / "t0.zarr" / "s2" / "B02" / "c").rglob("*"):
         if chunk.is_file():
             chunk.write_bytes(b"garbage")
-    again = build_data(data.cfg(root))
-    np.testing.assert_array_equal(again.stats.std["s2"], first.stats.std["s2"])
     with pytest.raises(InputError, match=r"tile t0: s2/B02: unreadable data"):
-        build_data(data.cfg(root), cache=False)
-    # a different train list is a different fingerprint -> recomputed
-    other = build_data(data.cfg(root, train_tiles=["t1"], val_tiles=["t2"]))
-    assert not np.array_equal(other.stats.mean["s2"], first.stats.mean["s2"])
+        build_data(data.cfg(root))
 
 
 @pytest.mark.parametrize(
