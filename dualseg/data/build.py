@@ -1,7 +1,8 @@
 """``build_data``: from a :class:`DataConfig` to ready datasets, normalisation stats and class weights.
 
-Checks every tile's structure up front (a missing band fails before the first epoch, naming the
-tile), computes band statistics and label counts over the train tiles in one sharded pass merged
+Checks every tile's structure and chunk files up front, and the values of val/test tiles (a
+missing band, a lost chunk or an all-NaN val band fails before the first epoch, naming the tile),
+computes band statistics and label counts over the train tiles in one sharded pass merged
 with a single ``gather`` (or loads them from the cache keyed by the train-tile fingerprint), and
 builds one :class:`TileDataset` per requested split.
 """
@@ -38,7 +39,7 @@ from dualseg.data.stats import (
 )
 from dualseg.data.read import read_labels
 from dualseg.data.tile import STREAMS, TileInfo, open_tile, tile_path
-from dualseg.data.validate import check_labels
+from dualseg.data.validate import check_band_values, check_labels
 from dualseg.data.weights import compute_class_weights
 from dualseg.errors import InputError
 
@@ -90,10 +91,17 @@ def _rank_world(rank: int | None, world_size: int | None, gather: Gather | None)
     return rank, world_size
 
 
-def _open_all(cfg: DataConfig, names: list[str]) -> dict[str, TileInfo]:
+def _open_all(cfg: DataConfig, names: list[str], read_values: set[str]) -> dict[str, TileInfo]:
+    """Open (structure, every chunk file present) and label-check every tile; the tiles in
+    ``read_values`` (val/test: the stats pass reads the train tiles) also get the band value check,
+    so an all-NaN or corrupt val tile fails now, not after the first epoch."""
+
     def one(name: str) -> TileInfo:
         info = open_tile(tile_path(cfg.root, name), cfg.s1_bands, cfg.s2_bands)
         check_labels(info, read_labels(info))  # a bad label in val/test would crash the loss later
+        if name in read_values:
+            for key in STREAMS:
+                check_band_values(info, key)
         return info
 
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(names)))) as pool:
@@ -198,7 +206,7 @@ def build_data(
         raise InputError(f"data.root {cfg.root} does not exist")
     lists = resolve_splits(cfg, tuple(dict.fromkeys(["train", *splits])))
     names = list(dict.fromkeys(n for s in ["train", *splits] for n in lists[s]))
-    infos = _open_all(cfg, names)
+    infos = _open_all(cfg, names, set(names) - set(lists["train"]))
     _check_consistent(list(infos.values()), cfg)
     ref = infos[names[0]]
     rank, world = _rank_world(rank, world_size, gather)

@@ -39,7 +39,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from dualseg.data.manifest import check_chunks, stored_files, write_manifest
+from dualseg.data.manifest import arrays_of, check_chunks, chunk_keys, stored_files, write_manifest
 from dualseg.errors import InputError
 
 FORMAT = "dualseg-tile"
@@ -251,6 +251,26 @@ def consolidate(path: Path) -> None:
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         warnings.filterwarnings("ignore", message="Object at manifest.json", category=UserWarning)
         zarr.consolidate_metadata(str(path))
+
+
+def rewrite_manifest(path: str | Path) -> None:
+    """Record the manifest of the tile at ``path`` as it is now (a tile edited in place with zarr,
+    or written by older code, adopts its current contents: chunks zarr left unwritten because
+    they held only the fill value are written out first), then re-consolidate."""
+    path = Path(path)
+    root = zarr.open_group(str(path), mode="a", use_consolidated=False)
+    files = stored_files(path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Object at manifest.json", category=UserWarning)
+        arrays = arrays_of(root)
+    for key, arr in arrays.items():
+        if any(f"{key}/{ck}" not in files for ck in chunk_keys(arr)):
+            full = arr.with_config(_EVERY_CHUNK)
+            full[...] = full[...]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Object at manifest.json", category=UserWarning)
+        root.attrs["manifest"] = write_manifest(path, root)
+    consolidate(path)
 
 
 def open_group(path: Path, name: str) -> zarr.Group:

@@ -16,7 +16,7 @@ import zarr
 
 from dualseg.config import SyntheticConfig
 from dualseg.data import build_data, read_tile
-from dualseg.data.tile import consolidate
+from dualseg.data.tile import rewrite_manifest
 from dualseg.errors import InputError
 
 
@@ -97,7 +97,7 @@ def test_bad_train_tile_is_named(tmp_path, data, edit, message):
     root = data.write_root(tmp_path, n=4)
     g = zarr.open_group(str(root / "t1.zarr"), mode="a")
     edit(g)
-    consolidate(root / "t1.zarr")
+    rewrite_manifest(root / "t1.zarr")
     with pytest.raises(InputError, match=message):
         build_data(data.cfg(root), cache=False)
 
@@ -170,7 +170,7 @@ def test_ddp_stats_merge_and_a_failing_rank_does_not_hang_the_others(tmp_path, d
     bad = data.write_root(tmp_path / "bad", n=5, splits={"train": ["t0", "t1", "t2", "t3"], "val": ["t4"]})
     g = zarr.open_group(str(bad / "t1.zarr"), mode="a")  # t1 is in rank 1's shard (tiles 1::2)
     g["s2"].create_array("B04", data=np.full((g["s2/time"].shape[0], 16, 16), np.nan, "f4"), overwrite=True)
-    consolidate(bad / "t1.zarr")
+    rewrite_manifest(bad / "t1.zarr")
     args = (2, _free_port(), str(good), str(bad), str(tmp_path))
     ctx = mp.start_processes(_rank_main, args=args, nprocs=2, join=False, start_method="fork")  # fork: no re-import
     deadline = time.monotonic() + 120
@@ -193,7 +193,7 @@ def test_bad_label_in_val_tile_fails_at_build(tmp_path, data):
     root = data.write_root(tmp_path, n=4)  # t2 = val
     g = zarr.open_group(str(root / "t2.zarr"), mode="a")
     g.create_array("labels", data=np.full((16, 16), -3, "i2"), overwrite=True, attributes={"ignore_index": 255})
-    consolidate(root / "t2.zarr")
+    rewrite_manifest(root / "t2.zarr")
     with pytest.raises(InputError, match=r"tile t2: labels contain \[-3\]"):
         build_data(data.cfg(root))
 

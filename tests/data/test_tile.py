@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 from dualseg.data.read import read_stream, read_tile
-from dualseg.data.tile import consolidate, open_tile, write_tile
+from dualseg.data.tile import consolidate, open_tile, rewrite_manifest, write_tile
 from dualseg.data.validate import validate_tile
 from dualseg.errors import InputError
 
@@ -88,7 +88,7 @@ def _edit(path, fn):
     """Corrupt a written tile the way a broken export would (bypassing the writer's checks)."""
     g = zarr.open_group(str(path), mode="a")
     fn(g)
-    consolidate(path)
+    rewrite_manifest(path)  # as the broken exporter would have written it
 
 
 @pytest.mark.parametrize(
@@ -124,13 +124,19 @@ def test_missing_and_unreadable_tiles(tmp_path, data):
     write_tile(tmp_path / "a.zarr", data.make_tile())
     with pytest.raises(InputError, match=r"tile a: missing band s2/B99"):
         open_tile(tmp_path / "a.zarr", s2_bands=["B02", "B99"])
-    # a deleted chunk file is not an error for zarr (fill value) but a truncated one is
+    # a truncated chunk: the manifest names it in validate, the reader names the array
     chunk = next((tmp_path / "a.zarr" / "s1" / "VV" / "c").rglob("*"))
     while chunk.is_dir():
         chunk = next(chunk.iterdir())
     chunk.write_bytes(b"garbage")
-    with pytest.raises(InputError, match=r"tile a: s1/VV: unreadable data"):
+    with pytest.raises(InputError, match=r"tile a: band s1/VV: chunk c/0/0/0 differs from the manifest"):
         validate_tile(tmp_path / "a.zarr")
+    with pytest.raises(InputError, match=r"tile a: s1/VV: unreadable data"):
+        read_tile(tmp_path / "a.zarr")
+    # a deleted chunk file would read as zarr's fill value: refused when the tile is opened
+    chunk.unlink()
+    with pytest.raises(InputError, match=r"tile a: band s1/VV: missing chunk c/0/0/0"):
+        open_tile(tmp_path / "a.zarr")
 
 
 def test_validate_ok_returns_info(tmp_path, data):
