@@ -28,7 +28,9 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable,
     sys.path.insert(0, str(_here.parent))
 
 from dualseg.config import Config, load_config, to_dict  # noqa: E402
+from dualseg.data.preflight import check_dataset  # noqa: E402  [data pre-flight]
 from dualseg.errors import DualsegError, InputError, report_error  # noqa: E402
+from dualseg.io import check_writable_dir  # noqa: E402  [data pre-flight]
 from hpc import study as st  # noqa: E402
 from hpc.config import HpcConfig, parse_hpc, time_to_minutes  # noqa: E402
 from hpc.helpers import REPO_ROOT, code_version, resolve_scratch  # noqa: E402
@@ -145,6 +147,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if executor == "local" and hpc.nodes > 1:
         raise InputError(f"--nodes: the local executor runs on one machine (got {hpc.nodes}); use --executor slurm")
     scratch = resolve_scratch(hpc.scratch, cfg.train.scratch)
+    check_writable_dir(scratch, "--scratch")  # [data pre-flight] one error line, before any side effect
     study_dir = scratch / hpc.study
     storage = hpc.storage or os.environ.get(st.STORAGE_ENV)
     if not storage:
@@ -245,12 +248,14 @@ def prepare(plan: Plan) -> None:
 
     The database is checked first, so a wrong password or an unreachable host leaves nothing behind.
     """
+    check_dataset(plan.cfg.data, missing_ok=True)  # [data pre-flight] existing data: before the database
     url = st.parse_url(plan.storage)
     if url.get_backend_name() == "sqlite" and url.database:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     storage = st.open_storage(plan.storage, create_tables=True, pool_size=2)
     try:
         ensure_data(plan.cfg)
+        check_dataset(plan.cfg.data)  # [data pre-flight] every split, every tile (generated data too)
         attrs = {"config": to_dict(plan.cfg), "trials": plan.hpc.trials, "scratch": str(plan.scratch),
                  "objective": plan.hpc.objective, "code_version": code_version()}
         st.create_or_load_study(storage, plan.hpc.study, st.direction_for(plan.hpc.objective), attrs)
@@ -357,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = make_plan(args)
         masked = st.mask_url(plan.storage)
         if args.dry_run:
+            check_dataset(plan.cfg.data, missing_ok=True)  # [data pre-flight] also for a dry run
             if plan.executor == "local":
                 print(f"# local executor: {plan.hpc.workers} worker(s), storage {masked}, logs {plan.logdir}; nothing submitted")
                 return 0

@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not a.storage:
             raise InputError("--storage: not given and $DUALSEG_STORAGE is not set")
-        st.parse_url(a.storage)
+        url = st.parse_url(a.storage)
+        if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_file():
+            raise InputError(f"--storage: SQLite file {url.database} does not exist (no study there)")  # [data pre-flight]
         print(render(collect(a.storage, a.study)))
     except DualsegError as exc:
         return report_error(exc, lambda m: st.scrub(m, st.parse_url_password(a.storage)))

@@ -38,10 +38,24 @@ def _key(cfg: DataConfig, names: list[str]) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def check_dataset(cfg: DataConfig, *, workers: int = 4, remember: bool = True) -> dict[str, list[str]]:
+def to_be_generated(cfg: DataConfig) -> bool:
+    """True when ``cfg`` describes synthetic data not generated yet (no splits file, no tile lists)."""
+    splits = Path(cfg.splits) if cfg.splits else Path(cfg.root) / "splits.json"
+    return cfg.synthetic is not None and cfg.train_tiles is None and not splits.is_file()
+
+
+def check_dataset(
+    cfg: DataConfig, *, workers: int = 4, remember: bool = True, missing_ok: bool = False
+) -> dict[str, list[str]] | None:
     """Raise one :class:`InputError` naming the first problem of the dataset ``cfg`` describes
     (see module doc); returns the train/val/test tile lists. Creates nothing but, on success,
-    the small ``.dualseg-checked`` marker (skipped silently where the root is read-only)."""
+    the small ``.dualseg-checked`` marker (skipped silently where the root is read-only).
+
+    ``missing_ok``: synthetic data that is still to be generated is not an error (returns None);
+    a launcher's dry run checks what exists, its preparation checks again after generating.
+    """
+    if missing_ok and to_be_generated(cfg):
+        return None
     root = Path(cfg.root)
     if not root.is_dir():
         raise InputError(f"data.root {root} does not exist")
