@@ -193,6 +193,9 @@ CASES = [
     Case("dry-run-scratch-is-a-file", "launch",
          lambda ws, d: [*_launch("--dry-run")(ws, d), "--scratch", str(d / "splits.json")],
          r"--scratch: .*splits.json is not a directory"),
+    Case("prepare-scratch-read-only", "launch",  # sysfs refuses new files even to root
+         lambda ws, d: [*_launch("--prepare-only")(ws, d), "--scratch", "/sys/dualseg-scratch"],
+         r"--scratch: /sys/dualseg-scratch is not writable \(/sys cannot hold a new folder\): Permission denied"),
     Case("status-missing-sqlite", "status", lambda ws, d: ["--study", "s", "--storage", f"sqlite:///{ws}/no/study.db"],
          r"--storage: SQLite file .*/no/study.db does not exist"),
     Case("synthetic-out-is-a-file", "synthetic", lambda ws, d: ["--out", str(d / "splits.json"), "--tiles", "3", "--size", "8"],
