@@ -64,7 +64,7 @@ def _chunk(root: Path, tile: str, array: str) -> Path:
     """The first chunk file of ``array`` (e.g. ``s2/B02``) of ``tile``."""
     f = root / f"{tile}.zarr" / array / "c"
     while f.is_dir():
-        f = sorted(f.iterdir())[0]
+        f = min(f.iterdir())
     return f
 
 

@@ -154,16 +154,15 @@ def test_check_writable_dir_creates_nothing(tmp_path: Path) -> None:
 
 def test_staged_dir_is_all_or_nothing(tmp_path: Path) -> None:
     target = tmp_path / "ds"
-    with pytest.raises(RuntimeError, match="midway"):
-        with staged_dir(target, "test", overwrite=False) as tmp:
-            (tmp / "part").write_text("half")
-            raise RuntimeError("midway")
+    with pytest.raises(RuntimeError, match="midway"), staged_dir(target, "test", overwrite=False) as tmp:
+        (tmp / "part").write_text("half")
+        raise RuntimeError("midway")
     assert list(tmp_path.iterdir()) == []
     with staged_dir(target, "test", overwrite=False) as tmp:
         (tmp / "splits.json").write_text("1")
-    with pytest.raises(InputError, match=r"^test: .*ds already holds a dataset \(splits.json\); pass --overwrite"):
-        with staged_dir(target, "test", overwrite=False):
-            pass
+    with (pytest.raises(InputError, match=r"^test: .*ds already holds a dataset \(splits.json\); pass --overwrite"),
+          staged_dir(target, "test", overwrite=False)):
+        pass
     with staged_dir(target, "test", overwrite=True) as tmp:
         (tmp / "splits.json").write_text("2")
     assert (target / "splits.json").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["ds"]

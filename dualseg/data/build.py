@@ -22,6 +22,7 @@ import torch
 
 from dualseg.config import DataConfig
 from dualseg.data.dataset import TileDataset, collate
+from dualseg.data.read import read_labels
 from dualseg.data.splits import resolve_splits
 from dualseg.data.stats import (
     BandStats,
@@ -37,7 +38,6 @@ from dualseg.data.stats import (
     save_cached,
     unpack,
 )
-from dualseg.data.read import read_labels
 from dualseg.data.tile import STREAMS, TileInfo, open_tile, tile_path
 from dualseg.data.validate import check_band_values, check_labels
 from dualseg.data.weights import compute_class_weights
@@ -199,7 +199,9 @@ def build_data(
         getattr(cfg, f"{s}_tiles") is not None for s in splits
     )
     if cfg.synthetic is not None and not explicit and cfg.splits is None:
-        from dualseg.data.synthetic import ensure_synthetic  # lazy: keeps `python -m` CLIs clean
+        from dualseg.data.synthetic import (
+            ensure_synthetic,  # lazy: keeps `python -m` CLIs clean
+        )
 
         ensure_synthetic(cfg.root, cfg.synthetic)
     if not Path(cfg.root).is_dir():

@@ -76,7 +76,7 @@ def write_manifest(root: Path, group: zarr.Group) -> dict[str, Any]:
 
 def stored_files(path: Path) -> set[str]:
     """Relative paths of every file under ``path`` (one ``os.walk``)."""
-    out = set()
+    out: set[str] = set()
     cut = len(str(path)) + 1
     for dirpath, _, files in os.walk(path):
         rel = dirpath[cut:]

@@ -30,16 +30,23 @@ import shutil
 import threading
 import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.core.array_spec import ArrayConfigParams
 
-from dualseg.data.manifest import arrays_of, check_chunks, chunk_keys, stored_files, write_manifest
+from dualseg.data.manifest import (
+    arrays_of,
+    check_chunks,
+    chunk_keys,
+    stored_files,
+    write_manifest,
+)
 from dualseg.errors import InputError
 
 FORMAT = "dualseg-tile"
@@ -49,7 +56,7 @@ DEFAULT_IGNORE_INDEX = 255
 DEFAULT_CHUNK_HW = 128
 _CONSOLIDATE_LOCK = threading.Lock()
 # all-fill-value chunks are written too, so a missing chunk file always means lost data
-_EVERY_CHUNK: dict[str, Any] = {"write_empty_chunks": True}
+_EVERY_CHUNK: ArrayConfigParams = {"write_empty_chunks": True}
 
 
 @dataclass

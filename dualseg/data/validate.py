@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from dualseg.data.splits import SPLITS, check_disjoint, read_splits
 from dualseg.data.manifest import verify_tile
 from dualseg.data.read import read_labels, read_stream
+from dualseg.data.splits import SPLITS, check_disjoint, read_splits
 from dualseg.data.tile import STREAMS, TileInfo, open_group, open_tile, row_windows
 from dualseg.errors import InputError, report_error
 

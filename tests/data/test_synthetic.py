@@ -13,8 +13,8 @@ import pytest
 
 from dualseg.config import SyntheticConfig
 from dualseg.data.dataset import day_of_year
-from dualseg.data.synthetic import IGNORE_INDEX, class_params, generate, make_tile
 from dualseg.data.read import read_tile
+from dualseg.data.synthetic import IGNORE_INDEX, class_params, generate, make_tile
 from dualseg.data.validate import validate_tile
 
 

@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 from dualseg.data.read import read_stream, read_tile
-from dualseg.data.tile import consolidate, open_tile, rewrite_manifest, write_tile
+from dualseg.data.tile import open_tile, rewrite_manifest, write_tile
 from dualseg.data.validate import validate_tile
 from dualseg.errors import InputError
 
