@@ -326,15 +326,14 @@ def open_tile(
         raise InputError(f"tile {name}: labels must be a 2-D integer array, got {labels.dtype} {labels.shape}")
     hw = tuple(labels.shape)
     streams: dict[str, StreamInfo] = {}
-    opened: dict[str, zarr.Array] = {"labels": labels}
-    files = stored_files(path)  # one walk: every opened array's chunk files must be there
+    opened: dict[str, zarr.Array] = {"labels": labels}  # every chunk file of these must be there
     for key, wanted in (("s1", s1_bands), ("s2", s2_bands)):
         g = _member(root, key, name, zarr.Group)
         bands = list(wanted) if wanted is not None else list(g.attrs.get("bands", []))
         if not bands:
             raise InputError(f"tile {name}: stream {key} lists no bands")
         time_arr = opened[f"{key}/time"] = _member(root, f"{key}/time", name, zarr.Array)
-        check_chunks(path, name, {f"{key}/time": time_arr}, files)  # before reading it: no fill-value dates
+        check_chunks(path, name, {f"{key}/time": time_arr})  # before reading it: no fill-value dates
         time = np.asarray(time_arr[...])
         if time.ndim != 1:
             raise InputError(f"tile {name}: {key}/time must be 1-D, got shape {time.shape}")
@@ -354,13 +353,16 @@ def open_tile(
             if tuple(arr.shape[1:]) != hw:
                 raise InputError(f"tile {name}: {key}/{band} has H,W={tuple(arr.shape[1:])} but labels are {hw}")
             opened[f"{key}/{band}"] = arr
-        has_cloud = "cloud" in g
-        if has_cloud and tuple(g["cloud"].shape) != (time.shape[0], *hw):
-            raise InputError(f"tile {name}: {key}/cloud shape {tuple(g['cloud'].shape)} != {(time.shape[0], *hw)}")
-        if has_cloud:
-            opened[f"{key}/cloud"] = g["cloud"]
+        cloud = g.get("cloud")
+        has_cloud = cloud is not None
+        if cloud is not None and not isinstance(cloud, zarr.Array):
+            raise InputError(f"tile {name}: {key}/cloud is not a zarr array")
+        if cloud is not None:
+            if tuple(cloud.shape) != (time.shape[0], *hw):
+                raise InputError(f"tile {name}: {key}/cloud shape {tuple(cloud.shape)} != {(time.shape[0], *hw)}")
+            opened[f"{key}/cloud"] = cloud
         streams[key] = StreamInfo(bands=bands, time=time.astype(np.int64), has_cloud=has_cloud)
-    check_chunks(path, name, opened, files)
+    check_chunks(path, name, opened)
     nodata = attrs.get("nodata")
     return TileInfo(
         path=path,
