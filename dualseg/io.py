@@ -142,6 +142,8 @@ def staged_dir(target: str | Path, what: str, *, overwrite: bool, flag: str = "-
     (the error names the CLI's own ``flag``); a file in its place is one error line.
     """
     target = Path(target)
+    if target.is_symlink():  # replace what the link points at, keep the link
+        target = target.resolve()
     if target.exists() and not target.is_dir():
         raise InputError(f"{what}: {target} is a file, not a folder")
     if target.is_dir() and any(p.name != ".generate.lock" for p in target.iterdir()) and not overwrite:

@@ -214,3 +214,24 @@ def test_preload_with_workers_shares_cache(tmp_path, data):
     for i in range(len(ds)):
         for k, v in ds[i].items():
             assert torch.equal(v, ref[i][k]), k
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("nan", r"^tile t3: band s2/B05 is all NaN/nodata$"),
+    ("corrupt", r"^tile t3: s2/B05: unreadable data"),
+    ("missing", r"^tile t3: band s2/B05: missing chunk c/0/0/0$"),
+])
+def test_bad_val_tile_fails_before_training(tmp_path, data, damage, message):
+    """Val tiles get the same value checks as train tiles, before the first epoch (not after it)."""
+    root = data.write_root(tmp_path, n=5)  # train t0-t2, val t3
+    chunk = root / "t3.zarr" / "s2" / "B05" / "c" / "0" / "0" / "0"
+    if damage == "nan":
+        g = zarr.open_group(str(root / "t3.zarr"), mode="a")
+        g["s2"]["B05"][...] = np.nan
+        rewrite_manifest(root / "t3.zarr")
+    elif damage == "corrupt":
+        chunk.write_bytes(b"garbage")
+    else:
+        chunk.unlink()
+    with pytest.raises(InputError, match=message):
+        build_data(data.cfg(root))
