@@ -309,3 +309,18 @@ def test_training_that_fails_before_its_first_epoch_leaves_no_run_folder(dataset
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert errors == [f"error: tile {VAL}: band s2/B02: missing chunk c/0/0/0"], r.stderr
     assert list(scratch.iterdir()) == []
+
+
+def test_launcher_entry_point_refuses_a_lost_chunk(dataset: Path, tmp_path: Path) -> None:
+    """``python hpc/launch.py --prepare-only`` as a user runs it: one line, exit 2, no study created."""
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    _chunk(data, TEST, "labels").unlink()
+    env = {k: v for k, v in os.environ.items() if k != "DUALSEG_STORAGE"}
+    r = subprocess.run(
+        [sys.executable, "hpc/launch.py", "--config", str(TINY), "--executor", "local", "--prepare-only",
+         "--scratch", str(tmp_path / "scratch"), "--set", f"data.root={data}"],
+        capture_output=True, text=True, timeout=300, cwd=REPO, env=env,
+    )
+    assert r.returncode == 2 and r.stderr == f"error: tile {TEST}: array labels: missing chunk c/0/0\n", r.stderr
+    assert not (tmp_path / "scratch").exists()
