@@ -146,7 +146,7 @@ def staged_dir(target: str | Path, what: str, *, overwrite: bool, flag: str = "-
         target = target.resolve()
     if target.exists() and not target.is_dir():
         raise InputError(f"{what}: {target} is a file, not a folder")
-    if target.is_dir() and any(p.name != ".generate.lock" for p in target.iterdir()) and not overwrite:
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
         held = "a dataset (splits.json)" if (target / "splits.json").exists() else "files"
         raise InputError(f"{what}: {target} already holds {held}; pass {flag} to replace it")
     check_writable_dir(target.parent, what)

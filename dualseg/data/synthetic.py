@@ -221,16 +221,17 @@ def ensure_synthetic(root: str | Path, cfg: SyntheticConfig) -> bool:
     """Generate the dataset into ``root`` unless it is complete; returns whether it generated.
 
     Safe for many processes at once (DDP ranks, parallel trials): an exclusive ``flock`` on
-    ``<root>/.generate.lock`` lets the first one write while the others wait, then find
-    ``splits.json`` and return. Refuses to write into a directory holding foreign tiles.
+    ``.<root name>.generate.lock`` beside ``root`` (outside it: the dataset folder is swapped in
+    whole at the end) lets the first one write while the others wait, then find ``splits.json``
+    and return. Refuses to write into a directory holding foreign tiles.
     """
     import fcntl
 
     root = Path(root)
     if (root / "splits.json").is_file():
         return _check_same(root, cfg)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".generate.lock", "a") as lock:
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.generate.lock", "a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
             if (root / "splits.json").is_file():
