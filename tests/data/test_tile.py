@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 from dualseg.data.read import read_stream, read_tile
-from dualseg.data.tile import open_tile, rewrite_manifest, write_tile
+from dualseg.data.tile import consolidate, open_tile, rewrite_manifest, write_tile
 from dualseg.data.validate import validate_tile
 from dualseg.errors import InputError
 
@@ -145,3 +145,20 @@ def test_validate_ok_returns_info(tmp_path, data):
     assert (info.height, info.width, info.streams["s1"].t, info.streams["s2"].t) == (12, 10, 3, 2)
     assert info.streams["s2"].has_cloud and not info.streams["s1"].has_cloud
     shutil.rmtree(tmp_path / "a.zarr")
+
+
+def test_tile_without_manifest_is_checked_by_listing(tmp_path, data):
+    """Tiles written before manifests: validate compares the store with each array's chunk grid."""
+    path = tmp_path / "old.zarr"
+    write_tile(path, data.make_tile())
+    (path / "manifest.json").unlink()
+    g = zarr.open_group(str(path), mode="a", use_consolidated=False)
+    del g.attrs["manifest"]
+    consolidate(path)
+    assert validate_tile(path).name == "old"
+    (path / "s2" / "cloud" / "c" / "0" / "0" / "0").unlink()
+    with pytest.raises(InputError, match=r"^tile old: array s2/cloud: missing chunk c/0/0/0$"):
+        validate_tile(path)
+    rewrite_manifest(path)  # adopting it as it is: the lost chunk becomes explicit fill values
+    assert validate_tile(path).name == "old"
+    assert not read_tile(path).s2.cloud.any()
