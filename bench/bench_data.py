@@ -67,7 +67,8 @@ def _uncompressed_copy(root: Path) -> Path:
     """The same tiles and splits, written with ``codec="none"``."""
     import shutil
 
-    from dualseg.data.tile import read_tile, write_tile
+    from dualseg.data.read import read_tile
+    from dualseg.data.tile import write_tile
 
     raw = root.parent / f"{root.name}-raw"
     raw.mkdir()

@@ -3,7 +3,9 @@
 A config file has the sections ``data``, ``model`` and ``train`` (owned by this library) and an
 optional ``hpc`` section that the orchestration layer validates itself (this library never knows
 about SLURM). :func:`from_dict` is the one strict dataclass builder used for every section, so a
-typo such as ``train.learning_rate`` fails loudly instead of silently using a default.
+typo such as ``train.learning_rate`` fails loudly instead of silently using a default. Options
+with a fixed set of values are ``Literal`` types: the loader checks them once, naming the choices,
+so no module below repeats the check.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -59,13 +61,17 @@ class DataConfig:
     s2_bands: list[str] = field(default_factory=lambda: list(S2_BANDS))
     augment: bool = True
     num_workers: int = 0
-    class_weighting: str = "median"  # "inverse" | "median" | "none"
+    class_weighting: Literal["inverse", "median", "none"] = "median"
     synthetic: SyntheticConfig | None = None
     # added by the data layer (dualseg/data/):
     seed: int = 0  # training patch positions/augmentations derive from (seed, epoch, index)
     cache_mb: float = 1024  # per-process cache of normalised tiles (0 = read every patch from zarr)
-    stats_backend: str = "auto"  # band statistics on "numpy", "cupy" (GPU) or "auto"
-    date_encoding: str = "doy"  # s*_doy: "doy" day of year, or "days" since 1 Jan of the tile's first year (multi-year series)
+    stats_backend: Literal["auto", "numpy", "cupy"] = "auto"  # band statistics on numpy, cupy (GPU) or auto
+    # s*_doy: "doy" day of year, or "days" since 1 Jan of the tile's first year (multi-year series)
+    date_encoding: Literal["doy", "days"] = "doy"
+    # band statistics cache (<root>/.dualseg-stats, keyed by the train tiles' contents and the bands):
+    # "read" uses a valid entry or computes and writes one, "rebuild" recomputes and overwrites, "off" neither
+    stats_cache: Literal["read", "rebuild", "off"] = "read"
 
 
 @dataclass
@@ -75,9 +81,9 @@ class ModelConfig:
     levels: int = 3
     base_width: int = 32
     dropout: float = 0.1
-    temporal: str = "ltae"  # "ltae" | "mean"
-    fusion: str = "concat"  # "concat" | "sum" | "early"
-    streams: str = "both"  # "both" | "s1" | "s2"
+    temporal: Literal["ltae", "mean"] = "ltae"
+    fusion: Literal["concat", "sum", "early"] = "concat"
+    streams: Literal["both", "s1", "s2"] = "both"
     n_heads: int = 4
     d_k: int = 8
     temporal_kernel: int = 1  # encoder conv kernel along time: 1 = per-date (U-TAE), 3 = UNet3D-like
@@ -134,11 +140,6 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except InputError as exc:
                 errors.append(str(exc))
         raise InputError(errors[0] if errors else f"config: {where}: bad value {value!r}")
-    if origin is typing.Literal:
-        choices = typing.get_args(tp)
-        if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
-            raise InputError(f"config: {where}: must be one of {', '.join(map(str, choices))} (got {value!r})")
-        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise InputError(f"config: {where}: expected a mapping, got {type(value).__name__}")
@@ -152,6 +153,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise InputError(f"config: {where}: expected a mapping, got {type(value).__name__}")
         return dict(value)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if isinstance(value, bool) or value not in choices:
+            raise InputError(f"config: {where}: must be one of {', '.join(map(str, choices))} (got {value!r})")
+        return value
     if tp is Any:
         return value
     if tp is bool:

@@ -1,7 +1,9 @@
 """Atomic file writes: temp file in the target directory, fsync, rename, fsync the directory.
 
 A reader (or a requeued job after a crash) therefore sees either the old file or the new one,
-never a half-written checkpoint, stats cache or results file.
+never a half-written checkpoint, stats cache or results file. Files get the mode an ordinary
+``open()`` would give under the process umask (0644 under umask 022), not ``mkstemp``'s 0600: a
+dataset, stats cache or results file written by one member of a group must be readable by the next.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -32,12 +35,49 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` is a process-wide write, racy
+    under threads): ``/proc/self/status`` on Linux, else set-and-restore."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_writable_dir(path: str | Path, what: str) -> Path:
+    """Prove ``path`` is (or can be created as) a writable directory, creating nothing.
+
+    Probes the deepest existing ancestor with a temp file that is removed at once; raises one
+    :class:`InputError` line naming ``what`` (the option, e.g. ``--scratch``) and the path.
+    """
+    path = Path(path)
+    probe_dir = path
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise InputError(f"{what}: {path} is not a directory ({probe_dir} is a file)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".dualseg-write-test.", dir=probe_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        where = "" if probe_dir == path else f" ({probe_dir} cannot hold a new folder)"
+        raise InputError(f"{what}: {path} is not writable{where}: {exc.strerror or type(exc).__name__}") from None
+    return path
+
+
 @contextlib.contextmanager
 def _atomic_file(path: Path) -> Iterator[BinaryIO]:
     """Yield a temp file beside ``path``; on success fsync it, rename it over ``path``, fsync the dir."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would lock out the group
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
@@ -91,3 +131,38 @@ def read_json(path: str | Path, what: str) -> Any:
         raise InputError(f"{what}: file not found: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{what}: {path}: not valid JSON ({exc})") from None
+
+
+@contextlib.contextmanager
+def staged_dir(target: str | Path, what: str, *, overwrite: bool, flag: str = "--overwrite") -> Iterator[Path]:
+    """Build a whole folder (a dataset) at a temp path beside ``target``, renamed into place at the end.
+
+    A failure or interrupt removes the temp folder: ``target`` is either untouched or complete,
+    never half-written. An existing non-empty ``target`` is replaced only with ``overwrite``
+    (the error names the CLI's own ``flag``); a file in its place is one error line.
+    """
+    target = Path(target)
+    if target.is_symlink():  # replace what the link points at, keep the link
+        target = target.resolve()
+    if target.exists() and not target.is_dir():
+        raise InputError(f"{what}: {target} is a file, not a folder")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        held = "a dataset (splits.json)" if (target / "splits.json").exists() else "files"
+        raise InputError(f"{what}: {target} already holds {held}; pass {flag} to replace it")
+    check_writable_dir(target.parent, what)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if target.exists():
+            trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(target, trash)
+            os.replace(tmp, target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(target.parent)

@@ -25,7 +25,9 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable,
     sys.path.insert(0, str(_here.parent))
 
 from dualseg.config import Config, load_config, to_dict
+from dualseg.data.preflight import check_dataset
 from dualseg.errors import DualsegError, InputError, report_error
+from dualseg.io import check_writable_dir
 from hpc import jobs, slurm
 from hpc.config import parse_hpc
 from hpc.jobs import Plan
@@ -126,6 +128,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if executor == "local" and hpc.nodes > 1:
         raise InputError(f"--nodes: the local executor runs on one machine (got {hpc.nodes}); use --executor slurm")
     scratch = resolve_scratch(hpc.scratch, cfg.train.scratch)
+    check_writable_dir(scratch, "--scratch")  # one error line, before any side effect
     local_db = scratch / hpc.study / "study.db" if executor == "local" else None
     storage = resolve_storage(args.storage, configured_storage, local_db)
     if storage is None:
@@ -144,27 +147,19 @@ def make_plan(args: argparse.Namespace) -> Plan:
     return Plan(cfg, hpc, executor, scratch, storage)
 
 
-def check_scratch(scratch: Path) -> None:
-    """Scratch must be creatable and writable before anything is written elsewhere."""
-    probe = scratch
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"--scratch: {scratch} is not writable (checked {probe})")
-
-
 def prepare(plan: Plan) -> None:
     """Side effects every launch needs before submitting: data present, study created once, scratch claimed.
 
     The database is checked first, so a wrong password or an unreachable host leaves nothing behind.
     """
-    check_scratch(plan.scratch)
+    check_dataset(plan.cfg.data, missing_ok=True)  # existing data: checked before the database is touched
     db_path = plan.storage.sqlite_path
     if db_path is not None:
         db_path.parent.mkdir(parents=True, exist_ok=True)
     db = open_database(plan.storage, create_tables=True)
     try:
         ensure_data(plan.cfg)
+        check_dataset(plan.cfg.data)  # every split, every tile (generated data too), before any job exists
         try:
             existing = db.load_study(plan.hpc.study).user_attrs
         except InputError:
@@ -243,12 +238,12 @@ def run_local(plan: Plan) -> int:
 
 
 def _dry_run(plan: Plan) -> int:
+    check_dataset(plan.cfg.data, missing_ok=True)
     masked = plan.storage.masked
     if plan.executor == "local":
         print(f"# local executor: {plan.hpc.workers} worker(s), storage {masked}, logs {plan.logdir}; "
               "nothing submitted")
         return 0
-    check_scratch(plan.scratch)
     res = jobs.check_scripts(plan) if slurm.available() else jobs.eval_resources(plan, None)
     print(f"# array of {plan.hpc.workers} job(s), {plan.hpc.nodes} node(s) each; storage {masked}")
     print(jobs.array_script(plan))

@@ -61,3 +61,25 @@ def test_missing_and_invalid_files(tmp_path: Path) -> None:
     bad.write_text("train: [unclosed\n")
     with pytest.raises(InputError, match="not valid YAML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(
+    "key,value,choices",
+    [
+        ("model.temporal", "lstm", "ltae, mean"),
+        ("model.fusion", "foo", "concat, sum, early"),
+        ("model.streams", "s3", "both, s1, s2"),
+        ("data.class_weighting", "log", "inverse, median, none"),
+        ("data.stats_backend", "torch", "auto, numpy, cupy"),
+        ("data.date_encoding", "weeks", "doy, days"),
+        ("data.stats_cache", "yes", "read, rebuild, off"),
+        ("data.stats_cache", True, "read, rebuild, off"),
+    ],
+)
+def test_choices_are_checked_once_by_the_loader(key: str, value: object, choices: str) -> None:
+    """Literal options name their choices; the modules below never see a value outside them."""
+    with pytest.raises(InputError) as exc:
+        apply_overrides(Config(), {key: value})
+    assert str(exc.value) == f"config: {key}: must be one of {choices} (got {value!r})"
+    section, leaf = key.split(".")
+    assert getattr(getattr(apply_overrides(Config(), {key: choices.split(", ")[-1]}), section), leaf) == choices.split(", ")[-1]

@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from dualseg.errors import InputError
-from dualseg.io import atomic_copy, atomic_torch_save, atomic_write_bytes, atomic_write_text, read_json
+from dualseg.io import (
+    atomic_copy,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_writable_dir,
+    current_umask,
+    read_json,
+    staged_dir,
+)
+from tests.conftest import in_ci
+
+OTHER_UID = 65534  # "nobody": a second user with none of the writer's groups (no passwd entry needed)
 
 
 def test_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -61,3 +80,89 @@ def test_atomic_copy(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         atomic_copy(tmp_path / "missing.pt", tmp_path / "out" / "c.pt")
     assert sorted(p.name for p in dst.parent.iterdir()) == ["b.pt"]
+
+
+@contextlib.contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750), (0o077, 0o600, 0o700)])
+def test_written_files_get_the_umask_mode(tmp_path: Path, mask: int, file_mode: int, dir_mode: int) -> None:
+    """Like an ordinary open(): mkstemp's 0600 would lock a shared dataset or results out of the group."""
+    with _umask(mask):
+        assert current_umask() == mask
+        files = [atomic_write_text(tmp_path / "a.json", "{}"), atomic_write_bytes(tmp_path / "sub" / "b", b"x"),
+                 atomic_copy(tmp_path / "a.json", tmp_path / "c.json"), atomic_torch_save({"w": 1}, tmp_path / "d.pt")]
+        with staged_dir(tmp_path / "ds", "test", overwrite=False) as tmp:
+            atomic_write_text(tmp / "splits.json", "{}")
+    for f in files + [tmp_path / "ds" / "splits.json"]:
+        assert stat.S_IMODE(f.stat().st_mode) == file_mode, f
+    for d in (tmp_path / "sub", tmp_path / "ds"):
+        assert stat.S_IMODE(d.stat().st_mode) == dir_mode, d
+
+
+def _as_other_user(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups", *cmd],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_another_user_reads_what_one_user_wrote() -> None:
+    """A dataset, stats cache, splits, checkpoint and results written by one user (umask 022) are
+    readable by a second uid; a mkstemp-style 0600 file in the same place is not (the check bites)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        msg = "needs root and setpriv to act as a second user"
+        if in_ci():
+            pytest.fail(f"{msg} (CI=true: the permission test must run)")
+        pytest.skip(msg)
+    from dualseg.config import SyntheticConfig
+    from dualseg.data.synthetic import generate
+
+    base = Path(tempfile.mkdtemp(prefix="dualseg-perm-", dir="/tmp"))  # pytest's tmp dirs are 0700
+    try:
+        os.chmod(base, 0o755)
+        with _umask(0o022):
+            generate(base / "data", SyntheticConfig(tiles=3, size=8, s1_dates=2, s2_dates=2))
+            atomic_write_text(base / "data" / ".dualseg-stats" / "k.json", "{}")
+            atomic_torch_save({"model": {}}, base / "runs" / "t0" / "best.pt")
+            atomic_write_text(base / "runs" / "results.json", "{}")
+            fd, private = tempfile.mkstemp(dir=base)
+            os.close(fd)
+        files = [p for p in base.rglob("*") if p.is_file() and str(p) != private]
+        assert len(files) > 20  # tiles' chunks, metadata, manifests, splits, caches, checkpoint, results
+        r = _as_other_user("sh", "-c", 'for f in "$@"; do cat "$f" > /dev/null || exit 1; done', "sh", *map(str, files))
+        assert r.returncode == 0, r.stderr
+        r = _as_other_user("find", str(base / "data"), "-name", "*.zarr", "-maxdepth", "1")
+        assert r.returncode == 0 and len(r.stdout.split()) == 3, r.stderr
+        denied = _as_other_user("cat", private)
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    finally:
+        shutil.rmtree(base)
+
+
+def test_check_writable_dir_creates_nothing(tmp_path: Path) -> None:
+    assert check_writable_dir(tmp_path / "a" / "b", "--scratch") == tmp_path / "a" / "b"
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "f").write_text("")
+    with pytest.raises(InputError, match=r"^--scratch: .*/f/x is not a directory \(.*/f is a file\)$"):
+        check_writable_dir(tmp_path / "f" / "x", "--scratch")
+
+
+def test_staged_dir_is_all_or_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "ds"
+    with pytest.raises(RuntimeError, match="midway"), staged_dir(target, "test", overwrite=False) as tmp:
+        (tmp / "part").write_text("half")
+        raise RuntimeError("midway")
+    assert list(tmp_path.iterdir()) == []
+    with staged_dir(target, "test", overwrite=False) as tmp:
+        (tmp / "splits.json").write_text("1")
+    with (pytest.raises(InputError, match=r"^test: .*ds already holds a dataset \(splits.json\); pass --overwrite"),
+          staged_dir(target, "test", overwrite=False)):
+        pass
+    with staged_dir(target, "test", overwrite=True) as tmp:
+        (tmp / "splits.json").write_text("2")
+    assert (target / "splits.json").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["ds"]

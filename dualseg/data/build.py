@@ -1,7 +1,8 @@
 """``build_data``: from a :class:`DataConfig` to ready datasets, normalisation stats and class weights.
 
-Checks every tile's structure up front (a missing band fails before the first epoch, naming the
-tile), computes band statistics and label counts over the train tiles in one sharded pass merged
+Checks every tile's structure and chunk files up front, and the values of val/test tiles (a
+missing band, a lost chunk or an all-NaN val band fails before the first epoch, naming the tile),
+computes band statistics and label counts over the train tiles in one sharded pass merged
 with a single ``gather`` (or loads them from the cache keyed by the train-tile fingerprint), and
 builds one :class:`TileDataset` per requested split.
 """
@@ -21,6 +22,7 @@ import torch
 
 from dualseg.config import DataConfig
 from dualseg.data.dataset import TileDataset, collate
+from dualseg.data.read import read_labels
 from dualseg.data.splits import resolve_splits
 from dualseg.data.stats import (
     BandStats,
@@ -36,9 +38,9 @@ from dualseg.data.stats import (
     save_cached,
     unpack,
 )
-from dualseg.data.tile import STREAMS, TileInfo, open_tile, read_labels, tile_path
-from dualseg.data.validate import check_labels
-from dualseg.data.weights import METHODS, compute_class_weights
+from dualseg.data.tile import STREAMS, TileInfo, open_tile, tile_path
+from dualseg.data.validate import check_band_values, check_labels
+from dualseg.data.weights import compute_class_weights
 from dualseg.errors import InputError
 
 log = logging.getLogger("dualseg.data")
@@ -68,12 +70,6 @@ def _check_options(cfg: DataConfig) -> None:
         raise InputError(f"data.samples_per_tile must be >= 1, got {cfg.samples_per_tile}")
     if cfg.max_t is not None and cfg.max_t < 1:
         raise InputError(f"data.max_t must be >= 1, got {cfg.max_t}")
-    if cfg.class_weighting not in METHODS:
-        raise InputError(f"data.class_weighting: unknown method {cfg.class_weighting!r} (known: {', '.join(METHODS)})")
-    if cfg.stats_backend not in ("auto", "numpy", "cupy"):
-        raise InputError(f"data.stats_backend: unknown value {cfg.stats_backend!r} (auto, numpy, cupy)")
-    if cfg.date_encoding not in ("doy", "days"):
-        raise InputError(f"data.date_encoding: unknown value {cfg.date_encoding!r} (doy, days)")
     if cfg.cache_mb < 0 or cfg.num_workers < 0:
         raise InputError("data.cache_mb and data.num_workers must be >= 0")
     for key, bands in (("s1", cfg.s1_bands), ("s2", cfg.s2_bands)):
@@ -95,10 +91,17 @@ def _rank_world(rank: int | None, world_size: int | None, gather: Gather | None)
     return rank, world_size
 
 
-def _open_all(cfg: DataConfig, names: list[str]) -> dict[str, TileInfo]:
+def _open_all(cfg: DataConfig, names: list[str], read_values: set[str]) -> dict[str, TileInfo]:
+    """Open (structure, every chunk file present) and label-check every tile; the tiles in
+    ``read_values`` (val/test: the stats pass reads the train tiles) also get the band value check,
+    so an all-NaN or corrupt val tile fails now, not after the first epoch."""
+
     def one(name: str) -> TileInfo:
         info = open_tile(tile_path(cfg.root, name), cfg.s1_bands, cfg.s2_bands)
         check_labels(info, read_labels(info))  # a bad label in val/test would crash the loss later
+        if name in read_values:
+            for key in STREAMS:
+                check_band_values(info, key)
         return info
 
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(names)))) as pool:
@@ -126,16 +129,19 @@ def _check_consistent(infos: list[TileInfo], cfg: DataConfig) -> None:
 def _stats(
     cfg: DataConfig, train: list[TileInfo], num_classes: int, gather: Gather | None, cache: bool, rank: int, world: int
 ) -> BandStats:
+    """``data.stats_cache``: read (a valid entry, else compute and write), rebuild (compute and
+    overwrite), off (compute only); ``cache=False`` means off."""
+    mode = cfg.stats_cache if cache else "off"
     bands = {"s1": list(cfg.s1_bands), "s2": list(cfg.s2_bands)}
     channels = {k: len(v) for k, v in bands.items()}
-    path = cache_path(cfg.root, fingerprint(train, bands))
-    cached = load_cached(path, channels, num_classes) if cache else None
-    if gather is not None and cache:  # all ranks must agree, or some would wait in the gather below
+    path = cache_path(cfg.root, fingerprint(train, bands)) if mode != "off" else None
+    cached = load_cached(path, channels, num_classes) if path is not None and mode == "read" else None
+    if gather is not None and mode == "read":  # all ranks must agree, or some would wait in the gather below
         hits = gather(np.array([1.0 if cached is not None else 0.0]))
         if not all(float(np.asarray(h).ravel()[0]) == 1.0 for h in hits):
             cached = None
     if cached is not None:
-        log.info("band statistics loaded from %s", path)
+        log.info("band statistics loaded from %s (data.stats_cache=rebuild recomputes them)", path)
         return BandStats.from_partial(cached, bands)
     xp = get_xp(cfg.stats_backend)
     if gather is None:
@@ -143,7 +149,7 @@ def _stats(
     else:
         total = _gathered(train[rank::world], num_classes, channels, xp, gather, rank)
     result = BandStats.from_partial(total, bands)  # raises on zero variance before caching
-    if cache and rank == 0:
+    if path is not None and rank == 0:
         save_cached(path, total, bands)
     return result
 
@@ -193,14 +199,16 @@ def build_data(
         getattr(cfg, f"{s}_tiles") is not None for s in splits
     )
     if cfg.synthetic is not None and not explicit and cfg.splits is None:
-        from dualseg.data.synthetic import ensure_synthetic  # lazy: keeps `python -m` CLIs clean
+        from dualseg.data.synthetic import (
+            ensure_synthetic,  # lazy: keeps `python -m` CLIs clean
+        )
 
         ensure_synthetic(cfg.root, cfg.synthetic)
     if not Path(cfg.root).is_dir():
         raise InputError(f"data.root {cfg.root} does not exist")
     lists = resolve_splits(cfg, tuple(dict.fromkeys(["train", *splits])))
     names = list(dict.fromkeys(n for s in ["train", *splits] for n in lists[s]))
-    infos = _open_all(cfg, names)
+    infos = _open_all(cfg, names, set(names) - set(lists["train"]))
     _check_consistent(list(infos.values()), cfg)
     ref = infos[names[0]]
     rank, world = _rank_world(rank, world_size, gather)

@@ -41,10 +41,8 @@ def date_features(times: dict[str, np.ndarray], encoding: str = "doy") -> dict[s
     of the tile's first acquisition (over both streams), which keeps the order of a series that
     crosses a new year (PASTIS-R runs from September to the next November), same for both streams.
     """
-    if encoding == "doy":
+    if encoding == "doy":  # the two values of the config's Literal (checked by the loader)
         return {k: day_of_year(v) for k, v in times.items()}
-    if encoding != "days":
-        raise InputError(f"data.date_encoding: unknown value {encoding!r} (doy, days)")
     first = np.datetime64("1970-01-01", "D") + np.timedelta64(int(min(v.min() for v in times.values())), "D")
     start = int((first.astype("datetime64[Y]").astype("datetime64[D]") - np.datetime64("1970-01-01", "D")).astype(int))
     return {k: np.asarray(v, dtype=np.int64) - start + 1 for k, v in times.items()}

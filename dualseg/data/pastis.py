@@ -10,6 +10,7 @@ the source names the patch and the file; ``splits.json`` is written only after e
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ from dualseg.config import S2_BANDS
 from dualseg.data.splits import describe_splits, write_splits
 from dualseg.data.tile import Stream, Tile, tile_path, write_tile
 from dualseg.errors import InputError, report_error
-from dualseg.io import read_json
+from dualseg.io import read_json, staged_dir
 
 CLASS_NAMES = [
     "Background", "Meadow", "Soft winter wheat", "Corn", "Winter barley", "Winter rapeseed",
@@ -147,42 +148,65 @@ def read_metadata(src: Path) -> tuple[list[dict[str, Any]], str | None]:
     return feats, crs
 
 
+def _choose(
+    feats: list[dict[str, Any]], folds: str, limit: int | None, src: Path
+) -> list[tuple[str, dict[str, Any]]]:
+    """(split, feature) of every patch to import. Every requested fold must exist in the metadata
+    and every split must get a patch: an empty test list would only fail after a whole search.
+    ``limit`` takes patches round-robin over the splits, so each keeps at least one."""
+    wanted = parse_folds(folds)
+    fold_of = {f: s for s, fs in wanted.items() for f in fs}
+    by_split: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
+    present: set[int] = set()
+    for feat in feats:
+        props = feat.get("properties") or {}
+        fold = props.get("Fold")
+        if not isinstance(fold, int) or isinstance(fold, bool):
+            raise InputError(f"pastis: patch {props.get('ID_PATCH')}: metadata has no integer Fold")
+        present.add(fold)
+        if fold in fold_of:
+            by_split[fold_of[fold]].append(feat)
+    for split, fs in wanted.items():
+        if not fs:
+            raise InputError(f"pastis: --folds {folds!r} gives the {split} split no fold (TRAIN/VAL/TEST all need one)")
+        for f in fs:
+            if f not in present:
+                have = ",".join(map(str, sorted(present)))
+                raise InputError(f"pastis: --folds: {split} fold {f} does not exist in {src}/metadata.geojson (folds: {have})")
+    if limit is not None and limit < 3:
+        raise InputError(f"pastis: --limit must be >= 3 (one patch per split), got {limit}")
+    rounds = itertools.zip_longest(*([(s, f) for f in feats] for s, feats in by_split.items()))
+    order = [item for r in rounds for item in r if item is not None]
+    return order[:limit] if limit else order
+
+
 def import_pastis(
     src: str | Path, dst: str | Path, folds: str = "1,2,3/4/5", *, limit: int | None = None,
     workers: int = 4, overwrite: bool = False, orbit: str = "S1A",
 ) -> dict[str, list[str]]:
-    """Convert ``src`` into tiles under ``dst``; returns the splits (also written to splits.json)."""
+    """Convert ``src`` into tiles under ``dst``, all or nothing: written into a temp folder beside
+    ``dst`` and renamed into place at the end; returns the splits (also written to splits.json)."""
     src, dst = Path(src), Path(dst)
-    fold_of = {f: s for s, fs in parse_folds(folds).items() for f in fs}
+    parse_folds(folds)
     if orbit not in ("S1A", "S1D"):
         raise InputError(f"pastis: --orbit must be S1A or S1D, got {orbit!r}")
     if not src.is_dir():
         raise InputError(f"pastis: source folder {src} not found")
-    if (dst / "splits.json").exists() and not overwrite:
-        raise InputError(f"pastis: {dst} already holds a dataset (splits.json); pass --overwrite")
     feats, crs = read_metadata(src)
-    chosen = []
-    for feat in feats:
-        props = feat.get("properties") or {}
-        fold = props.get("Fold")
-        if not isinstance(fold, int):
-            raise InputError(f"pastis: patch {props.get('ID_PATCH')}: metadata has no integer Fold")
-        if fold in fold_of:
-            chosen.append((fold_of[fold], feat))
-    chosen = chosen[:limit] if limit else chosen
-    if not chosen:
-        raise InputError(f"pastis: no patch of {src} is in folds {folds}")
-
-    def one(item: tuple[str, dict[str, Any]]) -> tuple[str, str]:
-        name, tile = convert_patch(src, item[1], crs, orbit)
-        write_tile(tile_path(dst, name), tile, overwrite=overwrite)
-        return item[0], name
+    chosen = _choose(feats, folds, limit, src)
 
     splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for split, name in pool.map(one, chosen):
-            splits[split].append(name)
-    write_splits(dst / "splits.json", splits)
+    with staged_dir(dst, "pastis: DST", overwrite=overwrite) as tmp:
+
+        def one(item: tuple[str, dict[str, Any]]) -> tuple[str, str]:
+            name, tile = convert_patch(src, item[1], crs, orbit)
+            write_tile(tile_path(tmp, name), tile)
+            return item[0], name
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for split, name in pool.map(one, chosen):
+                splits[split].append(name)
+        write_splits(tmp / "splits.json", splits)
     return splits
 
 

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from dualseg.data.manifest import content_stamp
 from dualseg.data.read import read_labels, read_stream
 from dualseg.data.tile import STREAMS, TileInfo, open_group, row_windows
 from dualseg.data.validate import check_band_values, check_labels
@@ -32,7 +33,8 @@ from dualseg.io import atomic_write_text
 
 log = logging.getLogger("dualseg.data.stats")
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: keyed by tile contents (was the root zarr.json stamp)
+CACHE_MODES = ("read", "rebuild", "off")
 
 
 @dataclass
@@ -64,10 +66,8 @@ class Moments:
 
 def get_xp(backend: str = "auto") -> ModuleType:
     """``numpy``, or ``cupy`` when requested/available on a GPU ("auto" | "numpy" | "cupy")."""
-    if backend == "numpy":
+    if backend == "numpy":  # the config's Literal: "numpy", else CuPy when there ("auto") or required ("cupy")
         return np
-    if backend not in ("auto", "cupy"):
-        raise InputError(f"data.stats_backend: unknown value {backend!r} (auto, numpy, cupy)")
     try:
         import cupy  # type: ignore[import-not-found]
 
@@ -236,13 +236,11 @@ def compute_partial(
 
 
 def fingerprint(infos: list[TileInfo], bands: dict[str, list[str]]) -> str:
-    """Key of the stats cache: sorted tile names, bands, and each tile's metadata file stamp."""
+    """Key of the stats cache: the bands and, per train tile, its name and content stamp (the
+    manifest plus every stored file's key, size and mtime: :func:`~dualseg.data.manifest.content_stamp`),
+    so rewriting any band of any train tile in place misses the cache. No chunk is read."""
     h = hashlib.sha256()
-    stamp = []
-    for info in sorted(infos, key=lambda i: i.name):
-        meta = info.path / "zarr.json"
-        st = meta.stat() if meta.exists() else None
-        stamp.append([info.name, st.st_mtime_ns if st else 0, st.st_size if st else 0])
+    stamp = [[info.name, content_stamp(info.path)] for info in sorted(infos, key=lambda i: i.name)]
     h.update(json.dumps({"v": CACHE_VERSION, "bands": bands, "tiles": stamp}, sort_keys=True).encode())
     return h.hexdigest()[:20]
 

@@ -24,7 +24,7 @@ from dualseg.config import S1_BANDS, S2_BANDS, SyntheticConfig
 from dualseg.data.splits import describe_splits, write_splits
 from dualseg.data.tile import Stream, Tile, tile_path, write_tile
 from dualseg.errors import InputError, report_error
-from dualseg.io import atomic_write_text
+from dualseg.io import atomic_write_text, staged_dir
 
 IGNORE_INDEX = 255
 YEAR_START = int((np.datetime64("2021-01-01") - np.datetime64("1970-01-01")).astype(int))
@@ -177,24 +177,22 @@ def synthetic_splits(n: int) -> dict[str, list[str]]:
 
 
 def generate(out: str | Path, cfg: SyntheticConfig | None = None, *, overwrite: bool = False) -> dict[str, list[str]]:
-    """Write ``cfg.tiles`` tiles and ``splits.json`` (written last: its presence means complete)."""
+    """Write ``cfg.tiles`` tiles and ``splits.json`` into ``out``, all or nothing (a temp folder
+    beside it is renamed into place at the end; an existing dataset is replaced with ``overwrite``)."""
     cfg = cfg or SyntheticConfig()
     _check(cfg)
-    out = Path(out)
-    splits_file = out / "splits.json"
-    if splits_file.exists() and not overwrite:
-        raise InputError(f"synthetic: {out} already holds a dataset (splits.json); pass --overwrite")
     splits = synthetic_splits(cfg.tiles)
     names = [n for s in splits.values() for n in s]
-    atomic_write_text(out / "synthetic.json", json.dumps(vars(cfg), indent=1) + "\n")  # marks the dir as ours
+    with staged_dir(out, "synthetic: --out", overwrite=overwrite) as tmp:
+        atomic_write_text(tmp / "synthetic.json", json.dumps(vars(cfg), indent=1) + "\n")  # marks the dir as ours
 
-    def one(i_name: tuple[int, str]) -> None:
-        write_tile(tile_path(out, i_name[1]), make_tile(cfg, i_name[0]), overwrite=True)
+        def one(i_name: tuple[int, str]) -> None:
+            write_tile(tile_path(tmp, i_name[1]), make_tile(cfg, i_name[0]))
 
-    # zarr writes wait on its I/O event loop; overlapping tiles in threads halves the wall time.
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(one, enumerate(sorted(names))))
-    write_splits(splits_file, splits)
+        # zarr writes wait on its I/O event loop; overlapping tiles in threads halves the wall time.
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(one, enumerate(sorted(names))))
+        write_splits(tmp / "splits.json", splits)
     return splits
 
 
@@ -223,16 +221,17 @@ def ensure_synthetic(root: str | Path, cfg: SyntheticConfig) -> bool:
     """Generate the dataset into ``root`` unless it is complete; returns whether it generated.
 
     Safe for many processes at once (DDP ranks, parallel trials): an exclusive ``flock`` on
-    ``<root>/.generate.lock`` lets the first one write while the others wait, then find
-    ``splits.json`` and return. Refuses to write into a directory holding foreign tiles.
+    ``.<root name>.generate.lock`` beside ``root`` (outside it: the dataset folder is swapped in
+    whole at the end) lets the first one write while the others wait, then find ``splits.json``
+    and return. Refuses to write into a directory holding foreign tiles.
     """
     import fcntl
 
     root = Path(root)
     if (root / "splits.json").is_file():
         return _check_same(root, cfg)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".generate.lock", "a") as lock:
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.generate.lock", "a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
             if (root / "splits.json").is_file():

@@ -14,11 +14,13 @@ reads each tile whole once per process, where fewer chunks decode faster (23 vs 
 Blosc-LZ4 with byte shuffle (default) decodes ~1.4x faster than zarr's default zstd and compresses
 better; ``codec="none"`` trades ~1.4x the bytes for 1.3-1.5x faster whole-tile reads from the
 page cache. The pixel readers (``read_stream``, ``read_all``, ``read_labels``, ``read_tile``)
-live in :mod:`dualseg.data.read` and stay importable from here.
+live in :mod:`dualseg.data.read`.
 
-:func:`open_tile` checks the structure (groups, bands, shapes, dates) and raises
-:class:`InputError` naming the tile and the variable; value checks (all-NaN bands, label range)
-live in :mod:`dualseg.data.validate`.
+Every tile carries a manifest (:mod:`dualseg.data.manifest`: shapes, chunk grid, a CRC-32 per
+chunk). :func:`open_tile` checks the structure (groups, bands, shapes, dates) and that every chunk
+file of the arrays it opens exists (zarr would read a lost chunk as fill values), raising
+:class:`InputError` naming the tile and the variable; value and checksum checks live in
+:mod:`dualseg.data.validate`.
 """
 
 from __future__ import annotations
@@ -28,15 +30,23 @@ import shutil
 import threading
 import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.core.array_spec import ArrayConfigParams
 
+from dualseg.data.manifest import (
+    arrays_of,
+    check_chunks,
+    chunk_keys,
+    stored_files,
+    write_manifest,
+)
 from dualseg.errors import InputError
 
 FORMAT = "dualseg-tile"
@@ -45,7 +55,8 @@ STREAMS = ("s1", "s2")
 DEFAULT_IGNORE_INDEX = 255
 DEFAULT_CHUNK_HW = 128
 _CONSOLIDATE_LOCK = threading.Lock()
-
+# all-fill-value chunks are written too, so a missing chunk file always means lost data
+_EVERY_CHUNK: ArrayConfigParams = {"write_empty_chunks": True}
 
 
 @dataclass
@@ -221,18 +232,20 @@ def _write_group(
         t = len(s.time)
         for band, arr in s.bands.items():
             data = np.ascontiguousarray(arr, dtype=np.float32)
-            g.create_array(band, data=data, chunks=(t, ch, cw), compressors=comp)
-        g.create_array("time", data=np.asarray(s.time, dtype=np.int32))
+            g.create_array(band, data=data, chunks=(t, ch, cw), compressors=comp, config=_EVERY_CHUNK)
+        g.create_array("time", data=np.asarray(s.time, dtype=np.int32), config=_EVERY_CHUNK)
         if s.cloud is not None:
             cloud = np.ascontiguousarray(s.cloud, dtype=bool)
-            g.create_array("cloud", data=cloud, chunks=(t, ch, cw), compressors=comp)
+            g.create_array("cloud", data=cloud, chunks=(t, ch, cw), compressors=comp, config=_EVERY_CHUNK)
     root.create_array(
         "labels",
         data=np.ascontiguousarray(tile.labels, dtype=np.int16),
         chunks=(ch, cw),
         compressors=comp,
         attributes={"ignore_index": int(tile.ignore_index)},
+        config=_EVERY_CHUNK,
     )
+    root.attrs["manifest"] = write_manifest(tmp, root)
     consolidate(tmp)
 
 
@@ -243,7 +256,28 @@ def consolidate(path: Path) -> None:
     """
     with _CONSOLIDATE_LOCK, warnings.catch_warnings():  # catch_warnings is process-global state
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Object at manifest.json", category=UserWarning)
         zarr.consolidate_metadata(str(path))
+
+
+def rewrite_manifest(path: str | Path) -> None:
+    """Record the manifest of the tile at ``path`` as it is now (a tile edited in place with zarr,
+    or written by older code, adopts its current contents: chunks zarr left unwritten because
+    they held only the fill value are written out first), then re-consolidate."""
+    path = Path(path)
+    root = zarr.open_group(str(path), mode="a", use_consolidated=False)
+    files = stored_files(path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Object at manifest.json", category=UserWarning)
+        arrays = arrays_of(root)
+    for key, arr in arrays.items():
+        if any(f"{key}/{ck}" not in files for ck in chunk_keys(arr)):
+            full = arr.with_config(_EVERY_CHUNK)
+            full[...] = full[...]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Object at manifest.json", category=UserWarning)
+        root.attrs["manifest"] = write_manifest(path, root)
+    consolidate(path)
 
 
 def open_group(path: Path, name: str) -> zarr.Group:
@@ -292,12 +326,15 @@ def open_tile(
         raise InputError(f"tile {name}: labels must be a 2-D integer array, got {labels.dtype} {labels.shape}")
     hw = tuple(labels.shape)
     streams: dict[str, StreamInfo] = {}
+    opened: dict[str, zarr.Array] = {"labels": labels}  # every chunk file of these must be there
     for key, wanted in (("s1", s1_bands), ("s2", s2_bands)):
         g = _member(root, key, name, zarr.Group)
         bands = list(wanted) if wanted is not None else list(g.attrs.get("bands", []))
         if not bands:
             raise InputError(f"tile {name}: stream {key} lists no bands")
-        time = np.asarray(_member(root, f"{key}/time", name, zarr.Array)[...])
+        time_arr = opened[f"{key}/time"] = _member(root, f"{key}/time", name, zarr.Array)
+        check_chunks(path, name, {f"{key}/time": time_arr})  # before reading it: no fill-value dates
+        time = np.asarray(time_arr[...])
         if time.ndim != 1:
             raise InputError(f"tile {name}: {key}/time must be 1-D, got shape {time.shape}")
         _check_dates(name, key, time)
@@ -315,10 +352,17 @@ def open_tile(
                 )
             if tuple(arr.shape[1:]) != hw:
                 raise InputError(f"tile {name}: {key}/{band} has H,W={tuple(arr.shape[1:])} but labels are {hw}")
-        has_cloud = "cloud" in g
-        if has_cloud and tuple(g["cloud"].shape) != (time.shape[0], *hw):
-            raise InputError(f"tile {name}: {key}/cloud shape {tuple(g['cloud'].shape)} != {(time.shape[0], *hw)}")
+            opened[f"{key}/{band}"] = arr
+        cloud = g.get("cloud")
+        has_cloud = cloud is not None
+        if cloud is not None and not isinstance(cloud, zarr.Array):
+            raise InputError(f"tile {name}: {key}/cloud is not a zarr array")
+        if cloud is not None:
+            if tuple(cloud.shape) != (time.shape[0], *hw):
+                raise InputError(f"tile {name}: {key}/cloud shape {tuple(cloud.shape)} != {(time.shape[0], *hw)}")
+            opened[f"{key}/cloud"] = cloud
         streams[key] = StreamInfo(bands=bands, time=time.astype(np.int64), has_cloud=has_cloud)
+    check_chunks(path, name, opened)
     nodata = attrs.get("nodata")
     return TileInfo(
         path=path,
@@ -348,15 +392,3 @@ def row_windows(info: TileInfo, key: str, budget: int | None = None) -> Iterator
     rows = max(1, min(info.height, budget // per_row))
     for y in range(0, info.height, rows):
         yield slice(y, min(y + rows, info.height)), slice(0, info.width)
-
-
-_READERS = ("read_all", "read_labels", "read_stream", "read_tile")
-
-
-def __getattr__(name: str) -> Any:
-    """The readers live in :mod:`dualseg.data.read`; still importable from here (lazily: no cycle)."""
-    if name in _READERS:
-        from dualseg.data import read
-
-        return getattr(read, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,9 @@
 """Value checks of tiles, and ``python -m dualseg.data.validate ROOT`` to check a dataset before a run.
 
-Reads each tile in full (structure, dates, all-NaN bands, label range), checks that all tiles agree
-on classes and that the splits are disjoint. Prints one summary line, or one ``error:`` line naming
-the first bad tile (and how many are bad) and exits 2.
+Reads each tile in full: structure and dates, every array and chunk against the tile's manifest
+(missing array, missing chunk, changed bytes), all-NaN bands, label range; checks that all tiles
+agree on classes and that the splits are non-empty and disjoint. Prints one summary line, or one
+``error:`` line naming the first bad tile (and how many are bad) and exits 2.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from dualseg.data.splits import check_disjoint, read_splits
-from dualseg.data.tile import STREAMS, TileInfo, open_group, open_tile, read_labels, read_stream, row_windows
+from dualseg.data.manifest import verify_tile
+from dualseg.data.read import read_labels, read_stream
+from dualseg.data.splits import SPLITS, check_disjoint, read_splits
+from dualseg.data.tile import STREAMS, TileInfo, open_group, open_tile, row_windows
 from dualseg.errors import InputError, report_error
 
 
@@ -52,30 +55,23 @@ def check_band_values(info: TileInfo, key: str, group: zarr.Group | None = None)
 
 
 def validate_tile(path: str | Path, s1_bands: list[str] | None = None, s2_bands: list[str] | None = None) -> TileInfo:
-    """Check a tile completely: structure, dates, every band has data, labels in range."""
+    """Check a tile completely: structure, dates, manifest (every chunk's checksum), every band
+    has data, labels in range."""
     info = open_tile(path, s1_bands, s2_bands)
     g = open_group(info.path, info.name)
+    verify_tile(info.path, info.name, g, info.attrs)
     for key in STREAMS:
         check_band_values(info, key, g)
     check_labels(info, read_labels(info, group=g))
     return info
 
 
-def validate_root(
-    root: str | Path, s1_bands: list[str] | None = None, s2_bands: list[str] | None = None, workers: int = 4
+def validate_tiles(
+    root: Path, names: list[str], s1_bands: list[str] | None = None, s2_bands: list[str] | None = None,
+    workers: int = 4,
 ) -> list[TileInfo]:
-    """Validate the tiles of ``root`` (those in splits.json if present, else every ``*.zarr``)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"validate: {root} is not a directory")
-    if (root / "splits.json").is_file():
-        splits = read_splits(root / "splits.json")
-        check_disjoint(splits)
-        names = [n for s in splits.values() for n in s]
-    else:
-        names = sorted(p.name.removesuffix(".zarr") for p in root.glob("*.zarr"))
-    if not names:
-        raise InputError(f"validate: no tiles under {root}")
+    """:func:`validate_tile` on ``names`` under ``root`` (threads); the first error names its tile
+    and how many are bad. All tiles must agree on class names and ignore index."""
 
     def one(name: str) -> TileInfo | InputError:
         try:
@@ -93,7 +89,30 @@ def validate_root(
     for info in infos[1:]:
         if info.class_names != infos[0].class_names:
             raise InputError(f"tile {info.name}: class_names differ from tile {infos[0].name}")
+        if info.ignore_index != infos[0].ignore_index:
+            raise InputError(f"tile {info.name}: ignore_index {info.ignore_index} != {infos[0].ignore_index} of tile {infos[0].name}")
     return infos
+
+
+def validate_root(
+    root: str | Path, s1_bands: list[str] | None = None, s2_bands: list[str] | None = None, workers: int = 4
+) -> list[TileInfo]:
+    """Validate the tiles of ``root`` (those in splits.json if present, else every ``*.zarr``)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"validate: {root} is not a directory")
+    if (root / "splits.json").is_file():
+        splits = read_splits(root / "splits.json")
+        check_disjoint(splits)
+        for split in SPLITS:
+            if not splits[split]:
+                raise InputError(f"validate: {root / 'splits.json'}: the {split} tile list is empty")
+        names = [n for s in splits.values() for n in s]
+    else:
+        names = sorted(p.name.removesuffix(".zarr") for p in root.glob("*.zarr"))
+    if not names:
+        raise InputError(f"validate: no tiles under {root}")
+    return validate_tiles(root, names, s1_bands, s2_bands, workers)
 
 
 def main(argv: list[str] | None = None) -> int:

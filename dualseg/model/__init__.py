@@ -1,6 +1,7 @@
 """Dual-stream (S1 radar + S2 optical) 3D U-Net with temporal attention for SITS segmentation.
 
-Entry point: :func:`build_model` (validates the ``model:`` config, naming the bad option).
+Entry point: :func:`build_model` (validates the ``model:`` config, naming the bad option; the
+choices of ``temporal``/``fusion``/``streams`` are ``Literal`` types checked by the config loader).
 See docs/model.md for the architecture and how it relates to UNet3D and U-TAE.
 """
 
@@ -16,16 +17,6 @@ from dualseg.model.unet3d import DualStreamUNet3D
 __all__ = ["DualStreamUNet3D", "build_model", "check_patch_size", "count_parameters", "estimate_flops",
            "validate_model_config"]
 
-TEMPORAL = ("ltae", "mean")
-FUSION = ("concat", "sum", "early")
-STREAMS = ("both", "s1", "s2")
-
-
-def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise InputError(f"config: model.{name}: must be one of {', '.join(allowed)} (got {value!r})")
-
-
 def _int_at_least(name: str, value: object, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise InputError(f"config: model.{name}: must be an integer >= {low} (got {value!r})")
@@ -33,9 +24,6 @@ def _int_at_least(name: str, value: object, low: int) -> None:
 
 def validate_model_config(cfg: ModelConfig) -> None:
     """Raise :class:`InputError` naming the first invalid ``model.*`` option."""
-    _choice("temporal", cfg.temporal, TEMPORAL)
-    _choice("fusion", cfg.fusion, FUSION)
-    _choice("streams", cfg.streams, STREAMS)
     _int_at_least("levels", cfg.levels, 1)
     if cfg.levels > 8:
         raise InputError(f"config: model.levels: must be <= 8 (got {cfg.levels})")

@@ -25,10 +25,18 @@ def default_run_dir(cfg: Config) -> Path:
 
 
 def ensure_writable(run_dir: Path) -> None:
-    """Create ``run_dir`` and prove a file can be written there; InputError naming the path if not."""
+    """Prove ``run_dir`` can be created and written, creating nothing; InputError naming the path if not.
+
+    The folder itself appears with the run's first file (metrics.jsonl, written after the data and
+    model checks), so a run that fails before its first epoch leaves no empty run folder behind.
+    """
+    probe_dir = run_dir
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=run_dir)
+        if not probe_dir.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=probe_dir)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:

@@ -16,7 +16,7 @@ import zarr
 
 from dualseg.config import SyntheticConfig
 from dualseg.data import build_data, read_tile
-from dualseg.data.tile import consolidate
+from dualseg.data.tile import rewrite_manifest
 from dualseg.errors import InputError
 
 
@@ -53,22 +53,35 @@ def test_bundle_contract_and_train_only_stats(tmp_path, data):
     json.dumps(b.stats.to_dict())
 
 
-def test_stats_cache_hit_skips_reading(tmp_path, data):
+def test_stats_cache_is_keyed_by_content(tmp_path, data, monkeypatch):
     root = data.write_root(tmp_path, n=4)
     first = build_data(data.cfg(root))
-    caches = list((root / ".dualseg-stats").glob("*.json"))
-    assert len(caches) == 1
-    # break the pixel data of a train tile without touching its metadata: only a cache hit survives
+    assert len(list((root / ".dualseg-stats").glob("*.json"))) == 1
+
+    def no_compute(*a, **k):
+        raise AssertionError("statistics recomputed")
+
+    with monkeypatch.context() as m:  # an unchanged dataset is a cache hit: nothing recomputed
+        m.setattr("dualseg.data.build.compute_partial", no_compute)
+        again = build_data(data.cfg(root))
+        np.testing.assert_array_equal(again.stats.std["s2"], first.stats.std["s2"])
+        with pytest.raises(AssertionError, match="recomputed"):  # rebuild ignores the entry
+            build_data(data.cfg(root, stats_cache="rebuild"))
+    # rewrite one band of a train tile in place (metadata untouched): the key changes
+    g = zarr.open_group(str(root / "t0.zarr"), mode="a")
+    g["s2"]["B02"][...] = np.asarray(g["s2"]["B02"][...]) * 10
+    changed = build_data(data.cfg(root))
+    assert changed.stats.mean["s2"][0] > 2 * first.stats.mean["s2"][0]
+    assert len(list((root / ".dualseg-stats").glob("*.json"))) == 2
+    # stats_cache=off neither reads nor writes an entry
+    off = build_data(data.cfg(root, train_tiles=["t1"], val_tiles=["t2"], stats_cache="off"))
+    assert len(list((root / ".dualseg-stats").glob("*.json"))) == 2
+    assert not np.array_equal(off.stats.mean["s2"], first.stats.mean["s2"])
     for chunk in (root / "t0.zarr" / "s2" / "B02" / "c").rglob("*"):
         if chunk.is_file():
             chunk.write_bytes(b"garbage")
-    again = build_data(data.cfg(root))
-    np.testing.assert_array_equal(again.stats.std["s2"], first.stats.std["s2"])
     with pytest.raises(InputError, match=r"tile t0: s2/B02: unreadable data"):
-        build_data(data.cfg(root), cache=False)
-    # a different train list is a different fingerprint -> recomputed
-    other = build_data(data.cfg(root, train_tiles=["t1"], val_tiles=["t2"]))
-    assert not np.array_equal(other.stats.mean["s2"], first.stats.mean["s2"])
+        build_data(data.cfg(root))
 
 
 @pytest.mark.parametrize(
@@ -84,7 +97,7 @@ def test_bad_train_tile_is_named(tmp_path, data, edit, message):
     root = data.write_root(tmp_path, n=4)
     g = zarr.open_group(str(root / "t1.zarr"), mode="a")
     edit(g)
-    consolidate(root / "t1.zarr")
+    rewrite_manifest(root / "t1.zarr")
     with pytest.raises(InputError, match=message):
         build_data(data.cfg(root), cache=False)
 
@@ -157,7 +170,7 @@ def test_ddp_stats_merge_and_a_failing_rank_does_not_hang_the_others(tmp_path, d
     bad = data.write_root(tmp_path / "bad", n=5, splits={"train": ["t0", "t1", "t2", "t3"], "val": ["t4"]})
     g = zarr.open_group(str(bad / "t1.zarr"), mode="a")  # t1 is in rank 1's shard (tiles 1::2)
     g["s2"].create_array("B04", data=np.full((g["s2/time"].shape[0], 16, 16), np.nan, "f4"), overwrite=True)
-    consolidate(bad / "t1.zarr")
+    rewrite_manifest(bad / "t1.zarr")
     args = (2, _free_port(), str(good), str(bad), str(tmp_path))
     ctx = mp.start_processes(_rank_main, args=args, nprocs=2, join=False, start_method="fork")  # fork: no re-import
     deadline = time.monotonic() + 120
@@ -180,7 +193,7 @@ def test_bad_label_in_val_tile_fails_at_build(tmp_path, data):
     root = data.write_root(tmp_path, n=4)  # t2 = val
     g = zarr.open_group(str(root / "t2.zarr"), mode="a")
     g.create_array("labels", data=np.full((16, 16), -3, "i2"), overwrite=True, attributes={"ignore_index": 255})
-    consolidate(root / "t2.zarr")
+    rewrite_manifest(root / "t2.zarr")
     with pytest.raises(InputError, match=r"tile t2: labels contain \[-3\]"):
         build_data(data.cfg(root))
 
@@ -201,3 +214,24 @@ def test_preload_with_workers_shares_cache(tmp_path, data):
     for i in range(len(ds)):
         for k, v in ds[i].items():
             assert torch.equal(v, ref[i][k]), k
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("nan", r"^tile t3: band s2/B05 is all NaN/nodata$"),
+    ("corrupt", r"^tile t3: s2/B05: unreadable data"),
+    ("missing", r"^tile t3: band s2/B05: missing chunk c/0/0/0$"),
+])
+def test_bad_val_tile_fails_before_training(tmp_path, data, damage, message):
+    """Val tiles get the same value checks as train tiles, before the first epoch (not after it)."""
+    root = data.write_root(tmp_path, n=5)  # train t0-t2, val t3
+    chunk = root / "t3.zarr" / "s2" / "B05" / "c" / "0" / "0" / "0"
+    if damage == "nan":
+        g = zarr.open_group(str(root / "t3.zarr"), mode="a")
+        g["s2"]["B05"][...] = np.nan
+        rewrite_manifest(root / "t3.zarr")
+    elif damage == "corrupt":
+        chunk.write_bytes(b"garbage")
+    else:
+        chunk.unlink()
+    with pytest.raises(InputError, match=message):
+        build_data(data.cfg(root))

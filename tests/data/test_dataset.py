@@ -52,8 +52,6 @@ def test_date_features_keep_order_across_new_year():
     assert doy["s2"].tolist() == [263, 365, 305]  # wraps
     d = date_features(times, "days")
     assert d["s2"].tolist() == [263, 365, 670] and d["s1"].tolist() == [268, 367]
-    with pytest.raises(InputError, match="date_encoding"):
-        date_features(times, "weeks")
 
 
 def test_fully_cloudy_date_is_invalid(tmp_path, data):

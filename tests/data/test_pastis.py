@@ -107,7 +107,7 @@ def test_cli(tmp_path):
     src = _fake_pastis(tmp_path / "P", n=3)
     ok = subprocess.run([sys.executable, "-m", "dualseg.data.pastis", str(src), str(tmp_path / "o"), "--folds", "1/2/3"], capture_output=True, text=True)
     assert ok.returncode == 0 and "wrote 3 tiles" in ok.stdout, ok.stderr
-    bad = subprocess.run([sys.executable, "-m", "dualseg.data.pastis", str(src), str(tmp_path / "o3"), "--orbit", "S1D"], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "dualseg.data.pastis", str(src), str(tmp_path / "o3"), "--orbit", "S1D", "--folds", "1/2/3"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: pastis: patch 10000: missing file") and "S1D_10000.npy" in bad.stderr
     bad = subprocess.run([sys.executable, "-m", "dualseg.data.pastis", str(tmp_path / "none"), str(tmp_path / "o2")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip() == f"error: pastis: source folder {tmp_path / 'none'} not found"

@@ -13,8 +13,8 @@ import pytest
 
 from dualseg.config import SyntheticConfig
 from dualseg.data.dataset import day_of_year
+from dualseg.data.read import read_tile
 from dualseg.data.synthetic import IGNORE_INDEX, class_params, generate, make_tile
-from dualseg.data.tile import read_tile
 from dualseg.data.validate import validate_tile
 
 
@@ -122,3 +122,19 @@ def test_config_checked(tmp_path, field, value):
 
     with pytest.raises(InputError, match=field):
         generate(tmp_path, SyntheticConfig(**{field: value}))
+
+
+def test_ensure_synthetic_concurrent_callers_generate_once(tmp_path):
+    """Many ranks at once: one generates (into a temp folder swapped in whole), the others wait and reuse."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dualseg.data.synthetic import ensure_synthetic
+
+    cfg = SyntheticConfig(tiles=3, size=8, s1_dates=2, s2_dates=2)
+    root = tmp_path / "data"
+    with ThreadPoolExecutor(max_workers=3) as pool:  # flock locks per open(): threads contend like processes
+        generated = list(pool.map(lambda _: ensure_synthetic(root, cfg), range(3)))
+    assert sorted(generated) == [False, False, True]
+    assert sorted(p.name for p in root.iterdir()) == [
+        "splits.json", "synthetic.json", "tile_000.zarr", "tile_001.zarr", "tile_002.zarr"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".data.generate.lock", "data"]  # no temp folder left

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import zarr
 
-from dualseg.data.tile import consolidate, open_tile, read_stream, read_tile, write_tile
+from dualseg.data.read import read_stream, read_tile
+from dualseg.data.tile import consolidate, open_tile, rewrite_manifest, write_tile
 from dualseg.data.validate import validate_tile
 from dualseg.errors import InputError
 
@@ -87,7 +88,7 @@ def _edit(path, fn):
     """Corrupt a written tile the way a broken export would (bypassing the writer's checks)."""
     g = zarr.open_group(str(path), mode="a")
     fn(g)
-    consolidate(path)
+    rewrite_manifest(path)  # as the broken exporter would have written it
 
 
 @pytest.mark.parametrize(
@@ -123,13 +124,19 @@ def test_missing_and_unreadable_tiles(tmp_path, data):
     write_tile(tmp_path / "a.zarr", data.make_tile())
     with pytest.raises(InputError, match=r"tile a: missing band s2/B99"):
         open_tile(tmp_path / "a.zarr", s2_bands=["B02", "B99"])
-    # a deleted chunk file is not an error for zarr (fill value) but a truncated one is
+    # a truncated chunk: the manifest names it in validate, the reader names the array
     chunk = next((tmp_path / "a.zarr" / "s1" / "VV" / "c").rglob("*"))
     while chunk.is_dir():
         chunk = next(chunk.iterdir())
     chunk.write_bytes(b"garbage")
-    with pytest.raises(InputError, match=r"tile a: s1/VV: unreadable data"):
+    with pytest.raises(InputError, match=r"tile a: band s1/VV: chunk c/0/0/0 differs from the manifest"):
         validate_tile(tmp_path / "a.zarr")
+    with pytest.raises(InputError, match=r"tile a: s1/VV: unreadable data"):
+        read_tile(tmp_path / "a.zarr")
+    # a deleted chunk file would read as zarr's fill value: refused when the tile is opened
+    chunk.unlink()
+    with pytest.raises(InputError, match=r"tile a: band s1/VV: missing chunk c/0/0/0"):
+        open_tile(tmp_path / "a.zarr")
 
 
 def test_validate_ok_returns_info(tmp_path, data):
@@ -138,3 +145,20 @@ def test_validate_ok_returns_info(tmp_path, data):
     assert (info.height, info.width, info.streams["s1"].t, info.streams["s2"].t) == (12, 10, 3, 2)
     assert info.streams["s2"].has_cloud and not info.streams["s1"].has_cloud
     shutil.rmtree(tmp_path / "a.zarr")
+
+
+def test_tile_without_manifest_is_checked_by_listing(tmp_path, data):
+    """Tiles written before manifests: validate compares the store with each array's chunk grid."""
+    path = tmp_path / "old.zarr"
+    write_tile(path, data.make_tile())
+    (path / "manifest.json").unlink()
+    g = zarr.open_group(str(path), mode="a", use_consolidated=False)
+    del g.attrs["manifest"]
+    consolidate(path)
+    assert validate_tile(path).name == "old"
+    (path / "s2" / "cloud" / "c" / "0" / "0" / "0").unlink()
+    with pytest.raises(InputError, match=r"^tile old: array s2/cloud: missing chunk c/0/0/0$"):
+        validate_tile(path)
+    rewrite_manifest(path)  # adopting it as it is: the lost chunk becomes explicit fill values
+    assert validate_tile(path).name == "old"
+    assert not read_tile(path).s2.cloud.any()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
-from dualseg.data.tile import consolidate
+from dualseg.data.tile import rewrite_manifest
 from dualseg.data.validate import validate_root
 from dualseg.errors import InputError
 
@@ -26,7 +26,7 @@ def test_cli_ok_and_bad(tmp_path, data):
     for name in ("t1", "t3"):
         g = zarr.open_group(str(root / f"{name}.zarr"), mode="a")
         g["s2"].create_array("B07", data=np.full((g["s2/time"].shape[0], 16, 16), np.nan, "f4"), overwrite=True)
-        consolidate(root / f"{name}.zarr")
+        rewrite_manifest(root / f"{name}.zarr")
     r = _run(root)
     assert r.returncode == 2
     assert r.stderr.strip() == "error: tile t1: band s2/B07 is all NaN/nodata (2 of 4 tiles are invalid)"
@@ -36,8 +36,11 @@ def test_overlap_missing_and_band_options(tmp_path, data):
     root = data.write_root(tmp_path, n=3, splits={"train": ["t0", "t1"], "val": ["t1"], "test": ["t2"]})
     with pytest.raises(InputError, match="tile t1 is in both train and val"):
         validate_root(root)
-    (root / "splits.json").write_text(json.dumps({"train": ["t0", "t9"]}))
+    (root / "splits.json").write_text(json.dumps({"train": ["t0", "t9"], "val": ["t1"], "test": ["t2"]}))
     with pytest.raises(InputError, match=r"tile t9: not found"):
+        validate_root(root)
+    (root / "splits.json").write_text(json.dumps({"train": ["t0"], "val": ["t1"]}))  # an importer's empty test
+    with pytest.raises(InputError, match=r"splits.json: the test tile list is empty"):
         validate_root(root)
     (root / "splits.json").unlink()
     assert len(validate_root(root)) == 3

@@ -28,9 +28,6 @@ def test_config_file_values_reach_the_model(tmp_path):
 @pytest.mark.parametrize(
     "field,value,needle",
     [
-        ("fusion", "foo", "model.fusion"),
-        ("temporal", "lstm", "model.temporal"),
-        ("streams", "s3", "model.streams"),
         ("levels", 0, "model.levels"),
         ("levels", 12, "model.levels"),
         ("base_width", 0, "model.base_width"),

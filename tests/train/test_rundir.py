@@ -37,3 +37,11 @@ def test_metrics_rewrite_and_append(tmp_path: Path) -> None:
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [0]
     with pytest.raises(ValueError):
         append_metrics(tmp_path, {"epoch": 3, "val_loss": float("nan")})
+
+
+def test_writable_check_creates_nothing(tmp_path: Path) -> None:
+    """A run that fails after the check (bad data) must not leave an empty run folder."""
+    ensure_writable(tmp_path / "scratch" / "run")
+    assert list(tmp_path.iterdir()) == []
+    rewrite_metrics(tmp_path / "scratch" / "run", [])  # the run's first file creates the folder
+    assert (tmp_path / "scratch" / "run" / "metrics.jsonl").is_file()
