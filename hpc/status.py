@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         assert storage is not None
         path = storage.sqlite_path
         if path is not None and not path.is_file():  # sqlite would create an empty database
-            raise InputError(f"--storage: SQLite file {path} does not exist (no study there; pass --storage or --scratch)")
+            raise InputError(f"--storage: SQLite file {path} does not exist "
+                             "(no study there; pass --storage or --scratch)")
         print(render(collect(storage, a.study)))
     except DualsegError as exc:
         return report_error(exc, storage.scrub if storage is not None else None)
