@@ -20,7 +20,6 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from dualseg.predict import class_colours  # noqa: E402
@@ -183,7 +182,7 @@ def tile_panels(panels: list[dict[str, Any]], names: list[str], ignore: int) -> 
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
-    handles = [Patch(color=np.array(c) / 255, label=n) for c, n in zip(class_colours(k), names)]
+    handles = [Patch(color=(c[0] / 255, c[1] / 255, c[2] / 255), label=n) for c, n in zip(class_colours(k), names)]
     handles.append(Patch(facecolor="white", edgecolor="black", label="ignore / no data"))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))

@@ -119,7 +119,7 @@ def slurm_available() -> bool:
     if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
         return False
     try:
-        return subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, timeout=30).returncode == 0
+        return subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, timeout=30, check=False).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
 
@@ -158,7 +158,8 @@ def plan(a: argparse.Namespace) -> tuple[PredictSpec, list[str], str]:
     if executor == "auto":
         executor = "slurm" if slurm_available() else "local"
     if executor == "slurm" and a.partition is not None:
-        have = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30).stdout.split()
+        have = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30,
+                              check=False).stdout.split()
         if a.partition not in [p.rstrip("*") for p in have]:
             raise InputError(f"--partition: unknown partition {a.partition!r} (have: {', '.join(have)})")
     spec = PredictSpec(str(a.model.expanduser().resolve()), str(a.tiles.expanduser().resolve()), todo, str(out),
@@ -183,8 +184,8 @@ def slurm_executor(a: argparse.Namespace, spec: PredictSpec) -> submitit.SlurmEx
 def array_script(ex: submitit.SlurmExecutor, spec: PredictSpec) -> str:
     from submitit.slurm.slurm import _make_sbatch_string
 
-    extra = {"map_count": spec.tasks} if spec.tasks > 1 else {}
-    return _make_sbatch_string(command=ex._submitit_command_str, folder=ex.folder, **ex.parameters, **extra)
+    return _make_sbatch_string(command=ex._submitit_command_str, folder=ex.folder,
+                               map_count=spec.tasks if spec.tasks > 1 else None, **ex.parameters)
 
 
 def check_with_sbatch(script: str) -> None:
@@ -192,7 +193,7 @@ def check_with_sbatch(script: str) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".sbatch", prefix="dualseg-predict-") as fh:
         fh.write(script)
         fh.flush()
-        out = subprocess.run(["sbatch", "--test-only", fh.name], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(["sbatch", "--test-only", fh.name], capture_output=True, text=True, timeout=60, check=False)
     if out.returncode != 0:
         reason = _last_line(out.stderr).removeprefix("sbatch: error: ")
         raise InputError(f"sbatch refuses these resources (--partition/--account/--qos/--time/--mem/--gpus): {reason}")
@@ -211,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
             if a.dry_run:
                 print(f"# local executor: {head}; maps -> {spec.out}; nothing run")
                 return 0
-            ex = submitit.LocalExecutor(folder=Path(spec.out) / "logs")
-            ex.update_parameters(timeout_min=time_minutes(a.time), gpus_per_node=a.gpus)
-            jobs = ex.submit_array([PredictTask(spec, i) for i in range(spec.tasks)])
+            local = submitit.LocalExecutor(folder=Path(spec.out) / "logs")
+            local.update_parameters(timeout_min=time_minutes(a.time), gpus_per_node=a.gpus)
+            jobs = local.submit_array([PredictTask(spec, i) for i in range(spec.tasks)])
             written = sum(len(j.result()) for j in jobs)
             print(f"{written} map(s) written -> {spec.out}")
             return 0

@@ -121,7 +121,7 @@ def optuna_figures(study: optuna.Study, out: Path) -> dict[str, str]:
 def _ranked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and t.value is not None]
     sign = 1 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1
-    return sorted(done, key=lambda t: (sign * t.value, t.number))
+    return sorted(done, key=lambda t: (sign * float(t.value or 0.0), t.number))
 
 
 def learning_curve_figure(study: optuna.Study, study_dir: Path, out: Path, top: int = 3) -> dict[str, str]:

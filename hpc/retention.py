@@ -79,7 +79,8 @@ def on_trial_finished(study_dir: str | Path, number: int, state: TrialState,
 def top_k(trials: list[FrozenTrial], direction: optuna.study.StudyDirection, k: int) -> list[int]:
     """Numbers of the ``k`` best COMPLETE trials (all when ``k == -1``), best first."""
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
-    done.sort(key=lambda t: (t.value if direction == optuna.study.StudyDirection.MINIMIZE else -t.value, t.number))
+    sign = 1.0 if direction == optuna.study.StudyDirection.MINIMIZE else -1.0
+    done.sort(key=lambda t: (sign * float(t.value or 0.0), t.number))  # value is set: filtered above
     return [t.number for t in (done if k < 0 else done[:k])]
 
 

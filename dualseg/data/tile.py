@@ -31,7 +31,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -337,7 +337,7 @@ def open_tile(
         width=int(hw[1]),
         streams=streams,
         class_names=[str(c) for c in class_names],
-        ignore_index=int((labels.attrs if labels is not None else attrs).get("ignore_index", DEFAULT_IGNORE_INDEX)),
+        ignore_index=int(cast(int, (labels.attrs if labels is not None else attrs).get("ignore_index", DEFAULT_IGNORE_INDEX))),
         nodata=None if nodata is None else float(nodata),
         attrs=attrs,
         has_labels=labels is not None,

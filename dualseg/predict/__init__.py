@@ -6,7 +6,16 @@ CLI: ``python -m dualseg.predict --model best_model.pth --tiles ROOT --out DIR``
 """
 
 from dualseg.predict.maps import MapResult, list_tiles, predict_tiles, read_map, resolve_device, spec_of
-from dualseg.predict.window import InputSpec, TileInput, blend_weight, load_input, score_map, tile_logits, to_map, windows
+from dualseg.predict.window import (
+    InputSpec,
+    TileInput,
+    blend_weight,
+    load_input,
+    score_map,
+    tile_logits,
+    to_map,
+    windows,
+)
 from dualseg.predict.writers import class_colours, geotiff_path, map_path, write_geotiff, write_zarr
 
 __all__ = [

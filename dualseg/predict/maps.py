@@ -146,4 +146,9 @@ def read_map(path: str | Path) -> dict[str, np.ndarray]:
     import zarr
 
     g = zarr.open_group(str(path), mode="r")
-    return {k: np.asarray(g[k][...]) for k in ("classes", "confidence", "probabilities") if k in g}
+    out = {}
+    for k in ("classes", "confidence", "probabilities"):
+        arr = g.get(k)
+        if isinstance(arr, zarr.Array):
+            out[k] = np.asarray(arr[...])
+    return out

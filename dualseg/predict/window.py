@@ -104,7 +104,7 @@ def windows(h: int, w: int, patch: int, overlap: float) -> list[tuple[int, int]]
         raise InputError(f"--overlap must be in [0, 1), got {overlap}")
     if patch > min(h, w):
         raise InputError(f"patch size {patch} is larger than the tile ({h}x{w})")
-    stride = max(1, int(round(patch * (1.0 - overlap))))
+    stride = max(1, round(patch * (1.0 - overlap)))
     return [(y, x) for y in starts(h, patch, stride) for x in starts(w, patch, stride)]
 
 

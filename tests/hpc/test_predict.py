@@ -84,7 +84,7 @@ def test_two_task_array_maps_four_tiles_once_and_a_rerun_skips(slurm_env, tiny_m
     assert len(logs) == 2
     written: list[str] = []
     for log in logs:
-        written += re.findall(r"^mapped (\S+) written", log.read_text(), flags=re.M)
+        written += re.findall(r"^mapped (\S+) written", log.read_text(), flags=re.MULTILINE)
     assert sorted(written) == tiles  # each tile once, by exactly one of the two tasks
     for t in tiles:
         assert read_map(out / f"{t}.zarr")["classes"].shape == (32, 32)

@@ -50,9 +50,9 @@ def test_report_writes_every_figure_and_an_index(local_search: Path, hpc_tools) 
 
 def test_unknown_study_is_one_line(local_search: Path, hpc_tools, tmp_path: Path) -> None:
     r = hpc_tools.run_cli("report.py", "--study", "nope", "--scratch", str(local_search), env={"DUALSEG_STORAGE": ""})
+    missing = local_search / "nope" / "study.db"
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        f"error: --storage: not given, $DUALSEG_STORAGE unset and no local study at {local_search / 'nope' / 'study.db'} "
-        "(pass --storage or --scratch)"]
+        f"error: --storage: not given, $DUALSEG_STORAGE unset and no local study at {missing} (pass --storage or --scratch)"]
     db = f"sqlite:///{local_search / 'rep' / 'study.db'}"
     r = hpc_tools.run_cli("report.py", "--study", "other", "--storage", db, env={"DUALSEG_STORAGE": ""})
     assert r.returncode == 2 and r.stderr.strip() == "error: --study: no study named 'other' in this storage"
