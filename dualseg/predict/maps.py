@@ -14,7 +14,7 @@ import torch
 from dualseg.data.splits import read_splits
 from dualseg.data.tile import TileInfo, open_tile, tile_path
 from dualseg.errors import InputError
-from dualseg.predict.window import InputSpec, load_input, tile_logits, to_map
+from dualseg.predict.window import InputSpec, load_input, tile_logits, to_map, windows
 from dualseg.predict.writers import geotiff_path, map_path, write_geotiff, write_zarr
 from dualseg.train.export import ModelFile
 
@@ -115,12 +115,14 @@ def predict_tiles(
     from tqdm import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress
-    with tqdm(total=len(todo), unit="tile", disable=not show, desc="predict") as bar:
+    total = sum(len(windows(i.height, i.width, model.patch_size, overlap)) for i in todo)
+    with tqdm(total=total, unit="window", disable=not show, desc=f"predict {len(todo)} tile(s)") as bar:
         for info in todo:
             t0 = time.monotonic()
+            bar.set_postfix_str(info.name)
             tile = load_input(info, spec)
             logits = tile_logits(net, tile, spec, patch=model.patch_size, overlap=overlap, batch_size=batch_size,
-                                 device=dev, amp=model.amp)
+                                 device=dev, amp=model.amp, on_batch=bar.update)
             classes, conf, probs = to_map(logits, tile.has_input(spec.streams), model.ignore_index)
             tif = None
             crs, transform = info.attrs.get("crs"), info.attrs.get("transform")
@@ -132,7 +134,6 @@ def predict_tiles(
                      "code_version": model.code_version}
             zpath = write_zarr(map_path(out, info.name), classes, conf, probs if probabilities else None, attrs)
             results.append(MapResult(info.name, "written", zpath, tif, time.monotonic() - t0))
-            bar.update(1)
     return results
 
 
