@@ -222,7 +222,11 @@ def write_report(study_name: str = DEFAULT_STUDY, storage: str | None = None, sc
             _save(figures.per_class(test), report / "per_class.png")
             figs["per_class.png"] = "test IoU / F1 per class vs the majority baseline"
         if tiles > 0 and (results_dir / "best_model.pth").is_file() and results.get("config"):
-            figs |= tile_figure(results, results_dir, report, tiles)
+            try:
+                figs |= tile_figure(results, results_dir, report, tiles)
+            except DualsegError as exc:  # tiles moved or unreadable: the rest of the report still helps
+                _save(_message(f"test tiles not drawn: {exc}"), report / "test_tiles.png")
+                figs["test_tiles.png"] = "test tiles (not available)"
     return write_index(report, study, results, figs)
 
 

@@ -14,7 +14,7 @@ import torch
 from dualseg.data.splits import read_splits
 from dualseg.data.tile import TileInfo, open_tile, tile_path
 from dualseg.errors import InputError
-from dualseg.predict.window import InputSpec, load_input, tile_logits, to_map, windows
+from dualseg.predict.window import InputSpec, check_uint8, load_input, tile_logits, to_map, windows
 from dualseg.predict.writers import geotiff_path, map_path, write_geotiff, write_zarr
 from dualseg.train.export import ModelFile
 
@@ -102,6 +102,7 @@ def predict_tiles(
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
     if not 0.0 <= overlap < 1.0:
         raise InputError(f"--overlap must be in [0, 1), got {overlap}")
+    check_uint8(model.num_classes, model.ignore_index, f"--model {model.source}")
     dev = resolve_device(device)
     infos = open_inputs(model, root, names)
     out = Path(out)

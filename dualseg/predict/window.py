@@ -156,13 +156,25 @@ def tile_logits(
     return acc / wsum
 
 
-def to_map(logits: torch.Tensor, has_input: np.ndarray, ignore: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(classes uint8 with ``ignore`` where no valid input, confidence float32, probabilities (K,H,W) float32)."""
-    if not 0 <= ignore <= 255 or logits.shape[0] > 255:
-        raise InputError(f"maps are uint8: ignore value {ignore} / {logits.shape[0]} classes do not fit")
+def check_uint8(num_classes: int, ignore: int, what: str = "model") -> None:
+    """Maps store classes as uint8: every class and the ignore value must fit."""
+    if not 0 <= ignore <= 255 or num_classes > 255:
+        raise InputError(f"{what}: maps are uint8, but ignore value {ignore} / {num_classes} classes do not fit")
+
+
+def to_map(
+    logits: torch.Tensor, has_input: np.ndarray, ignore: int, dtype: type = np.uint8
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(classes with ``ignore`` where no valid input, confidence float32, probabilities (K,H,W) float32).
+
+    ``dtype`` uint8 for written maps (checked with :func:`check_uint8`); evaluation passes int64 so
+    any ignore value works there.
+    """
+    if dtype is np.uint8:
+        check_uint8(int(logits.shape[0]), ignore)
     probs = torch.softmax(logits, dim=0)
     conf, cls = probs.max(dim=0)
-    classes = cls.numpy().astype(np.uint8)
+    classes = cls.numpy().astype(dtype)
     classes[~has_input] = ignore
     confidence = conf.numpy().astype(np.float32)
     confidence[~has_input] = 0.0

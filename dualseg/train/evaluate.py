@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dualseg.config import Config, from_dict, to_dict
@@ -100,7 +101,7 @@ def evaluate_checkpoint(
             logits = tile_logits(model, inp, spec, patch=cfg.data.patch_size, overlap=overlap,
                                  batch_size=cfg.train.batch_size, device=info.device, amp=cfg.train.amp)
             labels = torch.from_numpy(read_labels(tile))
-            classes, _, _ = to_map(logits, inp.has_input(spec.streams), ignore)
+            classes, _, _ = to_map(logits, inp.has_input(spec.streams), ignore, dtype=np.int64)
             cm, unpredicted = score_map(classes, labels.numpy(), k, ignore)
             ls, ws = weighted_ce_sums(logits[None], labels[None], weight, ignore)
             packed += torch.cat([cm.flatten().to(torch.float64),
