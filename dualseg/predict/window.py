@@ -174,7 +174,7 @@ def to_map(
         check_uint8(int(logits.shape[0]), ignore)
     probs = torch.softmax(logits, dim=0)
     conf, cls = probs.max(dim=0)
-    classes = cls.numpy().astype(dtype)
+    classes: np.ndarray = cls.numpy().astype(dtype)
     classes[~has_input] = ignore
     confidence = conf.numpy().astype(np.float32)
     confidence[~has_input] = 0.0
