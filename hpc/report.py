@@ -109,7 +109,7 @@ def optuna_figures(study: optuna.Study, out: Path) -> dict[str, str]:
                 ax = getattr(ovm, f"plot_{key}")(study)
             first = np.asarray(ax).ravel()[0]
             fig = first.figure
-            fig.set_size_inches(9, 4.5)
+            fig.set_size_inches(12 if key == "parallel_coordinate" else 9, 5 if key == "parallel_coordinate" else 4.5)
             fig.tight_layout()
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
             fig = _message(f"{title}: not available for this study ({exc})")

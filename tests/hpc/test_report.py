@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +50,37 @@ def test_report_writes_every_figure_and_an_index(local_search: Path, hpc_tools) 
     assert "test OA / mIoU" in page and "rep" in page
 
 
-def test_unknown_study_is_one_line(local_search: Path, hpc_tools, tmp_path: Path) -> None:
-    r = hpc_tools.run_cli("report.py", "--study", "nope", "--scratch", str(local_search), env={"DUALSEG_STORAGE": ""})
+def test_unknown_study_is_one_line(local_search: Path, capsys: pytest.CaptureFixture[str],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpc.report import main
+
+    monkeypatch.delenv("DUALSEG_STORAGE", raising=False)
     missing = local_search / "nope" / "study.db"
-    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+    assert main(["--study", "nope", "--scratch", str(local_search)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         f"error: --storage: not given, $DUALSEG_STORAGE unset and no local study at {missing} (pass --storage or --scratch)"]
-    db = f"sqlite:///{local_search / 'rep' / 'study.db'}"
-    r = hpc_tools.run_cli("report.py", "--study", "other", "--storage", db, env={"DUALSEG_STORAGE": ""})
-    assert r.returncode == 2 and r.stderr.strip() == "error: --study: no study named 'other' in this storage"
+    assert main(["--study", "other", "--storage", f"sqlite:///{local_search / 'rep' / 'study.db'}"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --study: no study named 'other' in this storage"
+    assert main(["--study", "rep", "--storage", "mysql://me:S3cret@db/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --storage: cannot open study 'rep'") and "S3cret" not in err
+
+
+def test_index_renders_in_a_real_browser(local_search: Path, hpc_tools, tmp_path: Path) -> None:
+    """Headless Chromium screenshot of index.html: the figures load (a broken <img> is a tiny grey icon)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium on this machine (optional check: apt-get install chromium)")
+    report = local_search / "rep" / "results" / "report"
+    if not (report / "index.html").is_file():
+        assert hpc_tools.run_cli("report.py", "--study", "rep", "--scratch", str(local_search)).returncode == 0
+    shot = tmp_path / "shot.png"
+    r = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        "--window-size=1280,6000", f"--screenshot={shot}", (report / "index.html").as_uri()],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert shot.is_file(), r.stderr[-2000:]
+    with Image.open(shot) as im:
+        a = np.asarray(im.convert("RGB"))
+    rows = np.flatnonzero((a < 250).any(axis=(1, 2)))  # rows with anything but white
+    assert rows.max() > 4000, "the page is shorter than its 8 figures"
+    assert len(np.unique(a.reshape(-1, 3), axis=0)) > 2000  # rendered plots, not alt text
