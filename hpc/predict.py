@@ -88,7 +88,8 @@ class PredictTask(submitit.helpers.Checkpointable):
         s = self.spec
         mine = s.tiles[self.index :: s.tasks]
         label = os.environ.get("SLURM_ARRAY_JOB_ID", "local") + f"_{self.index}"
-        print(f"task {self.index}/{s.tasks} ({label}): {len(mine)} tile(s)", flush=True)
+        node = os.environ.get("SLURMD_NODENAME", "localhost")
+        print(f"task {self.index}/{s.tasks} ({label}) on {node}: {len(mine)} tile(s)", flush=True)
         res = predict_tiles(load_exported(s.model), s.root, mine, s.out, overlap=s.overlap, batch_size=s.batch_size,
                             device="auto", probabilities=s.probabilities, progress=False)
         for r in res:

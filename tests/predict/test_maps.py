@@ -13,6 +13,7 @@ import torch
 from dualseg.config import Config
 from dualseg.data.read import read_labels
 from dualseg.data.tile import consolidate, open_tile, tile_path
+from dualseg.errors import InputError
 from dualseg.predict import read_map, score_map
 from dualseg.predict.__main__ import main
 from dualseg.train import evaluate_checkpoint, metrics_from_confusion
@@ -25,6 +26,10 @@ def test_maps_of_unlabelled_tiles_score_the_evaluated_miou(
     root = Path(quick_cfg.data.root)
     test_tiles = json.loads((root / "splits.json").read_text())["test"]
     bare = unlabelled(root, test_tiles, tmp_path / "bare")
+    with pytest.raises(InputError, match=f"tile {test_tiles[0]}: missing array labels"):
+        open_tile(tile_path(bare, test_tiles[0]))  # training still requires labels
+    info = open_tile(tile_path(bare, test_tiles[0]), require_labels=False)
+    assert not info.has_labels and (info.height, info.width) == (64, 64) and info.class_names
     out = tmp_path / "maps"
     assert main(["--model", str(trained["slim"]), "--tiles", str(bare), "--out", str(out), "--overlap", "0.25"]) == 0
     assert f"{len(test_tiles)} map(s) written" in capsys.readouterr().out
