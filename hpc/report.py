@@ -199,14 +199,17 @@ th{{text-align:left;padding-right:1em}} figure{{margin:2em 0}} figcaption{{color
 
 
 def write_report(study_name: str = DEFAULT_STUDY, storage: str | None = None, scratch: str | Path | None = None,
-                 out: str | Path | None = None, tiles: int = 3) -> Path:
-    """Write ``<scratch>/<study>/results/report/`` (or ``out``); returns the path of ``index.html``."""
+                 out: str | Path | None = None, tiles: int = 3, results_dir: str | Path | None = None) -> Path:
+    """Write ``<results>/report/`` (or ``out``); returns the path of ``index.html``.
+
+    ``results_dir`` (``results.json``, ``best_model.pth``) defaults to ``<scratch>/<study>/results``.
+    """
     url, root = resolve_storage(storage, study_name, scratch)
     study = open_study(url, study_name)
     if scratch is None and study.user_attrs.get("scratch"):
         root = Path(study.user_attrs["scratch"])
     study_dir = root / study_name
-    results_dir = study_dir / "results"
+    results_dir = Path(results_dir) if results_dir else study_dir / "results"
     report = Path(out) if out else results_dir / "report"
     report.mkdir(parents=True, exist_ok=True)
     figs = optuna_figures(study, report)
@@ -235,11 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", default=DEFAULT_STUDY, help=f"study name (default {DEFAULT_STUDY})")
     p.add_argument("--storage", help=f"database URL (default ${STORAGE_ENV}, else <scratch>/<study>/study.db)")
     p.add_argument("--scratch", help="scratch root (default: the study's record, $SCRATCH, ./runs)")
-    p.add_argument("--out", help="report folder (default <scratch>/<study>/results/report)")
+    p.add_argument("--results", help="folder of results.json/best_model.pth (default <scratch>/<study>/results)")
+    p.add_argument("--out", help="report folder (default <results>/report)")
     p.add_argument("--tiles", type=int, default=3, help="test tiles to draw (0: none)")
     a = p.parse_args(argv)
     try:
-        index = write_report(a.study, a.storage, a.scratch, a.out, a.tiles)
+        index = write_report(a.study, a.storage, a.scratch, a.out, a.tiles, a.results)
     except DualsegError as exc:
         return report_error(exc)
     print(f"report: {index} ({len(list(index.parent.glob('*.png')))} figures)")

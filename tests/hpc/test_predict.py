@@ -39,13 +39,15 @@ def _tiles(tiny_data: Path) -> list[str]:
         (["--overlap", "-0.1"], "error: --overlap must be in [0, 1)"),
     ],
 )
-def test_bad_input_is_one_line_and_submits_nothing(tiny_model: Path, tiny_data: Path, tmp_path: Path, hpc_tools,
-                                                   extra: list[str], message: str) -> None:
+def test_bad_input_is_one_line_and_submits_nothing(tiny_model: Path, tiny_data: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str], extra: list[str],
+                                                   message: str) -> None:
+    from hpc.predict import main
+
     out = tmp_path / "maps"
-    r = hpc_tools.run_cli("predict.py", "--model", str(tiny_model), "--tiles", str(tiny_data), "--out", str(out),
-                          "--executor", "local", *extra)
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), r.stderr
+    rc = main(["--model", str(tiny_model), "--tiles", str(tiny_data), "--out", str(out), "--executor", "local", *extra])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith(message), lines
     assert not out.exists()
 
 
@@ -91,3 +93,18 @@ def test_two_task_array_maps_four_tiles_once_and_a_rerun_skips(slurm_env, tiny_m
     again = hpc_tools.run_cli("predict.py", *args)
     assert again.returncode == 0, again.stderr
     assert f"all 4 tile(s) already mapped in {out}; nothing to submit" in again.stdout
+
+
+def test_local_executor_maps_and_resumes(tiny_model: Path, tiny_data: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from hpc.predict import main
+
+    out = tmp_path / "maps"
+    tiles = _tiles(tiny_data)[:3]
+    args = ["--model", str(tiny_model), "--tiles", str(tiny_data), "--out", str(out), "--executor", "local",
+            "--tasks", "2", *[x for t in tiles[:2] for x in ("--tile", t)]]
+    assert main(args) == 0
+    assert "2 map(s) written" in capsys.readouterr().out
+    assert main([*args, "--tile", tiles[2]]) == 0  # one more tile: only it is mapped
+    assert "1 map(s) written" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("*.zarr")) == [f"{t}.zarr" for t in sorted(tiles)]
