@@ -15,7 +15,6 @@ from dualseg.predict import class_colours, read_map
 from dualseg.predict.__main__ import main
 from dualseg.train.export import load_exported
 
-
 TRANSFORM = [10.0, 0.0, 699960.0, 0.0, -10.0, 5300040.0]
 
 
