@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import rasterio  # the geo extra; part of the test extra, so CI has it
 
 from dualseg.config import Config
@@ -18,18 +19,19 @@ from dualseg.train.export import load_exported
 TRANSFORM = [10.0, 0.0, 699960.0, 0.0, -10.0, 5300040.0]
 
 
-def test_geotiff_round_trip(quick_cfg: Config, trained: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize(("crs", "epsg"), [("EPSG:32631", 32631), ("urn:ogc:def:crs:EPSG::2154", 2154)])  # 2nd: PASTIS-R's
+def test_geotiff_round_trip(quick_cfg: Config, trained: dict[str, Path], tmp_path: Path, crs: str, epsg: int) -> None:
     root = Path(quick_cfg.data.root)
     name = json.loads((root / "splits.json").read_text())["test"][0]
     tile = read_tile(root / f"{name}.zarr")
-    tile.crs, tile.transform = "EPSG:32631", TRANSFORM
+    tile.crs, tile.transform = crs, TRANSFORM
     write_tile(tmp_path / "geo" / f"{name}.zarr", tile)
     out = tmp_path / "maps"
     assert main(["--model", str(trained["slim"]), "--tiles", str(tmp_path / "geo"), "--out", str(out)]) == 0
     classes = read_map(out / f"{name}.zarr")["classes"]
     names = load_exported(trained["slim"]).class_names
     with rasterio.open(out / f"{name}.tif") as src:
-        assert src.crs.to_epsg() == 32631
+        assert src.crs.to_epsg() == epsg
         assert list(src.transform)[:6] == TRANSFORM
         assert (src.height, src.width) == classes.shape and src.dtypes == ("uint8",)
         np.testing.assert_array_equal(src.read(1), classes)
