@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -108,6 +108,7 @@ class TileInfo:
     ignore_index: int
     nodata: float | None
     attrs: dict[str, Any] = field(default_factory=dict)
+    has_labels: bool = True
 
     @property
     def num_classes(self) -> int:
@@ -306,11 +307,17 @@ def _member(group: zarr.Group, key: str, name: str, want: type) -> Any:
 
 
 def open_tile(
-    path: str | Path, s1_bands: list[str] | None = None, s2_bands: list[str] | None = None
+    path: str | Path,
+    s1_bands: list[str] | None = None,
+    s2_bands: list[str] | None = None,
+    *,
+    require_labels: bool = True,
 ) -> TileInfo:
     """Open a tile and check its structure (groups, bands, shapes, dates); reads no pixel data.
 
     ``s1_bands``/``s2_bands`` (default: the bands listed in the stream attrs) must all exist.
+    ``require_labels=False`` accepts a tile without ``labels`` (prediction needs only S1/S2 and
+    dates); its ``has_labels`` is then False and H,W come from the first S1 band.
     """
     path = Path(path)
     name = path.name.removesuffix(".zarr")
@@ -319,14 +326,17 @@ def open_tile(
     if attrs.get("format") == FORMAT and int(attrs.get("version", VERSION)) > VERSION:
         raise InputError(f"tile {name}: format version {attrs['version']} is newer than this dualseg reads ({VERSION})")
     class_names = attrs.get("class_names")
-    if not isinstance(class_names, list) or not class_names:
+    if not require_labels and class_names is None:  # a bare input tile: the model knows the classes
+        class_names = []
+    elif not isinstance(class_names, list) or not class_names:
         raise InputError(f"tile {name}: attribute class_names missing or empty")
-    labels = _member(root, "labels", name, zarr.Array)
-    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+    has_labels = require_labels or "labels" in root
+    labels = _member(root, "labels", name, zarr.Array) if has_labels else None
+    if labels is not None and (labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer)):
         raise InputError(f"tile {name}: labels must be a 2-D integer array, got {labels.dtype} {labels.shape}")
-    hw = tuple(labels.shape)
+    hw = tuple(labels.shape) if labels is not None else _unlabelled_hw(root, name, s1_bands)
     streams: dict[str, StreamInfo] = {}
-    opened: dict[str, zarr.Array] = {"labels": labels}  # every chunk file of these must be there
+    opened: dict[str, zarr.Array] = {"labels": labels} if labels is not None else {}  # every chunk must be there
     for key, wanted in (("s1", s1_bands), ("s2", s2_bands)):
         g = _member(root, key, name, zarr.Group)
         bands = list(wanted) if wanted is not None else list(g.attrs.get("bands", []))
@@ -371,10 +381,21 @@ def open_tile(
         width=int(hw[1]),
         streams=streams,
         class_names=[str(c) for c in class_names],
-        ignore_index=int(labels.attrs.get("ignore_index", DEFAULT_IGNORE_INDEX)),
+        ignore_index=int(cast(int, (labels.attrs if labels is not None else attrs).get("ignore_index", DEFAULT_IGNORE_INDEX))),
         nodata=None if nodata is None else float(nodata),
         attrs=attrs,
+        has_labels=labels is not None,
     )
+
+
+def _unlabelled_hw(root: zarr.Group, name: str, s1_bands: list[str] | None) -> tuple[int, ...]:
+    """H,W of a tile without labels: those of its first S1 band (every band is checked against it)."""
+    g = _member(root, "s1", name, zarr.Group)
+    bands = list(s1_bands) if s1_bands is not None else list(g.attrs.get("bands", []))
+    arr = g.get(bands[0]) if bands else None
+    if not isinstance(arr, zarr.Array) or arr.ndim != 3:
+        raise InputError(f"tile {name}: no labels and no readable s1 band to take H,W from")
+    return tuple(arr.shape[1:])
 
 
 Window = tuple[slice, slice]

@@ -1,4 +1,7 @@
-"""Score a saved checkpoint on a split, with the model shape, classes and class weights it was trained with."""
+"""Score a saved checkpoint on a split, with the model shape, classes and class weights it was trained with.
+
+The scores are those of the maps :mod:`dualseg.predict` writes (one inference path).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +9,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dualseg.config import Config, from_dict, to_dict
 from dualseg.errors import InputError, TrainingError
 from dualseg.train.checkpoint import load_checkpoint, load_model_state
-from dualseg.train.distributed import cleanup, init_distributed
-from dualseg.train.loaders import eval_loader
+from dualseg.train.distributed import all_reduce_sum, cleanup, init_distributed
 from dualseg.train.metrics import majority_baseline, metrics_from_confusion
-from dualseg.train.steps import evaluate_batches
+from dualseg.train.steps import weighted_ce_sums
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +44,21 @@ def _check_stats(meta: dict[str, Any], bundle: Any, path: Path) -> None:
             )
 
 
-def evaluate_checkpoint(path: str | Path, cfg: Config | None = None, split: str = "test") -> dict[str, Any]:
+DEFAULT_OVERLAP = 0.25  # the same default as ``python -m dualseg.predict --overlap``
+
+
+def evaluate_checkpoint(
+    path: str | Path, cfg: Config | None = None, split: str = "test", overlap: float = DEFAULT_OVERLAP
+) -> dict[str, Any]:
     """Loss, OA, mIoU, per-class IoU/F1 and the confusion matrix of ``path`` on ``split``.
 
-    ``cfg`` defaults to the config stored in the checkpoint (data paths may be overridden by passing
-    one). The loss uses the class weights saved at training time, so it matches ``val_loss``. Runs on
-    one process, or sharded with all-reduced counts if a process group / torchrun env is present.
+    Scores the maps of the one inference path (:func:`dualseg.predict.tile_logits`: sliding windows
+    with ``overlap`` over whole tiles, blended logits), so the mIoU of maps written by
+    ``python -m dualseg.predict`` with the same overlap equals this mIoU. With ``overlap=0`` on tiles
+    whose sides are multiples of the patch size the windows are the validation grid, and the
+    numbers are training's ``val_*``. ``cfg`` defaults to the config stored in the checkpoint (data
+    paths may be overridden by passing one). The loss uses the class weights saved at training
+    time. Runs on one process, or sharded by tile with all-reduced counts under a process group.
     """
     path = Path(path)
     if split not in ("train", "val", "test"):
@@ -59,10 +71,13 @@ def evaluate_checkpoint(path: str | Path, cfg: Config | None = None, split: str 
             raise TrainingError(f"checkpoint {path}: stored config no longer valid ({exc})") from None
     elif to_dict(cfg.model) != state["config"].get("model"):
         log.warning("evaluate: cfg.model differs from the checkpoint's; loading may fail on shape")
-    from dualseg.data import build_data, collate
+    from dualseg.data import build_data
+    from dualseg.data.read import read_labels
     from dualseg.model import build_model
+    from dualseg.predict.window import InputSpec, load_input, score_map, tile_logits, to_map
 
     info = init_distributed(cfg.train.device)
+    k = 0
     try:
         bundle = build_data(cfg.data, splits=(split,), gather=None)
         meta = state.get("data", {})
@@ -71,30 +86,45 @@ def evaluate_checkpoint(path: str | Path, cfg: Config | None = None, split: str 
         ds = bundle.datasets.get(split)
         if ds is None or len(ds) == 0:
             raise InputError(f"evaluate: the {split} split has no samples (check data.{split}_tiles / splits file)")
-        model = build_model(cfg.model, bundle.s1_channels, bundle.s2_channels, bundle.num_classes)
+        k, ignore = bundle.num_classes, bundle.ignore_index
+        model = build_model(cfg.model, bundle.s1_channels, bundle.s2_channels, k)
         load_model_state(model, state["model"], source=f"checkpoint {path}")
-        model.to(info.device)
+        model.to(info.device).eval()
         weight = meta.get("class_weights")
-        weight = weight.to(info.device, torch.float32) if isinstance(weight, torch.Tensor) else None
-        loader = eval_loader(
-            ds, collate, batch_size=cfg.train.batch_size, rank=info.rank, world_size=info.world_size,
-            num_workers=cfg.data.num_workers, pin_memory=info.device.type == "cuda", max_t=cfg.data.max_t,
-        )
-        cm, loss = evaluate_batches(
-            model, loader, num_classes=bundle.num_classes, weight=weight, ignore_index=bundle.ignore_index,
-            device=info.device, streams=cfg.model.streams, amp=cfg.train.amp,
-        )
+        weight = weight.to(torch.float32) if isinstance(weight, torch.Tensor) else None
+        spec = InputSpec(mean=ds.mean, std=ds.std, date_encoding=cfg.data.date_encoding, max_t=cfg.data.max_t,
+                         streams=cfg.model.streams)
+        # cm (K*K), loss sum, weight sum, unpredicted labelled pixels: one all-reduce at the end
+        packed = torch.zeros(k * k + 3, dtype=torch.float64)
+        for tile in ds.tiles[info.rank :: info.world_size]:
+            inp = load_input(tile, spec)
+            logits = tile_logits(model, inp, spec, patch=cfg.data.patch_size, overlap=overlap,
+                                 batch_size=cfg.train.batch_size, device=info.device, amp=cfg.train.amp)
+            labels = torch.from_numpy(read_labels(tile))
+            classes, _, _ = to_map(logits, inp.has_input(spec.streams), ignore, dtype=np.int64)
+            cm, unpredicted = score_map(classes, labels.numpy(), k, ignore)
+            ls, ws = weighted_ce_sums(logits[None], labels[None], weight, ignore)
+            packed += torch.cat([cm.flatten().to(torch.float64),
+                                 torch.tensor([float(ls), float(ws), float(unpredicted)], dtype=torch.float64)])
+        packed = packed.to(info.device)
+        all_reduce_sum(packed)  # float64 holds counts exactly up to 2**53 pixels
+        packed = packed.cpu()
     finally:
         cleanup(info)
-    if int(cm.sum()) == 0:
+    cm_total = packed[: k * k].round().to(torch.int64).view(k, k)
+    loss_sum, wsum, unpredicted_total = packed[-3].item(), packed[-2].item(), int(packed[-1].item())
+    if int(cm_total.sum()) == 0:
         raise InputError(f"evaluate: the {split} split has no labelled pixel (all ignore_index)")
-    m = metrics_from_confusion(cm)
+    m = metrics_from_confusion(cm_total)
     return {
         "split": split,
         "checkpoint": str(path),
         "epoch": int(state.get("epoch", 0)) - 1,
-        "loss": loss,
+        "loss": loss_sum / wsum if wsum > 0 else float("nan"),
         **m,
         "class_names": list(meta.get("class_names", bundle.class_names)),
-        "majority_baseline": majority_baseline(cm),
+        "majority_baseline": majority_baseline(cm_total),
+        "overlap": overlap,
+        "unpredicted": unpredicted_total,  # labelled pixels without any valid input: no class in the map
+        "tiles": list(bundle.tiles.get(split, [])),
     }

@@ -1,0 +1,156 @@
+"""From a model file and tiles to maps on disk, resumably (a tile whose map exists is skipped)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dualseg.data.splits import read_splits
+from dualseg.data.tile import TileInfo, open_tile, tile_path
+from dualseg.errors import InputError
+from dualseg.predict.window import InputSpec, check_uint8, load_input, tile_logits, to_map, windows
+from dualseg.predict.writers import geotiff_path, map_path, write_geotiff, write_zarr
+from dualseg.train.export import ModelFile
+
+log = logging.getLogger("dualseg.predict")
+
+
+@dataclass
+class MapResult:
+    """One tile's outcome: ``written`` or ``skipped`` (already there), and its files."""
+
+    tile: str
+    status: str
+    zarr: Path
+    geotiff: Path | None
+    seconds: float = 0.0
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an input error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise InputError(f"--device: unknown value {device!r} (auto, cpu, cuda)")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available")
+    return torch.device(device)
+
+
+def list_tiles(root: str | Path, split: str | None = None, tiles: list[str] | None = None) -> list[str]:
+    """Tile names: the given ones, a split of ``<root>/splits.json``, or every ``*.zarr`` under ``root``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"--tiles: {root} is not a directory")
+    if tiles:
+        return list(dict.fromkeys(tiles))
+    if split is not None:
+        splits = read_splits(root / "splits.json")
+        if split not in splits:
+            raise InputError(f"--split: {split!r} is not in {root / 'splits.json'} ({', '.join(splits)})")
+        return list(splits[split])
+    names = sorted(p.name.removesuffix(".zarr") for p in root.glob("*.zarr") if not p.name.startswith("."))
+    if not names:
+        raise InputError(f"--tiles: no *.zarr tile under {root}")
+    return names
+
+
+def open_inputs(model: ModelFile, root: str | Path, names: list[str]) -> list[TileInfo]:
+    """Open every tile up front (labels optional): a missing band fails before any map is written."""
+    infos = [open_tile(tile_path(root, n), model.s1_bands, model.s2_bands, require_labels=False) for n in names]
+    for info in infos:
+        if min(info.height, info.width) < model.patch_size:
+            raise InputError(f"tile {info.name}: {info.height}x{info.width} is smaller than the model's "
+                             f"patch size {model.patch_size}")
+        for key in ("s1", "s2"):
+            if model.max_t is not None and info.streams[key].t > model.max_t:
+                raise InputError(f"tile {info.name}: {key} has T={info.streams[key].t} > the model's max_t={model.max_t}")
+    return infos
+
+
+def spec_of(model: ModelFile) -> InputSpec:
+    return InputSpec(mean=model.mean, std=model.std, date_encoding=model.date_encoding, max_t=model.max_t,
+                     streams=model.model.streams)
+
+
+def predict_tiles(
+    model: ModelFile,
+    root: str | Path,
+    names: list[str],
+    out: str | Path,
+    *,
+    overlap: float = 0.25,
+    batch_size: int = 8,
+    device: str = "auto",
+    probabilities: bool = False,
+    geotiff: bool = True,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> list[MapResult]:
+    """Write ``<out>/<tile>.zarr`` (+ ``.tif`` when georeferenced) for each tile in ``names``.
+
+    Tiles whose zarr already exists are skipped unless ``overwrite`` (so a rerun, or a requeued
+    array task, does only what is left). ``progress`` (default: stderr is a terminal) shows a bar.
+    """
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+    if not 0.0 <= overlap < 1.0:
+        raise InputError(f"--overlap must be in [0, 1), got {overlap}")
+    check_uint8(model.num_classes, model.ignore_index, f"--model {model.source}")
+    dev = resolve_device(device)
+    infos = open_inputs(model, root, names)
+    out = Path(out)
+    todo = [i for i in infos if overwrite or not map_path(out, i.name).exists()]
+    results = [MapResult(i.name, "skipped", map_path(out, i.name), _tif_if_any(out, i)) for i in infos
+               if i not in todo]
+    if not todo:
+        return results
+    net = model.build(dev)
+    spec = spec_of(model)
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if progress is None else progress
+    total = sum(len(windows(i.height, i.width, model.patch_size, overlap)) for i in todo)
+    with tqdm(total=total, unit="window", disable=not show, desc=f"predict {len(todo)} tile(s)") as bar:
+        for info in todo:
+            t0 = time.monotonic()
+            bar.set_postfix_str(info.name)
+            tile = load_input(info, spec)
+            logits = tile_logits(net, tile, spec, patch=model.patch_size, overlap=overlap, batch_size=batch_size,
+                                 device=dev, amp=model.amp, on_batch=bar.update)
+            classes, conf, probs = to_map(logits, tile.has_input(spec.streams), model.ignore_index)
+            tif = None
+            crs, transform = info.attrs.get("crs"), info.attrs.get("transform")
+            if geotiff and crs and transform:
+                tif = write_geotiff(geotiff_path(out, info.name), classes, crs, transform, model.class_names,
+                                    model.ignore_index)
+            attrs = {"tile": info.name, "class_names": model.class_names, "ignore_index": model.ignore_index,
+                     "crs": crs, "transform": transform, "overlap": overlap, "model": model.source,
+                     "code_version": model.code_version}
+            zpath = write_zarr(map_path(out, info.name), classes, conf, probs if probabilities else None, attrs)
+            results.append(MapResult(info.name, "written", zpath, tif, time.monotonic() - t0))
+    return results
+
+
+def _tif_if_any(out: Path, info: TileInfo) -> Path | None:
+    p = geotiff_path(out, info.name)
+    return p if p.exists() else None
+
+
+def read_map(path: str | Path) -> dict[str, np.ndarray]:
+    """``classes``/``confidence`` (and ``probabilities`` if written) of a map zarr."""
+    import zarr
+
+    g = zarr.open_group(str(path), mode="r")
+    out = {}
+    for k in ("classes", "confidence", "probabilities"):
+        arr = g.get(k)
+        if isinstance(arr, zarr.Array):
+            out[k] = np.asarray(arr[...])
+    return out

@@ -1,0 +1,247 @@
+"""Map a region on the cluster: ``python hpc/predict.py --model best_model.pth --tiles ROOT --out DIR --tasks 8``.
+
+A submitit job array whose task ``i`` of ``n`` maps tiles ``i, i+n, ...`` of the list (one GPU
+each when ``--gpus 1``; no DDP: tiles are independent). Before submitting it checks the model
+file, every tile (structure, bands, size against the model), the output folder, the partition and
+(with ``sbatch --test-only``) the resources; bad input is one ``error:`` line, exit 2, nothing
+submitted. ``--dry-run`` prints the sbatch script and submits nothing. Resumable: a tile whose
+``<out>/<tile>.zarr`` exists (written atomically, last) is done; tiles already mapped are not
+resubmitted, and a requeued task (time limit, preemption) skips what it already wrote.
+Without SLURM (``--executor local``) the tasks run through submitit's local executor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable, not hpc/ itself
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
+
+import submitit  # noqa: E402
+
+from dualseg.errors import DualsegError, InputError, report_error  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python hpc/predict.py", description=__doc__.split("\n")[0])
+    a = p.add_argument
+    a("--model", type=Path, required=True, help="best_model.pth (or a trial's best.pt)")
+    a("--tiles", type=Path, required=True, help="tile root (<root>/<tile>.zarr)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--split", help="a split of <root>/splits.json (default: every tile under --tiles)")
+    which.add_argument("--tile", action="append", default=[], help="a tile name (repeatable)")
+    a("--out", type=Path, required=True, help="output folder (maps, and logs/ for the jobs)")
+    a("--tasks", type=int, default=4, help="array size: the tile list is split across this many tasks")
+    a("--parallel", type=int, help="array parallelism (default: all tasks)")
+    a("--gpus", type=int, default=0, help="GPUs per task (0: CPU)")
+    a("--cpus-per-task", type=int)
+    a("--partition")
+    a("--account")
+    a("--qos")
+    a("--time", default="60", help="time limit per task (SLURM syntax: MM, HH:MM:SS, D-HH:MM; default 60)")
+    a("--mem", help="memory per task, e.g. 16G")
+    a("--overlap", type=float, default=0.25, help="window overlap fraction in [0, 1)")
+    a("--batch-size", type=int, default=8)
+    a("--probabilities", action="store_true", help="also store every class probability")
+    a("--executor", choices=["auto", "slurm", "local"], default="auto", help="auto: slurm when sinfo works")
+    a("--dry-run", action="store_true", help="validate and print the sbatch script; submit nothing")
+    return p
+
+
+@dataclass
+class PredictSpec:
+    """What every task needs (pickled into the job; paths absolute)."""
+
+    model: str
+    root: str
+    tiles: list[str]
+    out: str
+    tasks: int
+    overlap: float = 0.25
+    batch_size: int = 8
+    probabilities: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class PredictTask(submitit.helpers.Checkpointable):
+    """Array task ``index``: maps its share of the tiles; requeued on timeout, it skips finished ones."""
+
+    def __init__(self, spec: PredictSpec, index: int) -> None:
+        self.spec, self.index = spec, index
+
+    def __call__(self) -> list[str]:
+        from dualseg.predict import predict_tiles
+        from dualseg.train.export import load_exported
+
+        s = self.spec
+        mine = s.tiles[self.index :: s.tasks]
+        label = os.environ.get("SLURM_ARRAY_JOB_ID", "local") + f"_{self.index}"
+        node = os.environ.get("SLURMD_NODENAME", "localhost")
+        print(f"task {self.index}/{s.tasks} ({label}) on {node}: {len(mine)} tile(s)", flush=True)
+        res = predict_tiles(load_exported(s.model), s.root, mine, s.out, overlap=s.overlap, batch_size=s.batch_size,
+                            device="auto", probabilities=s.probabilities, progress=False)
+        for r in res:
+            print(f"mapped {r.tile} {r.status} {r.seconds:.1f}s -> {r.zarr}", flush=True)
+        return [r.tile for r in res if r.status == "written"]
+
+
+def time_minutes(value: str) -> int:
+    """SLURM ``--time`` (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``) in whole minutes."""
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(value).strip())
+    if not m:
+        raise InputError(f"--time: not a SLURM time limit: {value!r}")
+    d, a, b, c = (int(x) if x else None for x in m.groups())
+    if d is not None:
+        minutes = d * 1440 + (a or 0) * 60 + (b or 0) + (1 if c else 0)
+    elif c is not None:
+        minutes = (a or 0) * 60 + (b or 0) + (1 if c else 0)
+    elif b is not None:
+        minutes = (a or 0) + (1 if b else 0)
+    else:
+        minutes = a or 0
+    if minutes < 1:
+        raise InputError(f"--time: must be at least one minute, got {value!r}")
+    return minutes
+
+
+def slurm_available() -> bool:
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, timeout=30, check=False).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "no message"
+
+
+def plan(a: argparse.Namespace) -> tuple[PredictSpec, list[str], str]:
+    """Validate everything; returns (spec of the tiles still to map, tiles already mapped, executor)."""
+    from dualseg.predict import list_tiles, map_path
+    from dualseg.predict.maps import open_inputs
+    from dualseg.train.export import load_exported
+
+    for opt, v, low in (("--tasks", a.tasks, 1), ("--gpus", a.gpus, 0), ("--batch-size", a.batch_size, 1)):
+        if v < low:
+            raise InputError(f"{opt}: must be >= {low} (got {v})")
+    if a.parallel is not None and a.parallel < 1:
+        raise InputError(f"--parallel: must be >= 1 (got {a.parallel})")
+    if not 0.0 <= a.overlap < 1.0:
+        raise InputError(f"--overlap must be in [0, 1), got {a.overlap}")
+    time_minutes(a.time)
+    model = load_exported(a.model)
+    names = list_tiles(a.tiles, a.split, a.tile)
+    open_inputs(model, a.tiles, names)  # every tile checked before anything is submitted
+    out = a.out.expanduser().resolve()
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise InputError(f"--out: {out} is not writable")
+    done = [n for n in names if map_path(out, n).exists()]
+    todo = [n for n in names if n not in done]
+    executor = a.executor
+    if executor == "auto":
+        executor = "slurm" if slurm_available() else "local"
+    if executor == "slurm" and a.partition is not None:
+        have = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30,
+                              check=False).stdout.split()
+        if a.partition not in [p.rstrip("*") for p in have]:
+            raise InputError(f"--partition: unknown partition {a.partition!r} (have: {', '.join(have)})")
+    spec = PredictSpec(str(a.model.expanduser().resolve()), str(a.tiles.expanduser().resolve()), todo, str(out),
+                       max(1, min(a.tasks, len(todo))), a.overlap, a.batch_size, a.probabilities)
+    return spec, done, executor
+
+
+def slurm_executor(a: argparse.Namespace, spec: PredictSpec) -> submitit.SlurmExecutor:
+    ex = submitit.SlurmExecutor(folder=Path(spec.out) / "logs", max_num_timeout=20)
+    params: dict[str, Any] = {"job_name": "dualseg-predict", "nodes": 1, "ntasks_per_node": 1,
+                              "time": time_minutes(a.time), "array_parallelism": a.parallel or spec.tasks,
+                              "additional_parameters": {"requeue": True}}
+    if a.gpus:
+        params["gpus_per_node"] = a.gpus
+    for key in ("partition", "account", "qos", "mem", "cpus_per_task"):
+        if getattr(a, key) is not None:
+            params[key] = getattr(a, key)
+    ex.update_parameters(**params)
+    return ex
+
+
+def array_script(ex: submitit.SlurmExecutor, spec: PredictSpec) -> str:
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    return _make_sbatch_string(command=ex._submitit_command_str, folder=ex.folder,
+                               map_count=spec.tasks if spec.tasks > 1 else None, **ex.parameters)
+
+
+def check_with_sbatch(script: str) -> None:
+    """SLURM itself rejects a bad account, QOS, time or memory before anything is submitted."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sbatch", prefix="dualseg-predict-") as fh:
+        fh.write(script)
+        fh.flush()
+        out = subprocess.run(["sbatch", "--test-only", fh.name], capture_output=True, text=True, timeout=60, check=False)
+    if out.returncode != 0:
+        reason = _last_line(out.stderr).removeprefix("sbatch: error: ")
+        raise InputError(f"sbatch refuses these resources (--partition/--account/--qos/--time/--mem/--gpus): {reason}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        spec, done, executor = plan(a)
+        n = len(spec.tiles)
+        if not spec.tiles:
+            print(f"all {len(done)} tile(s) already mapped in {spec.out}; nothing to submit")
+            return 0
+        head = f"{n} tile(s) to map in {spec.tasks} task(s)" + (f", {len(done)} already mapped" if done else "")
+        if executor == "local":
+            if a.dry_run:
+                print(f"# local executor: {head}; maps -> {spec.out}; nothing run")
+                return 0
+            local = submitit.LocalExecutor(folder=Path(spec.out) / "logs")
+            local.update_parameters(timeout_min=time_minutes(a.time), gpus_per_node=a.gpus)
+            jobs = local.submit_array([PredictTask(spec, i) for i in range(spec.tasks)])
+            written = sum(len(j.result()) for j in jobs)
+            print(f"{written} map(s) written -> {spec.out}")
+            return 0
+        ex = slurm_executor(a, spec)
+        script = array_script(ex, spec)
+        check_with_sbatch(script)
+        if a.dry_run:
+            print(f"# array of {spec.tasks} task(s): {head}; maps -> {spec.out}")
+            print(script)
+            return 0
+        try:
+            jobs = ex.submit_array([PredictTask(spec, i) for i in range(spec.tasks)])
+        except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as exc:
+            raise InputError(f"sbatch refused the array: {_last_line(str(exc))}") from None
+    except DualsegError as exc:
+        return report_error(exc)
+    array_id = str(jobs[0].job_id).split("_")[0]
+    print(f"submitted array {array_id}: {head}")
+    print(f"maps:  {spec.out}/<tile>.zarr (+ <tile>.tif for georeferenced tiles)")
+    print(f"logs:  {Path(spec.out) / 'logs'}")
+    print(f"follow: squeue -j {array_id}; rerun the same command to resubmit only tiles not yet mapped")
+    print(f"  {shlex.quote(sys.executable)} -m dualseg.predict --help  # the same on one machine")
+    return 0
+
+
+if __name__ == "__main__":  # re-import as hpc.predict: jobs unpickle hpc.predict.PredictTask, not __main__'s
+    from hpc.predict import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,254 @@
+"""A study report: ``python hpc/report.py --study NAME [--storage URL]`` -> ``<results>/report/index.html``.
+
+PNG figures and one HTML page that shows them: Optuna's matplotlib visualisations (optimisation
+history, parameter importances, parallel coordinates, intermediate values), learning curves of the
+best trials (from their ``metrics.jsonl``), and, once the evaluation job wrote ``results.json`` and
+``best_model.pth``, the test confusion matrix, per-class IoU/F1 against the majority baseline and
+panels of a few test tiles (S2 true colour, S1 VV/VH, labels, prediction, error map).
+
+Without ``--storage`` (and ``$DUALSEG_STORAGE``) the local default study is found at
+``<scratch>/<study>/study.db``, scratch being ``--scratch``, ``$SCRATCH`` or ``./runs``, as the
+launcher's local mode writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable, not hpc/ itself
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
+
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+from dualseg.errors import DualsegError, InputError, report_error  # noqa: E402
+from dualseg.io import atomic_write_bytes, atomic_write_text  # noqa: E402
+from hpc import figures  # noqa: E402
+
+DEFAULT_STUDY = "dualseg-default"
+STORAGE_ENV = "DUALSEG_STORAGE"
+OPTUNA_PLOTS = {
+    "optimization_history": "optimisation history",
+    "param_importances": "hyperparameter importances (fANOVA)",
+    "parallel_coordinate": "parallel coordinates",
+    "intermediate_values": "validation value per epoch of every trial (pruning)",
+}
+
+
+def resolve_storage(storage: str | None, study: str, scratch: str | Path | None) -> tuple[str, Path]:
+    """(storage URL, scratch root): explicit, ``$DUALSEG_STORAGE``, else the local default SQLite file."""
+    root = Path(scratch or os.environ.get("SCRATCH") or "runs").expanduser().resolve()
+    url = storage or os.environ.get(STORAGE_ENV)
+    if url:
+        return url, root
+    db = root / study / "study.db"
+    if not db.is_file():
+        raise InputError(f"--storage: not given, ${STORAGE_ENV} unset and no local study at {db} (pass --storage or --scratch)")
+    return f"sqlite:///{db}", root
+
+
+def open_study(url: str, name: str) -> optuna.Study:
+    """``optuna.load_study`` on an RDB storage; errors never echo the URL (it may hold a password)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - sqlalchemy puts the raw URL in its message
+        raise InputError("--storage: not a valid database URL") from None
+    if parsed.drivername == "postgresql":  # SQLAlchemy 2.1 would pick psycopg 3; we ship psycopg2
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    try:
+        storage = optuna.storages.RDBStorage(parsed.render_as_string(hide_password=False), skip_table_creation=True)
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise InputError(f"--study: no study named {name!r} in this storage") from None
+    except Exception as exc:  # noqa: BLE001 - driver errors may quote the URL: name the type only
+        raise InputError(f"--storage: cannot open study {name!r} ({type(exc).__name__})") from None
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _message(text: str) -> Any:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    ax.set_axis_off()
+    return fig
+
+
+def optuna_figures(study: optuna.Study, out: Path) -> dict[str, str]:
+    """The four Optuna plots; one Optuna cannot draw (e.g. importances of 1 trial) says why instead."""
+    import optuna.visualization.matplotlib as ovm
+
+    made = {}
+    for key, title in OPTUNA_PLOTS.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # ExperimentalWarning: the matplotlib backend is "experimental"
+                ax = getattr(ovm, f"plot_{key}")(study)
+            first = np.asarray(ax).ravel()[0]
+            fig = first.figure
+            fig.set_size_inches(12 if key == "parallel_coordinate" else 9, 5 if key == "parallel_coordinate" else 4.5)
+            fig.tight_layout()
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            fig = _message(f"{title}: not available for this study ({exc})")
+        made[f"{key}.png"] = title
+        _save(fig, out / f"{key}.png")
+    return made
+
+
+def _ranked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and t.value is not None]
+    sign = 1 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1
+    return sorted(done, key=lambda t: (sign * float(t.value or 0.0), t.number))
+
+
+def learning_curve_figure(study: optuna.Study, study_dir: Path, out: Path, top: int = 3) -> dict[str, str]:
+    curves, values = {}, {}
+    for t in _ranked(study)[:top]:
+        p = study_dir / f"trial-{t.number}" / "metrics.jsonl"
+        if p.is_file():
+            curves[t.number] = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+            values[t.number] = t.value
+    fig = figures.learning_curves(curves, values) if curves else _message(f"no metrics.jsonl under {study_dir}")
+    _save(fig, out / "learning_curves.png")
+    return {"learning_curves.png": f"learning curves of the {len(curves)} best trials"}
+
+
+def tile_figure(results: dict[str, Any], results_dir: Path, out: Path, n: int = 3) -> dict[str, str]:
+    """Predict a few test tiles with ``best_model.pth`` (the maps' code path) and draw the panels."""
+    from dualseg.config import Config, from_dict
+    from dualseg.data.read import read_labels, read_stream
+    from dualseg.data.splits import resolve_splits
+    from dualseg.data.tile import open_tile, tile_path
+    from dualseg.predict import load_input, spec_of, tile_logits, to_map
+    from dualseg.train.export import load_exported
+
+    model = load_exported(results_dir / "best_model.pth")
+    cfg = from_dict(Config, results["config"])
+    names = resolve_splits(cfg.data, ("test",))["test"][:n]
+    spec, net = spec_of(model), model.build("cpu")
+    overlap = float((results.get("test") or {}).get("overlap") or 0.25)
+    panels = []
+    for name in names:
+        info = open_tile(tile_path(cfg.data.root, name), model.s1_bands, model.s2_bands, require_labels=False)
+        logits = tile_logits(net, (inp := load_input(info, spec)), spec, patch=model.patch_size, overlap=overlap,
+                             amp=False)
+        classes, _, _ = to_map(logits, inp.has_input(spec.streams), model.ignore_index)
+        s2, cloud = read_stream(info, "s2")
+        s1, _ = read_stream(info, "s1")
+        rgb, t = figures.s2_true_colour(s2, cloud, model.s2_bands)
+        date = np.datetime64("1970-01-01") + np.timedelta64(int(info.streams["s2"].time[t]), "D")
+        panels.append({"name": name, "s2_rgb": rgb, "s2_date": str(date), "s1_rgb": figures.s1_composite(s1, model.s1_bands),
+                       "labels": read_labels(info) if info.has_labels else None, "classes": classes})
+    _save(figures.tile_panels(panels, model.class_names, model.ignore_index), out / "test_tiles.png")
+    return {"test_tiles.png": f"{len(panels)} test tiles: S2, S1, labels, prediction, errors"}
+
+
+def _summary(study: optuna.Study, results: dict[str, Any] | None) -> str:
+    counts = {s.name: sum(t.state == s for t in study.get_trials(deepcopy=False)) for s in TrialState}
+    rows = [("study", study.study_name), ("direction", study.direction.name.lower()),
+            ("trials", ", ".join(f"{k.lower()} {v}" for k, v in counts.items() if v))]
+    ranked = _ranked(study)
+    if ranked:
+        rows += [("best trial", f"{ranked[0].number}: {ranked[0].value:.4g}"), ("best params", json.dumps(ranked[0].params))]
+    if results:
+        t = results.get("test") or {}
+        base = t.get("majority_baseline") or {}
+        rows += [("test OA / mIoU", f"{t.get('oa', math.nan):.4f} / {t.get('miou', math.nan):.4f}"),
+                 ("majority baseline OA / mIoU", f"{base.get('oa', math.nan):.4f} / {base.get('miou', math.nan):.4f}")]
+        if results.get("scratch_usage"):
+            rows.append(("scratch usage (bytes)", str(results["scratch_usage"].get("bytes"))))
+    return "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+
+
+def write_index(out: Path, study: optuna.Study, results: dict[str, Any] | None, figs: dict[str, str]) -> Path:
+    body = "\n".join(f'<figure><img src="{html.escape(f)}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}'
+                     f"</figcaption></figure>" for f, c in figs.items())
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>dualseg report: {html.escape(study.study_name)}</title>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}} img{{max-width:100%}}
+th{{text-align:left;padding-right:1em}} figure{{margin:2em 0}} figcaption{{color:#555}}</style></head>
+<body><h1>dualseg study {html.escape(study.study_name)}</h1>
+<table>{_summary(study, results)}</table>
+{body}
+</body></html>
+"""
+    return atomic_write_text(out / "index.html", page)
+
+
+def write_report(study_name: str = DEFAULT_STUDY, storage: str | None = None, scratch: str | Path | None = None,
+                 out: str | Path | None = None, tiles: int = 3, results_dir: str | Path | None = None) -> Path:
+    """Write ``<results>/report/`` (or ``out``); returns the path of ``index.html``.
+
+    ``results_dir`` (``results.json``, ``best_model.pth``) defaults to ``<scratch>/<study>/results``.
+    """
+    url, root = resolve_storage(storage, study_name, scratch)
+    study = open_study(url, study_name)
+    if scratch is None and study.user_attrs.get("scratch"):
+        root = Path(study.user_attrs["scratch"])
+    study_dir = root / study_name
+    results_dir = Path(results_dir) if results_dir else study_dir / "results"
+    report = Path(out) if out else results_dir / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    figs = optuna_figures(study, report)
+    figs |= learning_curve_figure(study, study_dir, report)
+    results = None
+    if (results_dir / "results.json").is_file():
+        results = json.loads((results_dir / "results.json").read_text())
+        test = results.get("test") or {}
+        if test.get("confusion_matrix"):
+            _save(figures.confusion(np.asarray(test["confusion_matrix"]), list(test["class_names"])),
+                  report / "confusion_matrix.png")
+            figs["confusion_matrix.png"] = "test confusion matrix (row-normalised)"
+            _save(figures.per_class(test), report / "per_class.png")
+            figs["per_class.png"] = "test IoU / F1 per class vs the majority baseline"
+        if tiles > 0 and (results_dir / "best_model.pth").is_file() and results.get("config"):
+            try:
+                figs |= tile_figure(results, results_dir, report, tiles)
+            except DualsegError as exc:  # tiles moved or unreadable: the rest of the report still helps
+                _save(_message(f"test tiles not drawn: {exc}"), report / "test_tiles.png")
+                figs["test_tiles.png"] = "test tiles (not available)"
+    return write_index(report, study, results, figs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python hpc/report.py", description=__doc__.split("\n")[0])
+    p.add_argument("--study", default=DEFAULT_STUDY, help=f"study name (default {DEFAULT_STUDY})")
+    p.add_argument("--storage", help=f"database URL (default ${STORAGE_ENV}, else <scratch>/<study>/study.db)")
+    p.add_argument("--scratch", help="scratch root (default: the study's record, $SCRATCH, ./runs)")
+    p.add_argument("--results", help="folder of results.json/best_model.pth (default <scratch>/<study>/results)")
+    p.add_argument("--out", help="report folder (default <results>/report)")
+    p.add_argument("--tiles", type=int, default=3, help="test tiles to draw (0: none)")
+    a = p.parse_args(argv)
+    try:
+        index = write_report(a.study, a.storage, a.scratch, a.out, a.tiles, a.results)
+    except DualsegError as exc:
+        return report_error(exc)
+    print(f"report: {index} ({len(list(index.parent.glob('*.png')))} figures)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

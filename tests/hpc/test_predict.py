@@ -1,0 +1,110 @@
+"""hpc/predict.py: validation, --dry-run, and a real 2-task array on the two-node bed that maps 4 tiles once each."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from dualseg.config import apply_overrides, load_config
+from dualseg.predict import read_map
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory, hpc_tools) -> Path:
+    """A 1-epoch model of configs/tiny.yaml, exported slim."""
+    from dualseg.train import fit
+    from dualseg.train.export import export_model
+
+    torch.set_num_threads(1)
+    scratch = tmp_path_factory.mktemp("predict-model")
+    cfg = apply_overrides(load_config(hpc_tools.tiny), {"data.root": str(tiny_data), "train.epochs": 1,
+                                                        "train.scratch": str(scratch), "train.run_name": "m"})
+    res = fit(cfg)
+    return export_model(res.run_dir / "best.pt", None, scratch / "best_model.pth")
+
+
+def _tiles(tiny_data: Path) -> list[str]:
+    return sorted(p.name.removesuffix(".zarr") for p in tiny_data.glob("*.zarr"))[:4]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--tasks", "0"], "error: --tasks: must be >= 1 (got 0)"),
+        (["--tile", "nope"], "error: tile nope: not found"),
+        (["--time", "soon"], "error: --time: not a SLURM time limit"),
+        (["--overlap", "-0.1"], "error: --overlap must be in [0, 1)"),
+    ],
+)
+def test_bad_input_is_one_line_and_submits_nothing(tiny_model: Path, tiny_data: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str], extra: list[str],
+                                                   message: str) -> None:
+    from hpc.predict import main
+
+    out = tmp_path / "maps"
+    rc = main(["--model", str(tiny_model), "--tiles", str(tiny_data), "--out", str(out), "--executor", "local", *extra])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith(message), lines
+    assert not out.exists()
+
+
+@pytest.mark.slurm
+def test_dry_run_prints_the_array_and_submits_nothing(slurm_env, tiny_model: Path, tiny_data: Path, tmp_path: Path,
+                                                      hpc_tools) -> None:
+    out = tmp_path / "maps"
+    r = hpc_tools.run_cli("predict.py", "--model", str(tiny_model), "--tiles", str(tiny_data), "--out", str(out),
+                          "--tasks", "3", "--partition", slurm_env["partition"], "--time", "0:05:00", "--executor",
+                          "slurm", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    for line in ("#SBATCH --array=0-2%3", "#SBATCH --time=5", f"#SBATCH --partition={slurm_env['partition']}",
+                 "#SBATCH --requeue", "# array of 3 task(s): 6 tile(s) to map"):
+        assert line in r.stdout, line
+    assert not out.exists()
+    bad = hpc_tools.run_cli("predict.py", "--model", str(tiny_model), "--tiles", str(tiny_data), "--out", str(out),
+                            "--partition", "nosuchpart", "--executor", "slurm")
+    assert bad.returncode == 2 and "error: --partition: unknown partition 'nosuchpart'" in bad.stderr
+
+
+@pytest.mark.slurm
+def test_two_task_array_maps_four_tiles_once_and_a_rerun_skips(slurm_env, tiny_model: Path, tiny_data: Path,
+                                                                tmp_path: Path, hpc_tools) -> None:
+    out = tmp_path / "maps"
+    tiles = _tiles(tiny_data)
+    args = ["--model", str(tiny_model), "--tiles", str(tiny_data), "--out", str(out), "--tasks", "2",
+            "--partition", slurm_env["partition"], "--time", "10", "--executor", "slurm",
+            *[x for t in tiles for x in ("--tile", t)]]
+    r = hpc_tools.run_cli("predict.py", *args)
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"submitted array (\d+): 4 tile\(s\) to map in 2 task\(s\)", r.stdout)
+    assert m, r.stdout
+    assert f"maps:  {out}/<tile>.zarr" in r.stdout
+    hpc_tools.wait_gone([m.group(1)], timeout=240)
+    logs = sorted((out / "logs").glob(f"{m.group(1)}_*_0_log.out"))
+    assert len(logs) == 2
+    written: list[str] = []
+    for log in logs:
+        written += re.findall(r"^mapped (\S+) written", log.read_text(), flags=re.MULTILINE)
+    assert sorted(written) == tiles  # each tile once, by exactly one of the two tasks
+    for t in tiles:
+        assert read_map(out / f"{t}.zarr")["classes"].shape == (32, 32)
+    again = hpc_tools.run_cli("predict.py", *args)
+    assert again.returncode == 0, again.stderr
+    assert f"all 4 tile(s) already mapped in {out}; nothing to submit" in again.stdout
+
+
+def test_local_executor_maps_and_resumes(tiny_model: Path, tiny_data: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from hpc.predict import main
+
+    out = tmp_path / "maps"
+    tiles = _tiles(tiny_data)[:3]
+    args = ["--model", str(tiny_model), "--tiles", str(tiny_data), "--out", str(out), "--executor", "local",
+            "--tasks", "2", *[x for t in tiles[:2] for x in ("--tile", t)]]
+    assert main(args) == 0
+    assert "2 map(s) written" in capsys.readouterr().out
+    assert main([*args, "--tile", tiles[2]]) == 0  # one more tile: only it is mapped
+    assert "1 map(s) written" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("*.zarr")) == [f"{t}.zarr" for t in sorted(tiles)]
