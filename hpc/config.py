@@ -14,20 +14,13 @@ from typing import Any, Literal
 
 from dualseg.config import Config, from_dict
 from dualseg.errors import InputError
+from hpc.retention import KeepPolicy
 from hpc.search import ParamSpec, PrunerConfig, SamplerKind, check_param, default_search
 from hpc.slurm import time_to_minutes
 
 Objective = Literal["val_loss", "val_miou", "val_oa"]
 Executor = Literal["auto", "slurm", "local"]
 OBJECTIVES: dict[str, str] = {"val_loss": "minimize", "val_miou": "maximize", "val_oa": "maximize"}
-
-
-@dataclass
-class KeepConfig:
-    """Checkpoint retention: drop a finished trial's ``last.pt``; keep ``best.pt`` of the top ``top_k``."""
-
-    last: bool = False
-    top_k: int = 3
 
 
 @dataclass
@@ -77,7 +70,7 @@ class HpcConfig:
     poll_interval: float = 5.0
     signal_delay_s: int = 90
     setup: list[str] = field(default_factory=list)
-    keep: KeepConfig = field(default_factory=KeepConfig)
+    keep: KeepPolicy = field(default_factory=KeepPolicy)
 
     @property
     def direction(self) -> str:
@@ -117,7 +110,6 @@ def parse_hpc(cfg: Config, overrides: dict[str, Any] | None = None) -> HpcConfig
         (hpc.max_resubmits >= 0, "hpc.max_resubmits: must be >= 0"),
         (hpc.db_outage_s >= 0, "hpc.db_outage_s: must be >= 0"),
         (hpc.lock_timeout_s > 0, "hpc.lock_timeout_s: must be > 0"),
-        (hpc.keep.top_k >= 1, "hpc.keep.top_k: must be >= 1"),
         (re.fullmatch(r"[A-Za-z0-9_.-]+", hpc.study) is not None,
          f"--study: {hpc.study!r} may only contain letters, digits, '_', '-', '.'"),
         (hpc.mem is None or _MEM.fullmatch(hpc.mem) is not None, f"--mem: cannot parse {hpc.mem!r} (use e.g. 16G)"),

@@ -28,8 +28,11 @@ from optuna.trial import TrialState
 
 from dualseg.config import Config, apply_overrides, from_dict
 from dualseg.errors import DualsegError, InputError, report_error
-from dualseg.io import atomic_copy, atomic_write_text
+from dualseg.io import atomic_write_text
+from dualseg.train.export import export_model
 from hpc.paths import code_version, trial_dir
+from hpc.report import write_report
+from hpc.retention import keep_policy, on_study_finished, scratch_usage
 from hpc.slurm import SlurmEnv
 from hpc.storage import StorageURL, open_database, resolve_storage
 
@@ -60,15 +63,15 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def scratch_usage(study_dir: Path) -> dict[str, Any]:
-    """Bytes under the study folder, and in checkpoints."""
-    total = ckpt = 0
-    for p in study_dir.rglob("*"):
-        if p.is_file():
-            size = p.stat().st_size
-            total += size
-            ckpt += size if p.suffix in (".pt", ".pth") else 0
-    return {"bytes": total, "checkpoint_bytes": ckpt}
+def allocation_efficiency(trials: list[optuna.trial.FrozenTrial], attrs: dict[str, Any]) -> dict[str, Any]:
+    """Rank-seconds in training/validation steps / rank-seconds allocated to workers (``busy_s`` of the
+    trials over the jobs' recorded allocations; start-up, waiting, evaluation and requeue gaps are the rest)."""
+    launch = attrs.get("launch", {})
+    world = int(launch.get("nodes", 1)) * max(1, int(launch.get("gpus_per_node", 0)))
+    busy = sum(float(t.user_attrs.get("busy_s", 0.0)) for t in trials) * world
+    allocated = sum(float(v) for k, v in attrs.items() if k.startswith("alloc:"))
+    return {"busy_rank_s": busy, "allocated_rank_s": allocated or None,
+            "efficiency": busy / allocated if allocated else None}
 
 
 def evaluate_study(storage: StorageURL, study_name: str, scratch: str | Path | None = None,
@@ -107,17 +110,24 @@ def evaluate_study(storage: StorageURL, study_name: str, scratch: str | Path | N
                        "user_attrs": best.user_attrs},
         "checkpoint": {"path": str(ckpt), "epoch": test.get("epoch"), "chosen_on": objective},
         "test": {k: test.get(k) for k in ("loss", "oa", "miou", "iou", "f1", "support", "confusion_matrix",
-                                          "class_names", "majority_baseline", "epoch")},
+                                          "class_names", "majority_baseline", "epoch", "overlap", "unpredicted")},
         "trials": {"requested": attrs.get("trials"), "by_state": counts, "resubmits": attrs.get("resubmits", 0)},
         "config": cfg_dict,
         "timings": {**_timings(trials), "eval_s": time.monotonic() - t0},
-        "scratch": scratch_usage(study_dir),
         "code_version": code_version(),
         "results_dir": str(out),
     }
     out.mkdir(parents=True, exist_ok=True)
-    atomic_copy(ckpt, out / "best_model.pth")
+    export_model(ckpt, cfg, out / "best_model.pth")  # slim: what inference needs, weights_only-loadable
+    policy = keep_policy((cfg_dict or {}).get("hpc", {}).get("keep"))
+    results["retention"] = on_study_finished(study_dir, trials, study.direction, policy)
+    results["scratch"] = scratch_usage(study_dir)
+    results["allocation"] = allocation_efficiency(trials, attrs)
     atomic_write_text(out / "results.json", json.dumps(_finite(results), indent=2, sort_keys=True, default=str) + "\n")
+    try:
+        results["report"] = str(write_report(study_name, storage, scratch_dir, results_dir=out))
+    except DualsegError as exc:  # a report that cannot be drawn must never cost the results
+        log.warning("report not written: %s", exc)
     return results
 
 

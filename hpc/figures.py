@@ -15,14 +15,14 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: jobs and login nodes have no display
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
-from dualseg.predict import class_colours  # noqa: E402
+from dualseg.predict import class_colours
 
 F = TypeVar("F", bound=Callable[..., Figure])
 

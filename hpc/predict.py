@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +26,10 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable,
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-import submitit  # noqa: E402
+import submitit
 
-from dualseg.errors import DualsegError, InputError, report_error  # noqa: E402
+from dualseg.errors import DualsegError, InputError, report_error
+from hpc import slurm
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,39 +95,6 @@ class PredictTask(submitit.helpers.Checkpointable):
         return [r.tile for r in res if r.status == "written"]
 
 
-def time_minutes(value: str) -> int:
-    """SLURM ``--time`` (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``) in whole minutes."""
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(value).strip())
-    if not m:
-        raise InputError(f"--time: not a SLURM time limit: {value!r}")
-    d, a, b, c = (int(x) if x else None for x in m.groups())
-    if d is not None:
-        minutes = d * 1440 + (a or 0) * 60 + (b or 0) + (1 if c else 0)
-    elif c is not None:
-        minutes = (a or 0) * 60 + (b or 0) + (1 if c else 0)
-    elif b is not None:
-        minutes = (a or 0) + (1 if b else 0)
-    else:
-        minutes = a or 0
-    if minutes < 1:
-        raise InputError(f"--time: must be at least one minute, got {value!r}")
-    return minutes
-
-
-def slurm_available() -> bool:
-    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        return False
-    try:
-        return subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, timeout=30, check=False).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "no message"
-
-
 def plan(a: argparse.Namespace) -> tuple[PredictSpec, list[str], str]:
     """Validate everything; returns (spec of the tiles still to map, tiles already mapped, executor)."""
     from dualseg.predict import list_tiles, map_path
@@ -143,7 +108,7 @@ def plan(a: argparse.Namespace) -> tuple[PredictSpec, list[str], str]:
         raise InputError(f"--parallel: must be >= 1 (got {a.parallel})")
     if not 0.0 <= a.overlap < 1.0:
         raise InputError(f"--overlap must be in [0, 1), got {a.overlap}")
-    time_minutes(a.time)
+    slurm.time_to_minutes(a.time)
     model = load_exported(a.model)
     names = list_tiles(a.tiles, a.split, a.tile)
     open_inputs(model, a.tiles, names)  # every tile checked before anything is submitted
@@ -157,11 +122,10 @@ def plan(a: argparse.Namespace) -> tuple[PredictSpec, list[str], str]:
     todo = [n for n in names if n not in done]
     executor = a.executor
     if executor == "auto":
-        executor = "slurm" if slurm_available() else "local"
+        executor = "slurm" if slurm.available() else "local"
     if executor == "slurm" and a.partition is not None:
-        have = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30,
-                              check=False).stdout.split()
-        if a.partition not in [p.rstrip("*") for p in have]:
+        have = slurm.partitions()
+        if a.partition not in have:
             raise InputError(f"--partition: unknown partition {a.partition!r} (have: {', '.join(have)})")
     spec = PredictSpec(str(a.model.expanduser().resolve()), str(a.tiles.expanduser().resolve()), todo, str(out),
                        max(1, min(a.tasks, len(todo))), a.overlap, a.batch_size, a.probabilities)
@@ -171,7 +135,7 @@ def plan(a: argparse.Namespace) -> tuple[PredictSpec, list[str], str]:
 def slurm_executor(a: argparse.Namespace, spec: PredictSpec) -> submitit.SlurmExecutor:
     ex = submitit.SlurmExecutor(folder=Path(spec.out) / "logs", max_num_timeout=20)
     params: dict[str, Any] = {"job_name": "dualseg-predict", "nodes": 1, "ntasks_per_node": 1,
-                              "time": time_minutes(a.time), "array_parallelism": a.parallel or spec.tasks,
+                              "time": slurm.time_to_minutes(a.time), "array_parallelism": a.parallel or spec.tasks,
                               "additional_parameters": {"requeue": True}}
     if a.gpus:
         params["gpus_per_node"] = a.gpus
@@ -189,17 +153,6 @@ def array_script(ex: submitit.SlurmExecutor, spec: PredictSpec) -> str:
                                map_count=spec.tasks if spec.tasks > 1 else None, **ex.parameters)
 
 
-def check_with_sbatch(script: str) -> None:
-    """SLURM itself rejects a bad account, QOS, time or memory before anything is submitted."""
-    with tempfile.NamedTemporaryFile("w", suffix=".sbatch", prefix="dualseg-predict-") as fh:
-        fh.write(script)
-        fh.flush()
-        out = subprocess.run(["sbatch", "--test-only", fh.name], capture_output=True, text=True, timeout=60, check=False)
-    if out.returncode != 0:
-        reason = _last_line(out.stderr).removeprefix("sbatch: error: ")
-        raise InputError(f"sbatch refuses these resources (--partition/--account/--qos/--time/--mem/--gpus): {reason}")
-
-
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
@@ -214,14 +167,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"# local executor: {head}; maps -> {spec.out}; nothing run")
                 return 0
             local = submitit.LocalExecutor(folder=Path(spec.out) / "logs")
-            local.update_parameters(timeout_min=time_minutes(a.time), gpus_per_node=a.gpus)
+            local.update_parameters(timeout_min=slurm.time_to_minutes(a.time), gpus_per_node=a.gpus)
             jobs = local.submit_array([PredictTask(spec, i) for i in range(spec.tasks)])
             written = sum(len(j.result()) for j in jobs)
             print(f"{written} map(s) written -> {spec.out}")
             return 0
         ex = slurm_executor(a, spec)
         script = array_script(ex, spec)
-        check_with_sbatch(script)
+        slurm.test_only(script, "prediction array (--partition/--account/--qos/--time/--mem/--gpus)")
         if a.dry_run:
             print(f"# array of {spec.tasks} task(s): {head}; maps -> {spec.out}")
             print(script)
@@ -229,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             jobs = ex.submit_array([PredictTask(spec, i) for i in range(spec.tasks)])
         except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as exc:
-            raise InputError(f"sbatch refused the array: {_last_line(str(exc))}") from None
+            raise InputError(f"sbatch refused the array: {str(exc).strip().splitlines()[-1]}") from None
     except DualsegError as exc:
         return report_error(exc)
     array_id = str(jobs[0].job_id).split("_")[0]

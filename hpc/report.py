@@ -17,7 +17,6 @@ import argparse
 import html
 import json
 import math
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -28,16 +27,17 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable,
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
+import numpy as np
+import optuna
+from optuna.trial import TrialState
 
-from dualseg.errors import DualsegError, InputError, report_error  # noqa: E402
-from dualseg.io import atomic_write_bytes, atomic_write_text  # noqa: E402
-from hpc import figures  # noqa: E402
+from dualseg.errors import DualsegError, InputError, report_error
+from dualseg.io import atomic_write_bytes, atomic_write_text
+from hpc import figures
+from hpc.paths import resolve_scratch
+from hpc.storage import STORAGE_ENV, StorageURL, open_database, resolve_storage
 
 DEFAULT_STUDY = "dualseg-default"
-STORAGE_ENV = "DUALSEG_STORAGE"
 OPTUNA_PLOTS = {
     "optimization_history": "optimisation history",
     "param_importances": "hyperparameter importances (fANOVA)",
@@ -46,35 +46,23 @@ OPTUNA_PLOTS = {
 }
 
 
-def resolve_storage(storage: str | None, study: str, scratch: str | Path | None) -> tuple[str, Path]:
-    """(storage URL, scratch root): explicit, ``$DUALSEG_STORAGE``, else the local default SQLite file."""
-    root = Path(scratch or os.environ.get("SCRATCH") or "runs").expanduser().resolve()
-    url = storage or os.environ.get(STORAGE_ENV)
-    if url:
-        return url, root
-    db = root / study / "study.db"
-    if not db.is_file():
-        raise InputError(f"--storage: not given, ${STORAGE_ENV} unset and no local study at {db} (pass --storage or --scratch)")
-    return f"sqlite:///{db}", root
-
-
-def open_study(url: str, name: str) -> optuna.Study:
-    """``optuna.load_study`` on an RDB storage; errors never echo the URL (it may hold a password)."""
-    from sqlalchemy.engine import make_url
-
+def open_study(storage: StorageURL | str | None, name: str, scratch: str | Path | None) -> tuple[optuna.Study, Path]:
+    """The study (explicit storage, ``$DUALSEG_STORAGE``, else the local default SQLite file) and the scratch root."""
+    root = resolve_scratch(str(scratch) if scratch else None)
+    url = storage if isinstance(storage, StorageURL) else resolve_storage(storage, None, root / name / "study.db")
+    assert url is not None
+    if url.sqlite_path is not None and not url.sqlite_path.is_file():
+        raise InputError(f"--storage: not given, $DUALSEG_STORAGE unset and no local study at {url.sqlite_path} "
+                         "(pass --storage or --scratch)")
+    db = open_database(url, budget_s=60)
     try:
-        parsed = make_url(url)
-    except Exception:  # noqa: BLE001 - sqlalchemy puts the raw URL in its message
-        raise InputError("--storage: not a valid database URL") from None
-    if parsed.drivername == "postgresql":  # SQLAlchemy 2.1 would pick psycopg 3; we ship psycopg2
-        parsed = parsed.set(drivername="postgresql+psycopg2")
-    try:
-        storage = optuna.storages.RDBStorage(parsed.render_as_string(hide_password=False), skip_table_creation=True)
-        return optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        raise InputError(f"--study: no study named {name!r} in this storage") from None
-    except Exception as exc:  # noqa: BLE001 - driver errors may quote the URL: name the type only
-        raise InputError(f"--storage: cannot open study {name!r} ({type(exc).__name__})") from None
+        study = db.load_study(name)
+        study.get_trials(deepcopy=False)  # read now: the figures are drawn after the engine is closed
+    finally:
+        db.close()
+    if scratch is None and study.user_attrs.get("scratch"):
+        root = Path(study.user_attrs["scratch"])
+    return study, root
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -160,7 +148,8 @@ def tile_figure(results: dict[str, Any], results_dir: Path, out: Path, n: int = 
         s1, _ = read_stream(info, "s1")
         rgb, t = figures.s2_true_colour(s2, cloud, model.s2_bands)
         date = np.datetime64("1970-01-01") + np.timedelta64(int(info.streams["s2"].time[t]), "D")
-        panels.append({"name": name, "s2_rgb": rgb, "s2_date": str(date), "s1_rgb": figures.s1_composite(s1, model.s1_bands),
+        panels.append({"name": name, "s2_rgb": rgb, "s2_date": str(date),
+                       "s1_rgb": figures.s1_composite(s1, model.s1_bands),
                        "labels": read_labels(info) if info.has_labels else None, "classes": classes})
     _save(figures.tile_panels(panels, model.class_names, model.ignore_index), out / "test_tiles.png")
     return {"test_tiles.png": f"{len(panels)} test tiles: S2, S1, labels, prediction, errors"}
@@ -172,7 +161,8 @@ def _summary(study: optuna.Study, results: dict[str, Any] | None) -> str:
             ("trials", ", ".join(f"{k.lower()} {v}" for k, v in counts.items() if v))]
     ranked = _ranked(study)
     if ranked:
-        rows += [("best trial", f"{ranked[0].number}: {ranked[0].value:.4g}"), ("best params", json.dumps(ranked[0].params))]
+        rows += [("best trial", f"{ranked[0].number}: {ranked[0].value:.4g}"),
+                 ("best params", json.dumps(ranked[0].params))]
     if results:
         t = results.get("test") or {}
         base = t.get("majority_baseline") or {}
@@ -198,16 +188,14 @@ th{{text-align:left;padding-right:1em}} figure{{margin:2em 0}} figcaption{{color
     return atomic_write_text(out / "index.html", page)
 
 
-def write_report(study_name: str = DEFAULT_STUDY, storage: str | None = None, scratch: str | Path | None = None,
+def write_report(study_name: str = DEFAULT_STUDY, storage: StorageURL | str | None = None,
+                 scratch: str | Path | None = None,
                  out: str | Path | None = None, tiles: int = 3, results_dir: str | Path | None = None) -> Path:
     """Write ``<results>/report/`` (or ``out``); returns the path of ``index.html``.
 
     ``results_dir`` (``results.json``, ``best_model.pth``) defaults to ``<scratch>/<study>/results``.
     """
-    url, root = resolve_storage(storage, study_name, scratch)
-    study = open_study(url, study_name)
-    if scratch is None and study.user_attrs.get("scratch"):
-        root = Path(study.user_attrs["scratch"])
+    study, root = open_study(storage, study_name, scratch)
     study_dir = root / study_name
     results_dir = Path(results_dir) if results_dir else study_dir / "results"
     report = Path(out) if out else results_dir / "report"

@@ -384,5 +384,10 @@ class Coordinator:
                         "an outage?); dropping it", trial_id)
             return False
 
+    def record_allocation(self, rank_seconds: float) -> None:
+        """This job's allocated rank-seconds so far (one study attribute per job run; summed by the evaluation)."""
+        key = f"alloc:{self.label}:{SlurmEnv.read().restart_count}"
+        self._retry(lambda: self.study.set_user_attr(key, round(rank_seconds, 1)), "record allocation")
+
     def heartbeat(self, trial_id: int) -> Heartbeat:
         return Heartbeat(self.db, trial_id, self.hpc.heartbeat_interval)

@@ -27,6 +27,7 @@ from dualseg.errors import DualsegError, InputError, TrainingError, report_error
 from hpc.config import parse_hpc
 from hpc.paths import check_study_dir, resolve_scratch, trial_dir
 from hpc.requeue import NoRequeue, RequeueStrategy, ScontrolRequeue, SubmititRequeue
+from hpc.retention import on_trial_finished
 from hpc.signals import SIGNALS
 from hpc.slurm import SlurmEnv
 from hpc.storage import StorageURL, open_database
@@ -110,6 +111,7 @@ def run_worker(spec: WorkerSpec, requeue: RequeueStrategy | None = None) -> dict
     rank, world = info.rank, info.world_size
     coord: Coordinator | None = None
     done: dict[str, int] = {"completed": 0, "pruned": 0, "failed": 0}
+    started = time.monotonic()
     try:
         if rank == 0:
             try:
@@ -121,6 +123,10 @@ def run_worker(spec: WorkerSpec, requeue: RequeueStrategy | None = None) -> dict
         _loop(spec, cfg, hpc, info, coord, requeue, done, fit, classify, release_resources, set_log_context)
     finally:
         if coord is not None:
+            try:
+                coord.record_allocation((time.monotonic() - started) * world)
+            except Exception as exc:  # noqa: BLE001 - bookkeeping must not mask the real exit reason
+                log.warning("allocation not recorded: %s", type(exc).__name__)
             coord.db.close()
         cleanup(info)  # every exit path: a process group left behind aborts the process at exit
     return done
@@ -228,16 +234,17 @@ def _tell(coord: Coordinator, hpc: Any, job: Assignment, result: Any, run_dir: P
     attrs = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stopped": result.stopped,
              "run_dir": str(run_dir), "busy_s": _busy_seconds(result.history)}
     if result.stopped == "callback":
-        ok = coord.tell(job.trial_id, TrialState.PRUNED, None, attrs)
+        state = TrialState.PRUNED
+        ok = coord.tell(job.trial_id, state, None, attrs)
         done["pruned"] += ok
     else:
+        state = TrialState.COMPLETE
         value = objective_value(result.history, hpc.objective, hpc.direction)
-        ok = coord.tell(job.trial_id, TrialState.COMPLETE, value, attrs)
+        ok = coord.tell(job.trial_id, state, value, attrs)
         done["completed"] += ok
     log.info("trial %d %s", job.number, result.stopped)
-    if ok and not hpc.keep.last:  # a finished trial never resumes: its last.pt is dead weight
-        for name in ("last.pt", "last.prev.pt"):
-            (run_dir / name).unlink(missing_ok=True)
+    if ok:  # a finished trial never resumes: its last.pt is dead weight (hpc.keep)
+        on_trial_finished(run_dir.parent, job.number, state, hpc.keep)
 
 
 def _busy_seconds(history: list[dict[str, Any]]) -> float:
