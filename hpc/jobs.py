@@ -226,5 +226,5 @@ def _visible_gpus() -> list[int]:
         import torch
 
         return list(range(torch.cuda.device_count()))
-    except Exception:
+    except Exception:  # noqa: BLE001 - no usable CUDA: no GPUs to hand out
         return []

@@ -233,7 +233,14 @@ def run_local(plan: Plan) -> int:
         r = results["test"]
         print(f"best trial {results['best_trial']['number']}: test OA {r['oa']:.3f} mIoU {r['miou']:.3f}; "
               f"results in {results['results_dir']}/results.json")
-    print(f"status: {here} hpc/status.py --study {plan.hpc.study} --scratch {shlex.quote(str(plan.scratch))}")
+        if results.get("report"):
+            print(f"report: {results['report']}")
+        out = shlex.quote(str(Path(results["results_dir"]) / "maps"))
+        print(f"maps:   {here} -m dualseg.predict --model {shlex.quote(results['results_dir'])}/best_model.pth "
+              f"--tiles {shlex.quote(plan.cfg.data.root)} --split test --out {out}")
+    scratch = shlex.quote(str(plan.scratch))
+    print(f"status: {here} hpc/status.py --study {plan.hpc.study} --scratch {scratch}")
+    print(f"report: {here} hpc/report.py --study {plan.hpc.study} --scratch {scratch}")
     return 1 if failures else 0
 
 

@@ -53,7 +53,7 @@ def follow_local(plan: Plan, workers: list[Any], poll_s: float = 2.0) -> list[st
     for w in workers:
         try:
             w.results()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one line per failed worker, then a non-zero exit
             errors = re.findall(r"^(?:[\w.]+\.)?(\w*Error|\w*Exception): (.+)$", str(exc), re.M)
             why = f"{errors[-1][0]}: {errors[-1][1]}" if errors else one_line(exc)
             failures.append(f"local worker {w.job_id} failed: {why[:300]} (log: {plan.logdir})")

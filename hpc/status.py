@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from dualseg.errors import DualsegError, InputError, report_error
 from hpc.paths import resolve_scratch
+from hpc.retention import human, scratch_usage
 from hpc.slurm import QUEUED_STATES, squeue_states
 from hpc.storage import StorageURL, open_database, resolve_storage
 
@@ -63,12 +64,10 @@ def collect(storage: StorageURL, study_name: str) -> dict[str, Any]:
     failed = [{"number": t.number, "error": t.user_attrs.get("error", "no heartbeat (job died)")}
               for t in trials if t.state == TrialState.FAIL]
     scratch = Path(str(attrs.get("scratch") or "")) / study_name if attrs.get("scratch") else None
-    usage = None
-    if scratch is not None and scratch.is_dir():
-        usage = sum(p.stat().st_size for p in scratch.rglob("*") if p.is_file())
+    usage = scratch_usage(scratch) if scratch is not None and scratch.is_dir() else None
     return {"study": study_name, "target": attrs.get("trials"), "counts": counts, "best": best, "running": running,
             "failed": failed, "direction": study.direction.name.lower(), "resubmits": attrs.get("resubmits", 0),
-            "arrays": attrs.get("arrays", []), "scratch_bytes": usage}
+            "arrays": attrs.get("arrays", []), "scratch": usage}
 
 
 def render(s: dict[str, Any]) -> str:
@@ -95,8 +94,9 @@ def render(s: dict[str, Any]) -> str:
     if s["resubmits"]:
         arrays = ", ".join(map(str, s["arrays"]))
         lines.append(f"self-healing: workers resubmitted {s['resubmits']} time(s); arrays {arrays}")
-    if s["scratch_bytes"] is not None:
-        lines.append(f"scratch: {s['scratch_bytes'] / 2**20:.1f} MiB")
+    if s["scratch"] is not None:
+        u = s["scratch"]
+        lines.append(f"scratch: {human(u['bytes'])} ({human(u['checkpoint_bytes'])} in checkpoints) in {u['path']}")
     return "\n".join(lines)
 
 

@@ -117,7 +117,7 @@ class Heartbeat:
             try:
                 self._db.rdb.record_heartbeat(self._trial_id)
                 OUTAGE.recovered()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - keep beating; the next beat may get through
                 if is_connection_error(exc):
                     OUTAGE.failed("heartbeat", exc, self._db.budget_s)
                 else:

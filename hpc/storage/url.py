@@ -38,7 +38,7 @@ class StorageURL:
         """Parse ``raw`` or raise one :class:`InputError` that does not echo it (it may hold a password)."""
         try:
             url = make_url(raw)
-        except Exception:
+        except Exception:  # noqa: BLE001 - sqlalchemy's ArgumentError quotes the raw URL
             raise InputError(f"{what}: not a valid database URL (expected e.g. postgresql://user@host/db)") from None
         backend = url.get_backend_name()
         if backend not in ("postgresql", "sqlite"):
