@@ -28,7 +28,8 @@ def test_learns_above_majority_baseline(make_cfg: Callable[..., Config]) -> None
     assert best["val_miou"] > base["miou"] + 0.1, (best["val_miou"], base)
     # run dir layout and contents
     names = sorted(p.name for p in res.run_dir.iterdir())
-    assert names == ["best.pt", "last.pt", "metrics.jsonl"]
+    assert names == ["best.pt", "last.prev.pt", "last.pt", "metrics.jsonl"]
+    assert load_checkpoint(res.run_dir / "last.prev.pt")["epoch"] == 4  # the state before the last save
     lines = read_metrics(res.run_dir)
     assert [r["epoch"] for r in lines] == list(range(5))
     assert lines[res.best_epoch]["best"] is True
@@ -41,27 +42,40 @@ def test_learns_above_majority_baseline(make_cfg: Callable[..., Config]) -> None
     assert best_state["epoch"] == res.best_epoch + 1
 
 
-# 4 steps/epoch, should_stop asked after each step and at each epoch end (5 calls per epoch):
-# call 2 = mid-epoch 0, call 7 = epoch 1 after 2 steps, call 4 = last step of epoch 0 (finish it, then stop)
-@pytest.mark.parametrize("stop_at_call", [2, 7, 4])
-def test_exact_resume_after_interruption(make_cfg: Callable[..., Config], stop_at_call: int) -> None:
-    straight = fit(make_cfg(run_name="straight"))
-    calls = {"n": 0}
+# should_stop() is polled (log_every=1, 4 steps/epoch, 5 validation batches) at: 1 after the data is
+# built, 2 before the first step, 3-6 after each step of epoch 0, 7-10 between validation batches of
+# epoch 0, 11 after epoch 0, 12-15 steps of epoch 1, 16-19 its validation, 20 after it.
+STOPS = {1: "start-up", 2: "before the first step", 4: "mid-epoch 0", 6: "last step of epoch 0",
+         8: "validation of epoch 0", 11: "after epoch 0", 13: "mid-epoch 1", 17: "validation of epoch 1"}
 
-    def should_stop() -> bool:
-        calls["n"] += 1
-        return calls["n"] == stop_at_call
 
-    first = fit(make_cfg(run_name="split"), should_stop=should_stop)
-    assert first.stopped == "interrupted" and first.epochs_run < 4
-    second = fit(make_cfg(run_name="split"))
-    assert second.stopped == "completed"
-    assert _losses(second.history) == pytest.approx(_losses(straight.history), abs=1e-6)
-    # metrics.jsonl has each epoch once, across the restart
-    assert [r["epoch"] for r in read_metrics(second.run_dir)] == [0, 1, 2, 3]
-    a = load_checkpoint(straight.run_dir / "last.pt")["model"]
-    b = load_checkpoint(second.run_dir / "last.pt")["model"]
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+def test_exact_resume_after_interruption_anywhere(make_cfg: Callable[..., Config]) -> None:
+    straight = fit(make_cfg(run_name="straight", epochs=2))
+    ref = load_checkpoint(straight.run_dir / "last.pt")["model"]
+    for stop_at, where in STOPS.items():
+        calls = {"n": 0}
+
+        def should_stop() -> bool:
+            calls["n"] += 1
+            return calls["n"] == stop_at
+
+        cfg = make_cfg(run_name=f"split{stop_at}", epochs=2)
+        first = fit(cfg, should_stop=should_stop)
+        assert first.stopped == "interrupted" and calls["n"] == stop_at, where
+        run_dir = first.run_dir
+        if stop_at <= 2:  # nothing trained yet: nothing written, no checkpoint to resume
+            assert not any(run_dir.glob("*.pt")), where
+        else:
+            state = load_checkpoint(run_dir / "last.pt")
+            done = 4 * state["epoch"] + state["step"]  # training steps kept: none lost
+            assert done == {4: 2, 6: 4, 8: 4, 11: 4, 13: 6, 17: 8}[stop_at], (where, done)
+        second = fit(cfg)
+        assert second.stopped == "completed", where
+        assert _losses(second.history) == pytest.approx(_losses(straight.history), abs=1e-6), where
+        # metrics.jsonl has each epoch once, across the restart
+        assert [r["epoch"] for r in read_metrics(run_dir)] == [0, 1], where
+        b = load_checkpoint(run_dir / "last.pt")["model"]
+        assert all(torch.allclose(ref[k], b[k], atol=1e-6) for k in ref), where
 
 
 def test_resume_2_plus_2_epochs_matches_4(make_cfg: Callable[..., Config]) -> None:
