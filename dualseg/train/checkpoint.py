@@ -14,11 +14,12 @@ verifies it; truncated, garbage and foreign files all fail with one :class:`Chec
 from __future__ import annotations
 
 import io
+import logging
 import os
 import random
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -26,6 +27,8 @@ from torch import nn
 
 from dualseg.errors import InputError, TrainingError
 from dualseg.io import _fsync_dir, atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 _EOCD = b"PK\x05\x06"  # zip end-of-central-directory record: 22 bytes + comment, at the end of the file
 _CRC_TAG = b"dualseg-crc32:"
@@ -160,7 +163,7 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
 
 def capture_rng() -> dict[str, Any]:
     """All RNG states as tensors/primitives (torch, cuda, numpy global, python ``random``)."""
-    np_state = np.random.get_state()
+    np_state = cast(tuple[Any, ...], np.random.get_state())  # legacy tuple form (the stubs allow a dict)
     py_state = random.getstate()
     return {
         "torch": torch.get_rng_state(),
@@ -226,3 +229,26 @@ def load_newest(
     path, state = max(loaded, key=lambda ps: _progress(ps[1]))  # max keeps the first of equals
     skipped += [f"{p.name} (older)" for p, _ in loaded if p != path]
     return path, state, skipped
+
+
+def pick_resume(run_dir: Path, names: tuple[str, ...], is_main: bool) -> Path | None:
+    """Rank 0 picks the file to resume from (:func:`load_newest`, one warning naming what it skipped).
+
+    Every rank gets rank 0's answer (a collective), so all load the same file or all raise the same
+    :class:`CheckpointError`; ``None`` means there is nothing to resume (a fresh start).
+    """
+    from dualseg.train.distributed import broadcast_object
+
+    choice: tuple[str | None, CheckpointError | None] = (None, None)
+    if is_main:
+        try:
+            path, _, skipped = load_newest([run_dir / n for n in names])
+            if skipped and path is not None:
+                log.warning("checkpoint: skipped %s; resuming from %s", ", ".join(skipped), path)
+            choice = (path.name if path is not None else None, None)
+        except CheckpointError as exc:
+            choice = (None, exc)
+    name, error = cast(tuple[str | None, CheckpointError | None], broadcast_object(choice))
+    if error is not None:
+        raise CheckpointError(error.reason, error.path)
+    return run_dir / name if name is not None else None

@@ -13,6 +13,7 @@ import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,7 +90,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInf
     local_rank = _int_env("LOCAL_RANK") if "LOCAL_RANK" in os.environ else 0
     dev = resolve_device(device, local_rank)
     backend = "nccl" if dev.type == "cuda" else "gloo"
-    kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+    kwargs: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
     dist.init_process_group(
         backend=backend,
         init_method="env://",
@@ -151,6 +152,25 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def on_main(write: Callable[[], None], message: str, info: DistInfo) -> None:
+    """Run ``write`` on rank 0 only; if it raises (disk quota, ...) every rank raises instead of hanging.
+
+    Rank 0 re-raises its own exception; the others raise ``TrainingError(message)``.
+    """
+    from dualseg.errors import TrainingError
+
+    error: Exception | None = None
+    if info.is_main:
+        try:
+            write()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
+            error = exc
+    if broadcast_flag(error is not None, info.device):
+        if error is not None:
+            raise error
+        raise TrainingError(f"{message} (rank 0's log has the error)")
 
 
 def barrier() -> None:

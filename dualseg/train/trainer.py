@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,11 +29,10 @@ from dualseg.config import Config, apply_overrides, to_dict
 from dualseg.errors import InputError, TrainingError
 from dualseg.train import rundir
 from dualseg.train.checkpoint import (
-    CheckpointError,
     capture_rng,
     load_checkpoint,
     load_model_state,
-    load_newest,
+    pick_resume,
     restore_rng,
     save_checkpoint,
     unwrap,
@@ -43,10 +42,10 @@ from dualseg.train.distributed import (
     all_reduce_sum,
     barrier,
     broadcast_flag,
-    broadcast_object,
     cleanup,
     init_distributed,
     make_gather,
+    on_main,
 )
 from dualseg.train.early_stopping import MONITOR_MODES, EarlyStopping
 from dualseg.train.loaders import eval_loader, steps_per_epoch, train_loader
@@ -215,24 +214,8 @@ class _Fit:
                 (self.run_dir / name).unlink(missing_ok=True)
             rundir.rewrite_metrics(self.run_dir, [])
 
-    def _pick_checkpoint(self) -> Path | None:
-        """Rank 0 chooses the newest loadable state (one warning if it skipped any); all ranks agree."""
-        choice: tuple[str | None, CheckpointError | None] = (None, None)
-        if self.info.is_main:
-            try:
-                path, _, skipped = load_newest([self.run_dir / n for n in rundir.CHECKPOINTS])
-                if skipped and path is not None:
-                    log.warning("checkpoint: skipped %s; resuming from %s", ", ".join(skipped), path)
-                choice = (path.name if path is not None else None, None)
-            except CheckpointError as exc:
-                choice = (None, exc)
-        name, error = cast(tuple[str | None, CheckpointError | None], broadcast_object(choice))
-        if error is not None:
-            raise CheckpointError(error.reason, error.path)
-        return self.run_dir / name if name is not None else None
-
     def _resume(self, resume: bool) -> None:
-        last = self._pick_checkpoint() if resume else None
+        last = pick_resume(self.run_dir, rundir.CHECKPOINTS, self.info.is_main) if resume else None
         if last is None:
             self._fresh_start()
             return
@@ -282,19 +265,6 @@ class _Fit:
             "data": bundle_meta(self.bundle),
         }
 
-    def _on_main(self, what: str, write: Callable[[], None]) -> None:
-        """Rank 0's file writes; a failure there (disk quota, ...) raises on every rank instead of a hang."""
-        error: Exception | None = None
-        if self.info.is_main:
-            try:
-                write()
-            except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
-                error = exc
-        if broadcast_flag(error is not None, self.info.device):
-            if error is not None:
-                raise error
-            raise TrainingError(f"{what}: rank 0 could not write to {self.run_dir} (rank 0's log has the error)")
-
     def _save(self, best: bool) -> None:
         # Weights are identical on all ranks, so all agree; catches a NaN produced by the last
         # optimizer step (its loss was still finite) before it can reach a checkpoint.
@@ -313,7 +283,7 @@ class _Fit:
             save_checkpoint(state, self.run_dir / rundir.LAST,
                             previous=self.run_dir / rundir.PREV if self.last_ok else None)
 
-        self._on_main("checkpoint", write)
+        on_main(write, f"checkpoint: rank 0 could not write to {self.run_dir}", self.info)
         self.last_ok = True
 
     # ---- the loop --------------------------------------------------------------------------
@@ -377,7 +347,8 @@ class _Fit:
                 self.stopped = "early_stopping"
             elif self.epoch >= t.epochs:
                 self.stopped = "completed"
-            self._on_main("metrics", partial(rundir.append_metrics, self.run_dir, record))
+            on_main(partial(rundir.append_metrics, self.run_dir, record),
+                    f"metrics: rank 0 could not write to {self.run_dir}", self.info)
             self._save(best=improved)
             log.info(
                 "epoch %d: train_loss %.4f val_loss %.4f val_oa %.4f val_miou %.4f%s",

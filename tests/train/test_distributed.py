@@ -98,14 +98,15 @@ def test_two_rank_gloo_identical_metrics(make_cfg: Callable[..., Config], tmp_pa
     # every log line says which rank wrote it
     assert "[rank 1/2 node 0" in logs[1] and "[rank 0/2 node 0" in logs[0]
     run_dir = Path(cfg.train.scratch) / "ddp"  # type: ignore[arg-type]
-    assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "last.prev.pt", "last.pt", "metrics.jsonl"]
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2  # rank 0 only
 
 
 def test_two_rank_exact_resume_mid_epoch(make_cfg: Callable[..., Config], tmp_path: Path) -> None:
-    """2 steps/epoch per rank; call 4 = epoch 1 after 1 step: every rank's RNG and loss sum resume."""
+    """2 steps/epoch per rank; should_stop calls: 1 start-up, 2 before the first step, 3-4 steps, 5-6
+    validation batches, 7 after epoch 0, 8 = epoch 1 after 1 step: every rank's RNG and loss sum resume."""
     straight = _launch(RESUME_WORKER, make_cfg(run_name="straight", epochs=3), tmp_path / "a", "0")
-    first = _launch(RESUME_WORKER, make_cfg(run_name="split", epochs=3), tmp_path / "b", "4")
+    first = _launch(RESUME_WORKER, make_cfg(run_name="split", epochs=3), tmp_path / "b", "8")
     assert first[0]["stopped"] == first[1]["stopped"] == "interrupted" and len(first[0]["history"]) == 1
     second = _launch(RESUME_WORKER, make_cfg(run_name="split", epochs=3), tmp_path / "c", "0")
     assert second[0]["stopped"] == "completed"

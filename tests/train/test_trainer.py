@@ -166,7 +166,7 @@ def test_truncated_last_pt_resumes_from_the_previous_state(
     best = last.with_name("best.pt")
     # the newest loadable state: best.pt if epoch 1 was the best so far (saved with the lost last.pt)
     newest, older = (best, prev) if load_checkpoint(best)["epoch"] == 2 else (prev, best)
-    with caplog.at_level("WARNING", logger="dualseg.train.trainer"):
+    with caplog.at_level("WARNING"):
         second = fit(cfg)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == [(f"checkpoint: skipped last.pt (not a dualseg checkpoint (truncated or corrupt)), "
