@@ -37,3 +37,14 @@ def test_metrics_rewrite_and_append(tmp_path: Path) -> None:
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [0]
     with pytest.raises(ValueError):
         append_metrics(tmp_path, {"epoch": 3, "val_loss": float("nan")})
+
+
+def test_has_checkpoint_sees_any_resumable_file(tmp_path: Path) -> None:
+    from dualseg.train.rundir import CHECKPOINTS, has_checkpoint
+
+    assert CHECKPOINTS == ("last.pt", "last.prev.pt", "best.pt")
+    assert not has_checkpoint(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert not has_checkpoint(tmp_path)
+    (tmp_path / "last.prev.pt").write_bytes(b"x")  # a kill between the rotation's renames leaves only this
+    assert has_checkpoint(tmp_path)
