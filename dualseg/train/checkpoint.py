@@ -54,12 +54,15 @@ CORRUPT = "not a dualseg checkpoint (truncated or corrupt)"
 def _serialize(state: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     torch.save(state, buf)
-    data = buf.getvalue()
-    if data[-22:-18] != _EOCD or data[-2:] != b"\x00\x00":  # torch writes no comment; keep it unchanged if it ever does
-        return data
-    body = data[:-2]
-    comment = _CRC_TAG + b"%08x" % zlib.crc32(body)
-    return body + len(comment).to_bytes(2, "little") + comment
+    with buf.getbuffer() as view:  # no copy of a checkpoint that may be gigabytes
+        n = len(view)
+        if bytes(view[n - 22:n - 18]) != _EOCD or bytes(view[n - 2:]) != b"\x00\x00":
+            return buf.getvalue()  # torch writes no comment; should it ever, leave the file as it is
+        crc = zlib.crc32(view[:n - 2])
+    comment = _CRC_TAG + b"%08x" % crc
+    buf.seek(n - 2)
+    buf.write(len(comment).to_bytes(2, "little") + comment)
+    return buf.getvalue()
 
 
 def _verify(data: bytes, path: Path) -> None:
@@ -71,7 +74,7 @@ def _verify(data: bytes, path: Path) -> None:
     comment = data[pos + 22:]
     if len(comment) != declared:  # cut (or grown) after the end record
         raise CheckpointError(CORRUPT, path)
-    if comment.startswith(_CRC_TAG) and b"%08x" % zlib.crc32(data[:pos + 20]) != comment[len(_CRC_TAG):]:
+    if comment.startswith(_CRC_TAG) and b"%08x" % zlib.crc32(memoryview(data)[:pos + 20]) != comment[len(_CRC_TAG):]:
         raise CheckpointError(CORRUPT, path)
 
 
@@ -231,18 +234,22 @@ def load_newest(
     return path, state, skipped
 
 
-def pick_resume(run_dir: Path, names: tuple[str, ...], is_main: bool) -> Path | None:
+def pick_resume(
+    run_dir: Path, names: tuple[str, ...], is_main: bool
+) -> tuple[Path | None, dict[str, Any] | None]:
     """Rank 0 picks the file to resume from (:func:`load_newest`, one warning naming what it skipped).
 
     Every rank gets rank 0's answer (a collective), so all load the same file or all raise the same
-    :class:`CheckpointError`; ``None`` means there is nothing to resume (a fresh start).
+    :class:`CheckpointError`; ``(None, None)`` means there is nothing to resume (a fresh start). Rank 0
+    also gets the state it loaded (on the CPU), so the file is read once there.
     """
     from dualseg.train.distributed import broadcast_object
 
     choice: tuple[str | None, CheckpointError | None] = (None, None)
+    state = None
     if is_main:
         try:
-            path, _, skipped = load_newest([run_dir / n for n in names])
+            path, state, skipped = load_newest([run_dir / n for n in names])
             if skipped and path is not None:
                 log.warning("checkpoint: skipped %s; resuming from %s", ", ".join(skipped), path)
             choice = (path.name if path is not None else None, None)
@@ -251,4 +258,4 @@ def pick_resume(run_dir: Path, names: tuple[str, ...], is_main: bool) -> Path | 
     name, error = cast(tuple[str | None, CheckpointError | None], broadcast_object(choice))
     if error is not None:
         raise CheckpointError(error.reason, error.path)
-    return run_dir / name if name is not None else None
+    return (run_dir / name if name is not None else None), state

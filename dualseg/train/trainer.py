@@ -215,11 +215,12 @@ class _Fit:
             rundir.rewrite_metrics(self.run_dir, [])
 
     def _resume(self, resume: bool) -> None:
-        last = pick_resume(self.run_dir, rundir.CHECKPOINTS, self.info.is_main) if resume else None
+        last, state = pick_resume(self.run_dir, rundir.CHECKPOINTS, self.info.is_main) if resume else (None, None)
         if last is None:
             self._fresh_start()
             return
-        state = load_checkpoint(last, map_location=self.info.device)
+        if state is None:  # rank 0 has it already; load_state_dict moves it to the device
+            state = load_checkpoint(last, map_location=self.info.device)
         load_model_state(self.model, state["model"], source=f"checkpoint {last}")
         changed = config_changes(state.get("config", {}), to_dict(self.cfg))
         if changed:
