@@ -74,7 +74,7 @@ class EpochProgress:
     loss_sum: torch.Tensor
     steps: int
     interrupted: bool = False  # returned before the end of the epoch
-    stop_requested: bool = False  # stop asked at the epoch's last step: finish the epoch, then stop
+    stop_requested: bool = False  # stop asked at the epoch's last step (every step done; fit saves, then stops)
 
 
 def train_epoch(

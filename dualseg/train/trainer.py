@@ -221,15 +221,15 @@ class _Fit:
             return
         if state is None:  # rank 0 has it already; load_state_dict moves it to the device
             state = load_checkpoint(last, map_location=self.info.device)
+        old_monitor = state.get("config", {}).get("train", {}).get("monitor", "val_loss")  # older: val_loss
+        if old_monitor != self.monitor:  # best.pt and the early-stopping state follow the old metric
+            raise InputError(f"config: train.monitor={self.monitor} but {last} chose best.pt on {old_monitor}; "
+                             "resume with the same train.monitor or start over (resume=False / --no-resume)")
         load_model_state(self.model, state["model"], source=f"checkpoint {last}")
         changed = config_changes(state.get("config", {}), to_dict(self.cfg))
         if changed:
             log.warning("resuming %s with a changed config (optimizer/scheduler state comes from the "
                         "checkpoint): %s", last, "; ".join(changed))
-        old_monitor = state.get("config", {}).get("train", {}).get("monitor", "val_loss")
-        if old_monitor != self.monitor:
-            raise InputError(f"config: train.monitor={self.monitor} but {last} chose best.pt on {old_monitor}; "
-                             "resume with the same train.monitor or start over (resume=False / --no-resume)")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.early.load_state_dict(state["early_stopping"])
