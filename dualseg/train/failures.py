@@ -52,17 +52,25 @@ def classify(exc: BaseException) -> Kind:
     return "trial"
 
 
+def _line(exc: BaseException) -> str:
+    """The message's first line; a DataLoader worker's error is its folded-in last line (``one_line``)."""
+    text = str(exc)
+    if "Traceback" in text or isinstance(exc, DualsegError):
+        return one_line(exc).removeprefix(f"{type(exc).__name__}: ")  # builtins have no module prefix
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 def describe(exc: BaseException) -> str:
-    """One line for the trial's recorded error and the job log (``out of memory: ...``, ``OSError: ...``)."""
-    line = one_line(exc)
+    """One line for the trial's recorded error and the job log (``out of memory (CUDA): ...``, ``OSError: ...``)."""
+    line = _line(exc)
     if isinstance(exc, DualsegError):
         return line
     if is_oom(exc):
         where = "CUDA" if isinstance(exc, torch.OutOfMemoryError) or "cuda" in line.lower() else "host"
-        # torch's CUDA message continues with allocator statistics; the first sentence says it all
-        first = line.split(". ", 1)[0] if where == "CUDA" else line
-        return f"out of memory ({where}): {first}" if first and first != type(exc).__name__ else \
-            f"out of memory ({where})"
+        # torch's CUDA message goes on with allocator statistics; what and how much is the first two sentences
+        short = ". ".join(line.split(". ")[:2]) if where == "CUDA" else line
+        return f"out of memory ({where})" + (f": {short}" if short != type(exc).__name__ else "")
     if isinstance(exc, OSError) and exc.strerror:
         name = f": {exc.filename}" if exc.filename else ""
         return f"{type(exc).__name__}: {exc.strerror}{name}"

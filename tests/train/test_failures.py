@@ -29,16 +29,19 @@ def _alloc_error() -> RuntimeError:
 
 @pytest.mark.parametrize(("exc", "kind", "line"), [
     (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 8 GiB"),
-     "trial", "out of memory (CUDA): CUDA out of memory"),
+     "trial", "out of memory (CUDA): CUDA out of memory. Tried to allocate 2.00 GiB"),
     (MemoryError(), "trial", "out of memory (host)"),
     (RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"), "trial",
-     "out of memory (CUDA): CUDA kernel errors might be asynchronously reported"),
+     "out of memory (CUDA): CUDA error: out of memory"),
     (OSError(errno.EDQUOT, "Disk quota exceeded", "/scratch/s/trial-3/.last.pt.x.tmp"), "trial",
      "OSError: Disk quota exceeded: /scratch/s/trial-3/.last.pt.x.tmp"),
     (TrainingError("training: non-finite loss in epoch 2 (steps 1..10); stopped"), "trial",
      "training: non-finite loss in epoch 2 (steps 1..10); stopped"),
     (InputError("data: tile t07: band B04 missing"), "trial", "data: tile t07: band B04 missing"),
     (ValueError("something odd"), "trial", "ValueError: something odd"),
+    (ValueError("Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                "  File x\nValueError: tile t01: chunk 3 unreadable"), "trial",  # as torch re-raises it
+     "ValueError: tile t01: chunk 3 unreadable"),
     (torch.distributed.DistBackendError("NCCL communicator was aborted on rank 1"), "fatal",
      "DistBackendError: NCCL communicator was aborted on rank 1"),
     (RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer"), "fatal",
