@@ -106,6 +106,7 @@ class TrainConfig:
     scratch: str | None = None  # default: $SCRATCH, else ./runs
     run_name: str = "run"
     log_every: int = 10
+    monitor: Literal["val_loss", "val_miou", "val_oa"] = "val_loss"  # best.pt + early stopping (loss min, others max)
 
 
 @dataclass
@@ -140,6 +141,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except InputError as exc:
                 errors.append(str(exc))
         raise InputError(errors[0] if errors else f"config: {where}: bad value {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise InputError(f"config: {where}: must be one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise InputError(f"config: {where}: expected a mapping, got {type(value).__name__}")

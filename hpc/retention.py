@@ -28,7 +28,7 @@ from dualseg.errors import InputError
 
 log = logging.getLogger("hpc.retention")
 
-LAST, BEST = "last.pt", "best.pt"
+LAST, PREV, BEST = "last.pt", "last.prev.pt", "best.pt"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -73,7 +73,7 @@ def on_trial_finished(study_dir: str | Path, number: int, state: TrialState,
     policy = policy or KeepPolicy()
     if policy.last or state not in (TrialState.COMPLETE, TrialState.PRUNED):
         return 0
-    return _remove(trial_path(study_dir, number) / LAST)
+    return _remove(trial_path(study_dir, number) / LAST) + _remove(trial_path(study_dir, number) / PREV)
 
 
 def top_k(trials: list[FrozenTrial], direction: optuna.study.StudyDirection, k: int) -> list[int]:
@@ -98,7 +98,7 @@ def on_study_finished(study_dir: str | Path, trials: list[FrozenTrial], directio
             continue
         d = trial_path(study_dir, t.number)
         if not policy.last:
-            freed += _remove(d / LAST)
+            freed += _remove(d / LAST) + _remove(d / PREV)
         if t.number not in keep:
             freed += _remove(d / BEST)
     return {"kept": keep, "freed_bytes": freed}

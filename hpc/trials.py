@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 from sqlalchemy.orm import Session
 
 from dualseg.io import atomic_copy
+from dualseg.train.rundir import CHECKPOINTS, METRICS, has_checkpoint
 from hpc.config import HpcConfig
 from hpc.paths import trial_dir
 from hpc.search import build_pruner, build_sampler, suggest
@@ -139,13 +140,13 @@ def seed_from_retry(study_dir: Path, frozen: optuna.trial.FrozenTrial) -> Path |
         warnings.simplefilter("ignore")
         history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(frozen)
     target = trial_dir(study_dir, frozen.number)
-    if (target / "last.pt").exists():
+    if has_checkpoint(target):
         return target
     for number in reversed(history):
         source = trial_dir(study_dir, number)
-        if any((source / name).exists() for name in ("last.pt", "best.pt")):
+        if has_checkpoint(source):
             target.mkdir(parents=True, exist_ok=True)
-            for name in ("last.pt", "last.prev.pt", "best.pt", "metrics.jsonl"):
+            for name in (*CHECKPOINTS, METRICS):
                 if (source / name).exists():
                     atomic_copy(source / name, target / name)
             log.info("trial %d resumes from the checkpoint of failed trial %d", frozen.number, number)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import socket
@@ -184,7 +185,8 @@ def _loop(spec: WorkerSpec, cfg: Config, hpc: Any, info: Any, coord: Coordinator
         requeue.resume_trial_id = job.trial_id if rank == 0 else None
         set_log_context(trial=job.number, epoch=None)
         log.info("trial %d (%s): %s", job.number, job.reason, job.params)
-        trial_cfg = apply_overrides(cfg, {**job.params, "train.run_name": f"trial-{job.number}"})
+        trial_cfg = apply_overrides(cfg, {**job.params, "train.run_name": f"trial-{job.number}",
+                                          "train.monitor": hpc.objective})  # best.pt = what the study ranks
         run_dir = trial_dir(study_dir, job.number)
         lost: list[str] = []
 
@@ -207,8 +209,8 @@ def _loop(spec: WorkerSpec, cfg: Config, hpc: Any, info: Any, coord: Coordinator
             _fail_trial(coord, job, exc, fatal)
             done["failed"] += 1
             requeue.resume_trial_id = None
-            release_resources()
-            if fatal or (isinstance(exc, InputError) and _is_config_error(exc)):
+            release_resources(exc)
+            if fatal:
                 raise
             continue
         finally:
@@ -225,13 +227,9 @@ def _loop(spec: WorkerSpec, cfg: Config, hpc: Any, info: Any, coord: Coordinator
         set_log_context(trial=None)
 
 
-def _is_config_error(exc: InputError) -> bool:
-    """An InputError about the shared config/data (every trial would fail alike): end the job."""
-    return not str(exc).startswith(("checkpoint", "model", "train."))
-
-
 def _tell(coord: Coordinator, hpc: Any, job: Assignment, result: Any, run_dir: Path, done: dict[str, int]) -> None:
-    attrs = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stopped": result.stopped,
+    attrs = {"best_epoch": result.best_epoch, "monitor": result.monitor, "epochs_run": result.epochs_run,
+             "stopped": result.stopped,
              "run_dir": str(run_dir), "busy_s": _busy_seconds(result.history)}
     if result.stopped == "callback":
         state = TrialState.PRUNED
@@ -239,7 +237,8 @@ def _tell(coord: Coordinator, hpc: Any, job: Assignment, result: Any, run_dir: P
         done["pruned"] += ok
     else:
         state = TrialState.COMPLETE
-        value = objective_value(result.history, hpc.objective, hpc.direction)
+        value = result.best_value if result.monitor == hpc.objective and math.isfinite(result.best_value) \
+            else objective_value(result.history, hpc.objective, hpc.direction)
         ok = coord.tell(job.trial_id, state, value, attrs)
         done["completed"] += ok
     log.info("trial %d %s", job.number, result.stopped)

@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({
             "run_dir": str(result.run_dir), "stopped": result.stopped, "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
-            "best_val_miou": result.best_metrics.get("val_miou"),
+            "best_val_miou": result.best_metrics.get("val_miou"), "monitor": result.monitor,
+            "best_value": result.best_value,
         }))
         return 0
     except InputError as exc:

@@ -9,9 +9,11 @@ a no-op (or identity) without a process group, which keeps the trainer free of `
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,7 +90,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInf
     local_rank = _int_env("LOCAL_RANK") if "LOCAL_RANK" in os.environ else 0
     dev = resolve_device(device, local_rank)
     backend = "nccl" if dev.type == "cuda" else "gloo"
-    kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+    kwargs: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
     dist.init_process_group(
         backend=backend,
         init_method="env://",
@@ -100,10 +102,20 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInf
     return DistInfo(rank, world, local_rank, dev, owns_group=True)
 
 
-def cleanup(info: DistInfo) -> None:
-    """Destroy the process group only if :func:`init_distributed` created it."""
-    if info.owns_group and dist.is_initialized():
-        dist.destroy_process_group()
+def cleanup(info: DistInfo | None = None) -> None:
+    """Destroy the process group if ``info`` says we created it (``None``: whatever group exists).
+
+    Idempotent, so every exit path (normal, exception, interrupt) can call it. Garbage is collected
+    first: a DDP reducer left in a reference cycle holds the group, and freeing it at interpreter
+    exit, after the group is gone, is what aborts a process with ``terminate called without an
+    active exception``.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if info is not None and not info.owns_group:
+        return
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def _active() -> bool:
@@ -131,6 +143,34 @@ def broadcast_flag(flag: bool, device: torch.device, src: int = 0) -> bool:
     t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.broadcast(t, src=src)
     return bool(t.item())
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """Rank ``src``'s picklable ``obj`` on every rank (small control data, e.g. which file to resume)."""
+    if not _active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def on_main(write: Callable[[], None], message: str, info: DistInfo) -> None:
+    """Run ``write`` on rank 0 only; if it raises (disk quota, ...) every rank raises instead of hanging.
+
+    Rank 0 re-raises its own exception; the others raise ``TrainingError(message)``.
+    """
+    from dualseg.errors import TrainingError
+
+    error: Exception | None = None
+    if info.is_main:
+        try:
+            write()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
+            error = exc
+    if broadcast_flag(error is not None, info.device):
+        if error is not None:
+            raise error
+        raise TrainingError(f"{message} (rank 0's log has the error)")
 
 
 def barrier() -> None:

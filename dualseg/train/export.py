@@ -70,7 +70,8 @@ def code_version() -> str:
 
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"],
-                             cwd=Path(dualseg.__file__).resolve().parent, capture_output=True, text=True, timeout=10, check=False)
+                             cwd=Path(dualseg.__file__).resolve().parent, capture_output=True, text=True, timeout=10,
+                             check=False)
         if out.returncode == 0 and out.stdout.strip():
             return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):

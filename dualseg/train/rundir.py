@@ -12,7 +12,8 @@ from dualseg.config import Config
 from dualseg.errors import InputError
 from dualseg.io import atomic_write_text
 
-LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
+LAST, PREV, BEST, METRICS = "last.pt", "last.prev.pt", "best.pt", "metrics.jsonl"
+CHECKPOINTS = (LAST, PREV, BEST)  # resume order: the newest state, the one before it, the best epoch's
 
 
 def scratch_root(cfg: Config) -> Path:
@@ -22,6 +23,11 @@ def scratch_root(cfg: Config) -> Path:
 
 def default_run_dir(cfg: Config) -> Path:
     return scratch_root(cfg) / cfg.train.run_name
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``fit(run_dir=..., resume=True)`` would resume (or fail on damage) rather than start fresh."""
+    return any((Path(run_dir) / name).is_file() for name in CHECKPOINTS)
 
 
 def ensure_writable(run_dir: Path) -> None:

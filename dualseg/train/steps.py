@@ -8,7 +8,7 @@ Validation sums a confusion matrix plus loss/weight sums and all-reduces them in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +63,10 @@ def autocast_ctx(device: torch.device, amp: bool) -> Any:
     return nullcontext()
 
 
+class StopRequested(Exception):
+    """Rank 0 was asked to stop during validation; raised on every rank at the same batch."""
+
+
 @dataclass
 class EpochProgress:
     """Where an epoch stands: device-side loss sum and how many steps it covers."""
@@ -70,7 +74,7 @@ class EpochProgress:
     loss_sum: torch.Tensor
     steps: int
     interrupted: bool = False  # returned before the end of the epoch
-    stop_requested: bool = False  # stop asked at the epoch's last step: finish the epoch, then stop
+    stop_requested: bool = False  # stop asked at the epoch's last step (every step done; fit saves, then stops)
 
 
 def train_epoch(
@@ -158,16 +162,30 @@ def evaluate_batches(
     device: torch.device,
     streams: str = "both",
     amp: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    check_every: int = 10,
+    poll: bool | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Confusion matrix (K,K) int64 and weighted mean loss over all ranks' batches (all-reduced).
 
     Pass the bare module (not DDP): ranks may hold different numbers of validation batches.
+    ``poll`` (default: ``should_stop`` given; pass it on every rank, ``should_stop`` on rank 0 only)
+    checks rank 0's ``should_stop`` every ``check_every`` batches with one all-reduce, at batches that
+    every rank has, and raises :class:`StopRequested` on all ranks when it says True.
     """
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     wsum = torch.zeros((), dtype=torch.float64, device=device)
-    for batch in batches:
+    checks = 0  # batch indices < checks are on every rank (shards differ by at most one batch)
+    if (should_stop is not None if poll is None else poll) and isinstance(batches, Sized):
+        checks = -int(all_reduce_max(torch.tensor([-len(batches)], dtype=torch.float64, device=device)).item())
+    flag = torch.zeros(1, dtype=torch.float32, device=device)
+    for i, batch in enumerate(batches):
+        if 0 < i < checks and i % check_every == 0:
+            flag[0] = float(bool(should_stop())) if should_stop is not None else 0.0
+            if all_reduce_max(flag).item():
+                raise StopRequested
         batch = to_device(batch, device, streams)
         with autocast_ctx(device, amp):
             logits = forward(model, batch)

@@ -1,9 +1,11 @@
 """``fit``: the one training entry point, used by the CLI and once per trial by the HPO layer.
 
 Contract (docs/architecture.md "Trainer"): identical all-reduced metrics on every rank, rank 0's
-callback decision broadcast, ``last.pt`` every epoch and ``best.pt`` on the best validation loss
-(rank 0, atomic), exact continuation from ``last.pt``. ``should_stop`` (rank 0's answer is broadcast)
-lets a preempted job save mid-epoch progress and return ``stopped="interrupted"``.
+callback decision broadcast, ``last.pt`` every epoch (the one before kept as ``last.prev.pt``) and
+``best.pt`` on the best ``train.monitor`` value (rank 0, atomic), exact continuation from the newest
+loadable checkpoint. ``should_stop`` (rank 0's answer is broadcast) is polled from start-up to the
+end of validation, so a preempted job saves its progress and returns ``stopped="interrupted"``.
+An exception leaves no DDP wrapper or process group of ours behind (see ``failures``).
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import gc
 import logging
 import math
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,15 @@ from torch.nn.parallel import DistributedDataParallel
 from dualseg.config import Config, apply_overrides, to_dict
 from dualseg.errors import InputError, TrainingError
 from dualseg.train import rundir
-from dualseg.train.checkpoint import capture_rng, load_checkpoint, load_model_state, restore_rng, save_checkpoint, unwrap
+from dualseg.train.checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    load_model_state,
+    pick_resume,
+    restore_rng,
+    save_checkpoint,
+    unwrap,
+)
 from dualseg.train.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -33,15 +45,16 @@ from dualseg.train.distributed import (
     cleanup,
     init_distributed,
     make_gather,
+    on_main,
 )
-from dualseg.train.early_stopping import EarlyStopping
+from dualseg.train.early_stopping import MONITOR_MODES, EarlyStopping
 from dualseg.train.loaders import eval_loader, steps_per_epoch, train_loader
 from dualseg.train.log import set_log_context
 from dualseg.train.metrics import metrics_from_confusion
 from dualseg.train.progress import progress_bar
 from dualseg.train.schedule import build_scheduler
 from dualseg.train.state import bundle_meta, check_train_config, config_changes, epoch_seed, gather_rng
-from dualseg.train.steps import EpochProgress, evaluate_batches, train_epoch
+from dualseg.train.steps import EpochProgress, StopRequested, evaluate_batches, train_epoch
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +64,12 @@ FINISHED = ("completed", "early_stopping", "callback")
 
 @dataclass
 class FitResult:
-    """What a run achieved; ``stopped`` is completed | early_stopping | callback | interrupted."""
+    """What a run achieved; ``stopped`` is completed | early_stopping | callback | interrupted.
+
+    ``best_epoch`` is the epoch of ``best.pt``, chosen on ``monitor`` (``train.monitor``) whose
+    value there is ``best_value``; ``best_val_loss`` is that epoch's validation loss. With no
+    finished epoch: ``best_epoch == -1`` and both values are NaN.
+    """
 
     best_val_loss: float
     best_epoch: int
@@ -59,6 +77,8 @@ class FitResult:
     stopped: str
     history: list[dict[str, Any]] = field(default_factory=list)
     run_dir: Path = Path(".")
+    monitor: str = "val_loss"
+    best_value: float = math.nan
 
     @property
     def best_metrics(self) -> dict[str, Any]:
@@ -78,9 +98,10 @@ def fit(
     """Train ``cfg`` (single process, or DDP from torchrun-style env / an existing process group).
 
     ``overrides`` (dotted keys, e.g. a trial's hyperparameters ``{"train.lr": 3e-4}``) are applied
-    with type checks first. ``should_stop`` is polled on rank 0 every ``train.log_every`` steps and
-    after each epoch; when it says True, progress (mid-epoch included) is saved to ``last.pt`` and
-    fit returns ``stopped="interrupted"``; a later ``fit`` continues exactly.
+    with type checks first. ``should_stop`` is polled on rank 0 after the data is built, before the
+    first step, every ``train.log_every`` steps and validation batches, and after each epoch; when it
+    says True, progress (mid-epoch included) is saved to ``last.pt`` and fit returns
+    ``stopped="interrupted"``; a later ``fit`` continues exactly.
     """
     if overrides:
         cfg = apply_overrides(cfg, overrides)
@@ -90,6 +111,12 @@ def fit(
     try:
         runner = _Fit(cfg, info, Path(run_dir) if run_dir is not None else rundir.default_run_dir(cfg))
         return runner.run(callback, resume, should_stop)
+    except BaseException as exc:
+        # The traceback keeps every frame below us alive (model, DDP wrapper, optimizer, batches):
+        # clear them so the memory and the DDP reducer's hold on the process group go now, while
+        # the caller handles the error and moves on to its next trial.
+        traceback.clear_frames(exc.__traceback__)
+        raise
     finally:
         if runner is not None:
             runner.close()
@@ -106,24 +133,57 @@ class _Fit:
 
     def __init__(self, cfg: Config, info: DistInfo, run_dir: Path) -> None:
         self.cfg, self.info, self.run_dir = cfg, info, run_dir
+        self.monitor = cfg.train.monitor
+        self.early = EarlyStopping(cfg.train.patience, mode=MONITOR_MODES[self.monitor])
+        self.history: list[dict[str, Any]] = []
+        self.epoch, self.step, self.loss_sum = 0, 0, 0.0
+        self.stopped: str | None = None
+        self.rng: dict[str, Any] | None = None
+        self.last_ok = False  # last.pt is a good state: the next save may rotate it to last.prev.pt
+        self.model: torch.nn.Module  # set by _build_model, dropped by close()
+
+    def close(self) -> None:
+        """Drop the model, DDP wrapper, optimizer and loaders (they hold memory and the process group)."""
+        for name in ("model", "optimizer", "scheduler", "loader", "val_loader", "sampler", "bundle", "weight"):
+            self.__dict__.pop(name, None)
+
+    # ---- setup -----------------------------------------------------------------------------
+    def _check_run_dir(self) -> None:
+        """Rank 0 proves the run dir writable; every rank raises the same InputError if not."""
+        error = None
+        if self.info.is_main:
+            try:
+                rundir.ensure_writable(self.run_dir)
+            except InputError as exc:
+                error = str(exc)
+        if broadcast_flag(error is not None, self.info.device):
+            raise InputError(error or f"scratch: run directory {self.run_dir} is not writable (see rank 0)")
+
+    def _build_data(self) -> None:
+        cfg, info = self.cfg, self.info
         set_log_context(rank=info.rank, world=info.world_size, epoch=None)
         self._check_run_dir()
-        from dualseg.data import build_data, collate
-        from dualseg.model import build_model, check_patch_size, validate_model_config
+        from dualseg.data import build_data
+        from dualseg.model import check_patch_size, validate_model_config
 
         validate_model_config(cfg.model)  # bad model options fail before any data is read
         check_patch_size(cfg.model, cfg.data.patch_size)
-
-        torch.manual_seed(cfg.train.seed)  # same init on every rank (DDP also broadcasts rank 0's)
-        np.random.seed(cfg.train.seed)
         self.bundle = build_data(cfg.data, splits=("train", "val"), gather=make_gather(info.device))
         for split in ("train", "val"):
             ds = self.bundle.datasets.get(split)
             if ds is None or len(ds) == 0:
                 raise InputError(f"data: the {split} split has no samples (check data.{split}_tiles / splits file)")
+
+    def _build_model(self) -> None:
+        cfg, info = self.cfg, self.info
+        from dualseg.data import collate
+        from dualseg.model import build_model
+
+        torch.manual_seed(cfg.train.seed)  # same init on every rank (DDP also broadcasts rank 0's)
+        np.random.seed(cfg.train.seed)
         model = build_model(cfg.model, self.bundle.s1_channels, self.bundle.s2_channels, self.bundle.num_classes)
         model = model.to(info.device)
-        self.model: torch.nn.Module = model
+        self.model = model
         if info.distributed:
             ids = [info.device.index] if info.device.type == "cuda" else None
             self.model = DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
@@ -147,37 +207,24 @@ class _Fit:
         self.steps_per_epoch = steps_per_epoch(len(self.bundle.datasets["train"]), t.batch_size, info.world_size)
         total = t.epochs * self.steps_per_epoch
         self.scheduler = build_scheduler(self.optimizer, total, t.warmup_epochs * self.steps_per_epoch)
-        self.early = EarlyStopping(t.patience)
-        self.history: list[dict[str, Any]] = []
-        self.epoch, self.step, self.loss_sum, self.stopped = 0, 0, 0.0, None
-        self.rng: dict[str, Any] | None = None
 
-    def close(self) -> None:
-        """Drop the DDP wrapper and loaders (they reference the process group)."""
-        self.model = unwrap(self.model)
-        self.loader = self.val_loader = None  # type: ignore[assignment]
-
-    # ---- setup -----------------------------------------------------------------------------
-    def _check_run_dir(self) -> None:
-        """Rank 0 proves the run dir writable; every rank raises the same InputError if not."""
-        error = None
-        if self.info.is_main:
-            try:
-                rundir.ensure_writable(self.run_dir)
-            except InputError as exc:
-                error = str(exc)
-        if broadcast_flag(error is not None, self.info.device):
-            raise InputError(error or f"scratch: run directory {self.run_dir} is not writable (see rank 0)")
+    def _fresh_start(self) -> None:
+        if self.info.is_main:  # a fresh start must not leave an older run's files to resume from
+            for name in rundir.CHECKPOINTS:
+                (self.run_dir / name).unlink(missing_ok=True)
+            rundir.rewrite_metrics(self.run_dir, [])
 
     def _resume(self, resume: bool) -> None:
-        last = self.run_dir / rundir.LAST
-        if not (resume and last.is_file()):
-            if self.info.is_main:  # a fresh start must not leave an older run's files to resume from
-                for name in (rundir.LAST, rundir.BEST):
-                    (self.run_dir / name).unlink(missing_ok=True)
-                rundir.rewrite_metrics(self.run_dir, [])
+        last, state = pick_resume(self.run_dir, rundir.CHECKPOINTS, self.info.is_main) if resume else (None, None)
+        if last is None:
+            self._fresh_start()
             return
-        state = load_checkpoint(last, map_location=self.info.device)
+        if state is None:  # rank 0 has it already; load_state_dict moves it to the device
+            state = load_checkpoint(last, map_location=self.info.device)
+        old_monitor = state.get("config", {}).get("train", {}).get("monitor", "val_loss")  # older: val_loss
+        if old_monitor != self.monitor:  # best.pt and the early-stopping state follow the old metric
+            raise InputError(f"config: train.monitor={self.monitor} but {last} chose best.pt on {old_monitor}; "
+                             "resume with the same train.monitor or start over (resume=False / --no-resume)")
         load_model_state(self.model, state["model"], source=f"checkpoint {last}")
         changed = config_changes(state.get("config", {}), to_dict(self.cfg))
         if changed:
@@ -189,6 +236,7 @@ class _Fit:
         self.history = list(state["history"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.loss_sum, self.stopped = float(state["train_loss_sum"]), state.get("stopped")
+        self.last_ok = last.name == rundir.LAST
         rngs = state.get("rng") or []
         if self.step > 0 and len(rngs) == self.info.world_size:
             self.rng = rngs[self.info.rank]  # mid-epoch: continue each rank's exact random stream
@@ -226,38 +274,69 @@ class _Fit:
             raise TrainingError(f"training: non-finite weights after {self.epoch} epoch(s) + {self.step} step(s); "
                                 "not checkpointing — lower train.lr or raise train.grad_clip")
         rng = gather_rng(capture_rng())  # collective: every rank calls it
-        if self.info.is_main:
+
+        def write() -> None:
             state = self._state(rng)
             if best:
                 save_checkpoint(state, self.run_dir / rundir.BEST)
-            save_checkpoint(state, self.run_dir / rundir.LAST)
+            # the good last.pt stays (as last.prev.pt) until the new one is durable; a damaged one
+            # we resumed around is overwritten instead, so it never replaces a good last.prev.pt
+            save_checkpoint(state, self.run_dir / rundir.LAST,
+                            previous=self.run_dir / rundir.PREV if self.last_ok else None)
+
+        on_main(write, f"checkpoint: rank 0 could not write to {self.run_dir}", self.info)
+        self.last_ok = True
 
     # ---- the loop --------------------------------------------------------------------------
     def _result(self) -> FitResult:
+        best = next((h for h in self.history if h["epoch"] == self.early.best_epoch), None)
         return FitResult(
-            best_val_loss=self.early.best, best_epoch=self.early.best_epoch, epochs_run=self.epoch,
-            stopped=self.stopped or "interrupted", history=self.history, run_dir=self.run_dir,
+            best_val_loss=float(best["val_loss"]) if best else math.nan, best_epoch=self.early.best_epoch,
+            epochs_run=self.epoch, stopped=self.stopped or "interrupted", history=self.history,
+            run_dir=self.run_dir, monitor=self.monitor, best_value=float(best[self.monitor]) if best else math.nan,
         )
+
+    def _poll(self, should_stop: Callable[[], bool] | None) -> bool:
+        """Rank 0's ``should_stop()``, on every rank (a collective when given)."""
+        if should_stop is None:
+            return False
+        return broadcast_flag(bool(should_stop()) if self.info.is_main else False, self.info.device)
+
+    def _interrupted(self, where: str, save: bool) -> FitResult:
+        self.stopped = "interrupted"
+        if save:
+            self._save(best=False)
+        log.info("interrupted %s (epoch %d step %d)%s", where, self.epoch, self.step,
+                 f"; progress saved to {self.run_dir}" if save else "")
+        set_log_context(epoch=None)
+        barrier()  # the checkpoint is on disk before any rank returns
+        return self._result()
 
     def run(
         self, callback: EpochCallback | None, resume: bool, should_stop: Callable[[], bool] | None
     ) -> FitResult:
+        self._build_data()
+        if self._poll(should_stop):  # data and statistics can take minutes: a signal may be waiting
+            return self._interrupted("after loading the data", save=False)
+        self._build_model()
         self._resume(resume)
         if self.stopped in FINISHED:
             log.info("run in %s already finished (%s)", self.run_dir, self.stopped)
             return self._result()
         self.stopped = None
+        if self._poll(should_stop):  # nothing new to save: the state we resumed from is on disk
+            return self._interrupted("before the first step", save=False)
         t = self.cfg.train
         while self.epoch < t.epochs:
             set_log_context(epoch=self.epoch)
             finished, stop_asked = self._train_one_epoch(should_stop)
-            if not finished:
-                self.stopped = "interrupted"
-                self._save(best=False)
-                log.info("interrupted at epoch %d step %d; progress saved to %s", self.epoch, self.step, self.run_dir)
-                break
-            metrics, record = self._validate()
-            improved = self.early.step(metrics["val_loss"], self.epoch)
+            if not finished or stop_asked:  # at the last step too: the resume validates this epoch
+                return self._interrupted("during training", save=True)
+            try:
+                metrics, record = self._validate(should_stop)
+            except StopRequested:  # all steps of the epoch are kept; the resume re-validates it
+                return self._interrupted("during validation", save=True)
+            improved = self.early.step(metrics[self.monitor], self.epoch)
             record["best"] = improved
             self.history.append(record)
             stop_cb = callback(self.epoch, dict(metrics)) if callback is not None else False
@@ -269,18 +348,17 @@ class _Fit:
                 self.stopped = "early_stopping"
             elif self.epoch >= t.epochs:
                 self.stopped = "completed"
-            if self.info.is_main:
-                rundir.append_metrics(self.run_dir, record)
+            on_main(partial(rundir.append_metrics, self.run_dir, record),
+                    f"metrics: rank 0 could not write to {self.run_dir}", self.info)
             self._save(best=improved)
             log.info(
                 "epoch %d: train_loss %.4f val_loss %.4f val_oa %.4f val_miou %.4f%s",
                 record["epoch"], record["train_loss"], record["val_loss"], record["val_oa"], record["val_miou"],
-                " (best)" if improved else "",
+                f" (best {self.monitor})" if improved else "",
             )
             if self.stopped is not None:
                 break
-            if stop_asked or (should_stop is not None and broadcast_flag(
-                    bool(should_stop()) if self.info.is_main else False, self.info.device)):
+            if self._poll(should_stop):
                 self.stopped = "interrupted"
                 break
         set_log_context(epoch=None)
@@ -322,12 +400,14 @@ class _Fit:
         self.step, self.loss_sum = out.steps, float(total)
         return not out.interrupted, out.stop_requested
 
-    def _validate(self) -> tuple[dict[str, float], dict[str, Any]]:
+    def _validate(self, should_stop: Callable[[], bool] | None) -> tuple[dict[str, float], dict[str, Any]]:
+        """All-reduced metrics of epoch ``self.epoch``; raises StopRequested when rank 0 is asked to stop."""
         t0 = time.monotonic()
         cm, val_loss = evaluate_batches(
             unwrap(self.model), self.val_loader, num_classes=self.bundle.num_classes, weight=self.weight,
             ignore_index=self.bundle.ignore_index, device=self.info.device, streams=self.cfg.model.streams,
-            amp=self.cfg.train.amp,
+            amp=self.cfg.train.amp, should_stop=should_stop if self.info.is_main else None,
+            check_every=self.cfg.train.log_every, poll=should_stop is not None,
         )
         if int(cm.sum()) == 0:
             raise InputError("data: the val split has no labelled pixel (all ignore_index); cannot validate")

@@ -1,8 +1,10 @@
-"""Checkpoints: atomic save, weights_only load, RNG round trip, named shape mismatch."""
+"""Checkpoints: atomic rotating save, CRC-checked weights_only load, RNG round trip, named shape mismatch."""
 
 from __future__ import annotations
 
+import os
 import random
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,15 @@ import torch
 from dualseg.config import ModelConfig
 from dualseg.errors import InputError, TrainingError
 from dualseg.model import build_model
-from dualseg.train.checkpoint import capture_rng, load_checkpoint, load_model_state, restore_rng, save_checkpoint
+from dualseg.train.checkpoint import (
+    CheckpointError,
+    capture_rng,
+    load_checkpoint,
+    load_model_state,
+    load_newest,
+    restore_rng,
+    save_checkpoint,
+)
 
 
 class _Evil:
@@ -71,9 +81,107 @@ def test_missing_corrupt_and_pickled_files_rejected(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="file not found"):
         load_checkpoint(tmp_path / "nope.pt")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(TrainingError, match="cannot load"):
+    with pytest.raises(CheckpointError, match=f"^checkpoint: not a dualseg checkpoint .truncated or corrupt.: "
+                                              f"{tmp_path}/bad.pt$"):
         load_checkpoint(tmp_path / "bad.pt")
 
     torch.save({"model": {}, "obj": _Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(TrainingError, match="cannot load"):  # weights_only refuses arbitrary pickles
+    with pytest.raises(CheckpointError, match="pickled objects that weights_only loading refuses"):
         load_checkpoint(tmp_path / "evil.pt")
+    torch.save([1, 2], tmp_path / "list.pt")  # a valid torch file, but not ours
+    with pytest.raises(CheckpointError, match="not a dualseg checkpoint"):
+        load_checkpoint(tmp_path / "list.pt")
+    assert issubclass(CheckpointError, TrainingError)  # exit code 1, a trial failure
+
+
+@pytest.mark.parametrize("cut", [0.0, 0.3, 0.97, -1])
+def test_truncated_checkpoint_is_one_line(tmp_path: Path, cut: float) -> None:
+    path = save_checkpoint({"model": _model(8).state_dict(), "epoch": 1}, tmp_path / "last.pt")
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * cut)] if cut >= 0 else data[:-1])
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == f"checkpoint: not a dualseg checkpoint (truncated or corrupt): {path}"
+
+
+def test_damage_inside_the_archive_fails_the_crc(tmp_path: Path) -> None:
+    """torch's zip reader checks no CRC: a flipped byte in a tensor would load silently without ours."""
+    model = _model(8)
+    path = save_checkpoint({"model": model.state_dict()}, tmp_path / "last.pt")
+    assert zipfile.ZipFile(path).comment.startswith(b"dualseg-crc32:")  # still a valid zip
+    assert torch.load(path, weights_only=True)["model"].keys() == model.state_dict().keys()  # plain torch reads it
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(path)
+
+
+def _state(epoch: int) -> dict:
+    """A minimal resumable training state (every key a resume reads)."""
+    return {"model": {}, "optimizer": {}, "scheduler": {}, "epoch": epoch, "step": 0, "train_loss_sum": 0.0,
+            "early_stopping": {}, "history": []}
+
+
+def test_rotation_keeps_the_previous_state(tmp_path: Path) -> None:
+    last, prev = tmp_path / "last.pt", tmp_path / "last.prev.pt"
+    save_checkpoint(_state(1), last, previous=prev)
+    assert not prev.exists()  # nothing to keep yet
+    save_checkpoint(_state(2), last, previous=prev)
+    save_checkpoint(_state(3), last, previous=prev)
+    assert load_checkpoint(last)["epoch"] == 3 and load_checkpoint(prev)["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.prev.pt", "last.pt"]  # no temp litter
+
+
+def test_interrupted_save_leaves_both_states(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kill (here: KeyboardInterrupt, as a second signal's handler may raise) mid-write or between renames."""
+    last, prev = tmp_path / "last.pt", tmp_path / "last.prev.pt"
+    save_checkpoint(_state(1), last, previous=prev)
+    save_checkpoint(_state(2), last, previous=prev)
+    real_fsync = os.fsync
+
+    def killed_fsync(fd: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", killed_fsync)  # dies while the new file is being made durable
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(_state(3), last, previous=prev)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert load_checkpoint(last)["epoch"] == 2 and load_checkpoint(prev)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.prev.pt", "last.pt"]
+
+    real_replace = os.replace
+    calls: list[str] = []
+
+    def killed_between(src: str, dst: str) -> None:
+        calls.append(str(dst))
+        if Path(dst) == last:
+            raise KeyboardInterrupt  # last.pt already moved to last.prev.pt, new one not yet in place
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_between)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(_state(3), last, previous=prev)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not last.exists() and load_checkpoint(prev)["epoch"] == 2  # the newest complete state survives
+    path, state, skipped = load_newest([last, prev, tmp_path / "best.pt"])
+    assert path == prev and state is not None and state["epoch"] == 2 and skipped == ["last.pt (missing)"]
+
+
+def test_load_newest_falls_back_to_the_most_advanced_loadable(tmp_path: Path) -> None:
+    last, prev, best = (tmp_path / n for n in ("last.pt", "last.prev.pt", "best.pt"))
+    paths = [last, prev, best]
+    assert load_newest(paths) == (None, None, [])  # nothing there: a fresh start
+    save_checkpoint(_state(2), prev)
+    save_checkpoint(_state(3), best)  # best.pt written with the (damaged) last.pt's epoch: newer than prev
+    last.write_bytes(b"PK\x03\x04garbage")
+    path, state, skipped = load_newest(paths)
+    assert path == best and state is not None and state["epoch"] == 3
+    assert skipped == ["last.pt (not a dualseg checkpoint (truncated or corrupt))", "last.prev.pt (older)"]
+    save_checkpoint(_state(1), best)
+    assert load_newest(paths)[0] == prev
+    best.write_bytes(b"")
+    prev.write_bytes(save_checkpoint(_state(2), prev).read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"^checkpoint: no loadable checkpoint \(last.pt \(not a dualseg "
+                                              r"checkpoint .*\); last.prev.pt \(.*\); best.pt \(.*\)\): "):
+        load_newest(paths)

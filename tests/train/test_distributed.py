@@ -98,14 +98,15 @@ def test_two_rank_gloo_identical_metrics(make_cfg: Callable[..., Config], tmp_pa
     # every log line says which rank wrote it
     assert "[rank 1/2 node 0" in logs[1] and "[rank 0/2 node 0" in logs[0]
     run_dir = Path(cfg.train.scratch) / "ddp"  # type: ignore[arg-type]
-    assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "last.prev.pt", "last.pt", "metrics.jsonl"]
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2  # rank 0 only
 
 
 def test_two_rank_exact_resume_mid_epoch(make_cfg: Callable[..., Config], tmp_path: Path) -> None:
-    """2 steps/epoch per rank; call 4 = epoch 1 after 1 step: every rank's RNG and loss sum resume."""
+    """2 steps/epoch per rank; should_stop calls: 1 start-up, 2 before the first step, 3-4 steps, 5-6
+    validation batches, 7 after epoch 0, 8 = epoch 1 after 1 step: every rank's RNG and loss sum resume."""
     straight = _launch(RESUME_WORKER, make_cfg(run_name="straight", epochs=3), tmp_path / "a", "0")
-    first = _launch(RESUME_WORKER, make_cfg(run_name="split", epochs=3), tmp_path / "b", "4")
+    first = _launch(RESUME_WORKER, make_cfg(run_name="split", epochs=3), tmp_path / "b", "8")
     assert first[0]["stopped"] == first[1]["stopped"] == "interrupted" and len(first[0]["history"]) == 1
     second = _launch(RESUME_WORKER, make_cfg(run_name="split", epochs=3), tmp_path / "c", "0")
     assert second[0]["stopped"] == "completed"
@@ -149,3 +150,71 @@ def test_existing_group_is_reused_not_destroyed(tmp_path: Path) -> None:
         assert dist.is_initialized()
     finally:
         dist.destroy_process_group()
+
+
+FAILING_WORKER = r"""
+import json, sys, torch
+torch.set_num_threads(1)
+import torch.distributed as dist
+from dualseg.config import Config, apply_overrides, from_dict
+from dualseg.errors import TrainingError
+from dualseg.train import fit, setup_logging
+from dualseg.train.distributed import cleanup, init_distributed
+from dualseg.train.failures import classify, release_resources
+setup_logging()
+cfg = from_dict(Config, json.loads(sys.argv[1]))
+out = {}
+owner = sys.argv[3] == "caller"
+info = init_distributed("cpu") if owner else None  # as hpc/worker.py: one group for all trials
+try:  # a trial whose loss turns NaN: every rank raises at the same check
+    fit(cfg, overrides={"train.lr": 1e30, "train.run_name": "nan"})
+except TrainingError as exc:
+    out["kind"] = classify(exc)
+    release_resources(exc)
+out["group_after_failure"] = dist.is_initialized()
+def in_validation():
+    return sys._getframe(1).f_code.co_name == "evaluate_batches"
+if owner:  # (re-creating a group on the same env:// port in one process races: not what callers do)
+    res = fit(cfg, should_stop=in_validation)  # the next trial: stopped during validation of epoch 0
+    out["stopped"], out["epochs_run"] = res.stopped, res.epochs_run
+    res = fit(cfg)  # resumed: re-validates epoch 0, no step lost
+    out["resumed"] = [res.stopped, [h["epoch"] for h in res.history]]
+    cleanup(info)
+    cleanup(info)  # idempotent: every exit path may call it
+cleanup()
+out["group_at_exit"] = dist.is_initialized()
+open(sys.argv[2], "w").write(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("owner", ["fit", "caller"])
+def test_failed_trial_then_next_trial_and_clean_exit(
+    make_cfg: Callable[..., Config], tmp_path: Path, owner: str
+) -> None:
+    """A trial raising on both ranks, a stop during validation, then exit 0 with no gloo abort at exit."""
+    cfg = make_cfg(run_name="trial", epochs=2)
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "DUALSEG_PROGRESS": "0"}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", FAILING_WORKER, json.dumps(to_dict(cfg)), f"{tmp_path}/out.{rank}", owner],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        logs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()  # no orphan ranks if one hangs
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-3000:]
+        assert "terminate called" not in log and "Traceback" not in log, log[-3000:]
+    outs = [json.loads(Path(f"{tmp_path}/out.{rank}").read_text()) for rank in range(2)]
+    for out in outs:
+        assert out["kind"] == "trial" and out["group_after_failure"] == (owner == "caller")
+        assert out["group_at_exit"] is False
+        if owner == "caller":
+            assert out["stopped"] == "interrupted" and out["epochs_run"] == 0
+            assert out["resumed"] == ["completed", [0, 1]]
+    if owner == "caller":
+        assert "interrupted during validation (epoch 0 step 2)" in logs[0]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
-from dualseg.train.early_stopping import EarlyStopping
+import pytest
+
+from dualseg.train.early_stopping import MONITOR_MODES, EarlyStopping
 
 
 def test_stops_after_patience_without_improvement() -> None:
@@ -36,3 +38,18 @@ def test_disabled_and_state_roundtrip() -> None:
     b = EarlyStopping(patience=3)
     b.load_state_dict(a.state_dict())
     assert (b.best, b.best_epoch, b.bad_epochs) == (2.0, 0, 1)
+
+
+def test_max_mode_for_accuracy_metrics_and_direction_checked_on_load() -> None:
+    es = EarlyStopping(patience=1, mode="max")
+    assert es.best == -math.inf
+    assert es.step(0.3, 0) and es.step(0.5, 1)
+    assert not es.step(0.4, 2) and es.should_stop
+    assert (es.best, es.best_epoch) == (0.5, 1)
+    with pytest.raises(ValueError, match="minimised metric, this run a maximised one"):
+        es.load_state_dict(EarlyStopping(patience=1).state_dict())
+    old = {"best": 0.7, "best_epoch": 3, "bad_epochs": 0}  # a checkpoint from before train.monitor
+    fresh = EarlyStopping(patience=1)
+    fresh.load_state_dict(old)
+    assert fresh.best == 0.7
+    assert {MONITOR_MODES[m] for m in ("val_miou", "val_oa")} == {"max"} and MONITOR_MODES["val_loss"] == "min"

@@ -45,3 +45,14 @@ def test_writable_check_creates_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
     rewrite_metrics(tmp_path / "scratch" / "run", [])  # the run's first file creates the folder
     assert (tmp_path / "scratch" / "run" / "metrics.jsonl").is_file()
+
+
+def test_has_checkpoint_sees_any_resumable_file(tmp_path: Path) -> None:
+    from dualseg.train.rundir import CHECKPOINTS, has_checkpoint
+
+    assert CHECKPOINTS == ("last.pt", "last.prev.pt", "best.pt")
+    assert not has_checkpoint(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert not has_checkpoint(tmp_path)
+    (tmp_path / "last.prev.pt").write_bytes(b"x")  # a kill between the rotation's renames leaves only this
+    assert has_checkpoint(tmp_path)

@@ -28,7 +28,8 @@ def test_learns_above_majority_baseline(make_cfg: Callable[..., Config]) -> None
     assert best["val_miou"] > base["miou"] + 0.1, (best["val_miou"], base)
     # run dir layout and contents
     names = sorted(p.name for p in res.run_dir.iterdir())
-    assert names == ["best.pt", "last.pt", "metrics.jsonl"]
+    assert names == ["best.pt", "last.prev.pt", "last.pt", "metrics.jsonl"]
+    assert load_checkpoint(res.run_dir / "last.prev.pt")["epoch"] == 4  # the state before the last save
     lines = read_metrics(res.run_dir)
     assert [r["epoch"] for r in lines] == list(range(5))
     assert lines[res.best_epoch]["best"] is True
@@ -41,27 +42,40 @@ def test_learns_above_majority_baseline(make_cfg: Callable[..., Config]) -> None
     assert best_state["epoch"] == res.best_epoch + 1
 
 
-# 4 steps/epoch, should_stop asked after each step and at each epoch end (5 calls per epoch):
-# call 2 = mid-epoch 0, call 7 = epoch 1 after 2 steps, call 4 = last step of epoch 0 (finish it, then stop)
-@pytest.mark.parametrize("stop_at_call", [2, 7, 4])
-def test_exact_resume_after_interruption(make_cfg: Callable[..., Config], stop_at_call: int) -> None:
-    straight = fit(make_cfg(run_name="straight"))
-    calls = {"n": 0}
+# should_stop() is polled (log_every=1, 4 steps/epoch, 5 validation batches) at: 1 after the data is
+# built, 2 before the first step, 3-6 after each step of epoch 0, 7-10 between validation batches of
+# epoch 0, 11 after epoch 0, 12-15 steps of epoch 1, 16-19 its validation, 20 after it.
+STOPS = {1: "start-up", 2: "before the first step", 4: "mid-epoch 0", 6: "last step of epoch 0",
+         8: "validation of epoch 0", 11: "after epoch 0", 13: "mid-epoch 1", 17: "validation of epoch 1"}
 
-    def should_stop() -> bool:
-        calls["n"] += 1
-        return calls["n"] == stop_at_call
 
-    first = fit(make_cfg(run_name="split"), should_stop=should_stop)
-    assert first.stopped == "interrupted" and first.epochs_run < 4
-    second = fit(make_cfg(run_name="split"))
-    assert second.stopped == "completed"
-    assert _losses(second.history) == pytest.approx(_losses(straight.history), abs=1e-6)
-    # metrics.jsonl has each epoch once, across the restart
-    assert [r["epoch"] for r in read_metrics(second.run_dir)] == [0, 1, 2, 3]
-    a = load_checkpoint(straight.run_dir / "last.pt")["model"]
-    b = load_checkpoint(second.run_dir / "last.pt")["model"]
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+def test_exact_resume_after_interruption_anywhere(make_cfg: Callable[..., Config]) -> None:
+    straight = fit(make_cfg(run_name="straight", epochs=2))
+    ref = load_checkpoint(straight.run_dir / "last.pt")["model"]
+    for stop_at, where in STOPS.items():
+        calls = {"n": 0}
+
+        def should_stop(calls: dict[str, int] = calls, stop_at: int = stop_at) -> bool:
+            calls["n"] += 1
+            return calls["n"] == stop_at
+
+        cfg = make_cfg(run_name=f"split{stop_at}", epochs=2)
+        first = fit(cfg, should_stop=should_stop)
+        assert first.stopped == "interrupted" and calls["n"] == stop_at, where
+        run_dir = first.run_dir
+        if stop_at <= 2:  # nothing trained yet: nothing written, no checkpoint to resume
+            assert not any(run_dir.glob("*.pt")), where
+        else:
+            state = load_checkpoint(run_dir / "last.pt")
+            done = 4 * state["epoch"] + state["step"]  # training steps kept: none lost
+            assert done == {4: 2, 6: 4, 8: 4, 11: 4, 13: 6, 17: 8}[stop_at], (where, done)
+        second = fit(cfg)
+        assert second.stopped == "completed", where
+        assert _losses(second.history) == pytest.approx(_losses(straight.history), abs=1e-6), where
+        # metrics.jsonl has each epoch once, across the restart
+        assert [r["epoch"] for r in read_metrics(run_dir)] == [0, 1], where
+        b = load_checkpoint(run_dir / "last.pt")["model"]
+        assert all(torch.allclose(ref[k], b[k], atol=1e-6) for k in ref), where
 
 
 def test_resume_2_plus_2_epochs_matches_4(make_cfg: Callable[..., Config]) -> None:
@@ -137,3 +151,62 @@ def test_metrics_jsonl_is_valid_json(make_cfg: Callable[..., Config]) -> None:
     line = (res.run_dir / "metrics.jsonl").read_text().splitlines()[0]
     rec = json.loads(line)
     assert len(rec["val_confusion_matrix"]) == 4 and len(rec["val_iou"]) == 4
+
+
+def test_truncated_last_pt_resumes_from_the_previous_state(
+    make_cfg: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    straight = fit(make_cfg(run_name="ref", epochs=3))
+    cfg = make_cfg(run_name="dmg", epochs=3)
+    done: list[int] = []
+    fit(cfg, callback=lambda e, m: done.append(e) or False, should_stop=lambda: len(done) == 2)
+    last, prev = straight.run_dir.parent / "dmg" / "last.pt", straight.run_dir.parent / "dmg" / "last.prev.pt"
+    assert load_checkpoint(prev)["epoch"] == 1 and load_checkpoint(last)["epoch"] == 2
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # damaged while the job waited
+    best = last.with_name("best.pt")
+    # the newest loadable state: best.pt if epoch 1 was the best so far (saved with the lost last.pt)
+    newest, older = (best, prev) if load_checkpoint(best)["epoch"] == 2 else (prev, best)
+    with caplog.at_level("WARNING"):
+        second = fit(cfg)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [(f"checkpoint: skipped last.pt (not a dualseg checkpoint (truncated or corrupt)), "
+                         f"{older.name} (older); resuming from {newest}")]
+    assert second.stopped == "completed"  # at most epoch 1 re-run (the one lost), nothing more
+    assert _losses(second.history) == pytest.approx(_losses(straight.history), abs=1e-6)
+    assert [r["epoch"] for r in read_metrics(second.run_dir)] == [0, 1, 2]
+    # the damaged last.pt was overwritten, never rotated over the good last.prev.pt
+    assert load_checkpoint(last)["epoch"] == 3 and load_checkpoint(prev)["epoch"] in (1, 2)
+
+
+def test_falls_back_to_best_pt_then_fails_only_when_nothing_loads(make_cfg: Callable[..., Config]) -> None:
+    cfg = make_cfg(run_name="fb", epochs=3)
+    done: list[int] = []
+    res = fit(cfg, callback=lambda e, m: done.append(e) or False, should_stop=lambda: len(done) == 2)
+    best_epochs = load_checkpoint(res.run_dir / "best.pt")["epoch"]
+    for name in ("last.pt", "last.prev.pt"):
+        (res.run_dir / name).write_bytes(b"\0" * 100)
+    calls: list[int] = []
+    stopped = fit(cfg, should_stop=lambda: calls.append(1) or len(calls) == 2)  # stop before the first step
+    assert stopped.stopped == "interrupted" and stopped.epochs_run == best_epochs
+    assert len(read_metrics(res.run_dir)) == best_epochs  # metrics truncated to the best.pt state
+    (res.run_dir / "best.pt").write_bytes(b"")
+    with pytest.raises(TrainingError, match=r"^checkpoint: no loadable checkpoint \(last.pt \(not a dualseg "
+                                            r"checkpoint \(truncated or corrupt\)\); last.prev.pt .*; best.pt .*\): "):
+        fit(cfg)
+    assert sorted(p.name for p in res.run_dir.glob("*.pt")) == ["best.pt", "last.prev.pt", "last.pt"]  # kept
+    fresh = fit(cfg, resume=False)  # the way out the error suggests nothing about: start over
+    assert fresh.stopped == "completed" and [r["epoch"] for r in read_metrics(res.run_dir)] == [0, 1, 2]
+
+
+def test_monitor_chooses_best_pt_and_direction(make_cfg: Callable[..., Config]) -> None:
+    res = fit(make_cfg(run_name="miou", epochs=3, monitor="val_miou", patience=0))
+    mious = [h["val_miou"] for h in res.history]
+    assert res.monitor == "val_miou" and res.best_epoch == mious.index(max(mious))
+    assert res.best_value == max(mious) and res.best_val_loss == res.history[res.best_epoch]["val_loss"]
+    assert load_checkpoint(res.run_dir / "best.pt")["epoch"] == res.best_epoch + 1
+    running = [max(mious[: i + 1]) for i in range(3)]
+    assert [h["best"] for h in res.history] == [i == 0 or running[i] > running[i - 1] for i in range(3)]
+    with pytest.raises(InputError, match="train.monitor=val_loss but .* chose best.pt on val_miou"):
+        fit(make_cfg(run_name="miou", epochs=4))
+    with pytest.raises(InputError, match="train.monitor: must be one of val_loss, val_miou, val_oa"):
+        make_cfg(monitor="miou")
