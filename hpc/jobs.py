@@ -105,7 +105,7 @@ def array_script(plan: Plan, workers: int | None = None) -> str:
 
     n = workers or plan.hpc.workers
     ex = slurm_executor(plan, n)
-    extra = {"map_count": n} if n > 1 else {}
+    extra: dict[str, Any] = {"map_count": n} if n > 1 else {}
     return _make_sbatch_string(command=ex._submitit_command_str, folder=ex.folder, **ex.parameters, **extra)
 
 

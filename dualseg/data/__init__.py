@@ -30,11 +30,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from dualseg.data.build import DataBundle, build_data
     from dualseg.data.dataset import TileDataset, collate, date_features, day_of_year, normalise
     from dualseg.data.pastis import import_pastis
+    from dualseg.data.preflight import check_dataset
+    from dualseg.data.read import read_tile
     from dualseg.data.splits import read_splits, resolve_splits, write_splits
     from dualseg.data.stats import BandStats, Moments, Partial, compute_partial, moments_xp
     from dualseg.data.synthetic import ensure_synthetic, generate, make_tile
-    from dualseg.data.preflight import check_dataset
-    from dualseg.data.read import read_tile
     from dualseg.data.tile import Stream, Tile, TileInfo, open_tile, tile_path, write_tile
     from dualseg.data.validate import validate_root, validate_tile
     from dualseg.data.weights import compute_class_weights

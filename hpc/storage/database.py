@@ -121,7 +121,8 @@ def open_database(
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
         what = "unreachable" if is_connection_error(exc) else "cannot connect"
         raise InputError(f"storage {storage.masked}: {what}: {_driver_message(exc, storage)}") from None
-    return Database(storage, rdb, RetryingStorage(_CachedStorage(rdb), budget_s), budget_s)
+    retrying = RetryingStorage(_CachedStorage(rdb), budget_s)  # type: ignore[abstract]  # methods generated in .retry
+    return Database(storage, rdb, retrying, budget_s)
 
 
 def create_or_load_study(db: Database, name: str, direction: str, attrs: dict[str, Any] | None = None) -> optuna.Study:
@@ -137,7 +138,8 @@ def create_or_load_study(db: Database, name: str, direction: str, attrs: dict[st
                              "(use another --study)")
         study = existing
     else:
-        study = optuna.create_study(study_name=name, storage=db.storage, direction=direction, load_if_exists=True)
+        study = optuna.create_study(study_name=name, storage=db.storage, load_if_exists=True,
+                                    direction=optuna.study.StudyDirection[direction.upper()])
     for key, value in (attrs or {}).items():
         study.set_user_attr(key, value)
     return study

@@ -207,4 +207,4 @@ def _delegate(name: str) -> Callable[..., Any]:
 
 for _name in _METHODS:
     setattr(RetryingStorage, _name, _delegate(_name))
-abc.update_abstractmethods(RetryingStorage)
+abc.update_abstractmethods(RetryingStorage)  # type: ignore[type-abstract]  # the methods were generated just above
