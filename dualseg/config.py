@@ -141,11 +141,6 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except InputError as exc:
                 errors.append(str(exc))
         raise InputError(errors[0] if errors else f"config: {where}: bad value {value!r}")
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise InputError(f"config: {where}: must be one of {', '.join(map(str, choices))}, got {value!r}")
-        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise InputError(f"config: {where}: expected a mapping, got {type(value).__name__}")

@@ -42,10 +42,10 @@ from hpc.storage import (
     OUTAGE,
     Database,
     LockTimeout,
-    StorageURL,
     call,
     critical_section,
     is_connection_error,
+    job_storage,
     open_database,
 )
 
@@ -159,7 +159,7 @@ class Coordinator:
 
     def __init__(self, spec: WorkerSpec, hpc: HpcConfig, db: Database | None = None) -> None:
         self.spec, self.hpc = spec, hpc
-        self.url = StorageURL.parse(spec.storage)
+        self.url = job_storage(spec.storage)
         self.db = db or open_database(self.url, heartbeat_interval=hpc.heartbeat_interval,
                                       grace_period=hpc.grace_period, max_retry=hpc.max_retry, budget_s=hpc.db_outage_s)
         self.study = self.db.load_study(spec.study, pruner=build_pruner(hpc.pruner))

@@ -20,6 +20,7 @@ from hpc.storage.url import (
     PASSWORD_ENV,
     STORAGE_ENV,
     StorageURL,
+    job_storage,
     resolve_storage,
     write_passfile,
 )
@@ -27,6 +28,6 @@ from hpc.storage.url import (
 __all__ = [
     "CONNECTIONS_PER_JOB", "LOCK_HELD_S", "OUTAGE", "PASSFILE_ENV", "PASSWORD_ENV", "STORAGE_ENV", "Database",
     "DatabaseUnavailable", "LockTimeout", "RetryingStorage", "StorageURL", "call", "connection_budget",
-    "create_or_load_study", "critical_section", "engine_kwargs", "is_connection_error", "open_database",
+    "create_or_load_study", "critical_section", "engine_kwargs", "is_connection_error", "job_storage", "open_database",
     "resolve_storage", "write_passfile",
 ]

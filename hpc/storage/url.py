@@ -124,6 +124,23 @@ def resolve_storage(cli: str | None, configured: str | None, local_default: Path
     return None
 
 
+def job_storage(public: str) -> StorageURL:
+    """The URL a job connects with: the public one it was given, plus the password of ``$DUALSEG_STORAGE``
+    when that names the same database (a user who exported the full URL; it stays in memory). Otherwise
+    libpq finds the password itself (``PGPASSFILE``, ``~/.pgpass``)."""
+    url = StorageURL.parse(public)
+    raw = os.environ.get(STORAGE_ENV)
+    if url.password or not raw:
+        return url
+    try:
+        env = StorageURL.parse(raw, f"${STORAGE_ENV}")
+    except InputError:
+        return url
+    if env.password and env.url._replace(password=None) == url.url._replace(password=None):
+        return env
+    return url
+
+
 def write_passfile(storage: StorageURL, path: Path) -> Path | None:
     """Write a mode-0600 libpq passfile for jobs when this process knows the password (else None).
 

@@ -35,7 +35,7 @@ def _tiles(tiny_data: Path) -> list[str]:
     [
         (["--tasks", "0"], "error: --tasks: must be >= 1 (got 0)"),
         (["--tile", "nope"], "error: tile nope: not found"),
-        (["--time", "soon"], "error: --time: not a SLURM time limit"),
+        (["--time", "soon"], "error: --time: cannot parse 'soon'"),
         (["--overlap", "-0.1"], "error: --overlap must be in [0, 1)"),
     ],
 )

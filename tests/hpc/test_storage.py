@@ -239,3 +239,13 @@ def test_killed_sessions_are_retried_through_optuna(pg_db_url: str) -> None:
         t.join(10)
     assert sum(t.state.name == "COMPLETE" for t in study.get_trials()) == 8 and len(kills) > 3
     db.close()
+
+
+def test_a_job_takes_the_password_of_a_matching_exported_url_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpc.storage import job_storage
+
+    monkeypatch.setenv("DUALSEG_STORAGE", "postgresql://me:s3cr3t@db:5432/optuna")
+    assert job_storage("postgresql+psycopg2://me@db:5432/optuna").password == "s3cr3t"
+    assert job_storage("postgresql+psycopg2://me@other:5432/optuna").password is None  # another database
+    monkeypatch.setenv("DUALSEG_STORAGE", "postgresql://me@db:5432/optuna")
+    assert job_storage("postgresql+psycopg2://me@db:5432/optuna").password is None  # libpq's passfile then
