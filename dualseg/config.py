@@ -144,7 +144,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise InputError(f"config: {where}: expected a mapping, got {type(value).__name__}")
-        return from_dict(tp, value, where)
+        return from_dict(typing.cast(type, tp), value, where)
     if origin is list:
         (item_tp,) = typing.get_args(tp) or (Any,)
         if not isinstance(value, list):

@@ -167,7 +167,7 @@ def _gathered(
     error: BaseException | None = None
     try:
         mine = compute_partial(shard, num_classes, channels, xp, progress=rank == 0 and len(shard) > 20)
-    except Exception as exc:  # re-raised below, after the collective
+    except Exception as exc:  # noqa: BLE001 - re-raised below, after the collective
         error, mine = exc, empty
     gathered = gather(np.append(pack(mine), 1.0 if error is not None else 0.0))
     if error is not None:

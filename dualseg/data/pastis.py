@@ -3,7 +3,8 @@
 Converts the published layout (``metadata.geojson``, ``DATA_S2/S2_{ID}.npy`` T x 10 x H x W int16,
 ``DATA_S1A/S1A_{ID}.npy`` (or ``S1D``, ``--orbit``) T x 3 x H x W dB (VV, VH, VV/VH ratio),
 ``ANNOTATIONS/TARGET_{ID}.npy`` with the semantic class in channel 0) into one dualseg tile per
-patch plus ``splits.json`` built from the official folds. Class 19 ("void") becomes the ignore index, so K = 19. Every problem in
+patch plus ``splits.json`` built from the official folds. Class 19 ("void") becomes the ignore index, so
+K = 19. Every problem in
 the source names the patch and the file; ``splits.json`` is written only after every tile.
 """
 
@@ -172,7 +173,8 @@ def _choose(
         for f in fs:
             if f not in present:
                 have = ",".join(map(str, sorted(present)))
-                raise InputError(f"pastis: --folds: {split} fold {f} does not exist in {src}/metadata.geojson (folds: {have})")
+                raise InputError(f"pastis: --folds: {split} fold {f} does not exist in {src}/metadata.geojson "
+                                 f"(folds: {have})")
     if limit is not None and limit < 3:
         raise InputError(f"pastis: --limit must be >= 3 (one patch per split), got {limit}")
     rounds = itertools.zip_longest(*([(s, f) for f in feats] for s, feats in by_split.items()))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -31,7 +31,7 @@ def _gather(reads: list[tuple[str, zarr.Array, Any]], tile: str) -> list[np.ndar
     async def one(name: str, arr: zarr.Array, sel: Any) -> np.ndarray:
         try:
             return np.asarray(await arr.async_array.getitem(sel))
-        except Exception as exc:  # a truncated/corrupt chunk, a vanished file
+        except Exception as exc:  # noqa: BLE001 - a truncated/corrupt chunk, a vanished file
             raise InputError(f"tile {tile}: {name}: unreadable data ({type(exc).__name__}: {exc})") from None
 
     async def run() -> list[Any]:  # wait for all (no read left running), then raise the first error
@@ -49,12 +49,13 @@ def _stream_reads(
 ) -> list[tuple[str, zarr.Array, Any]]:
     si = info.streams[key]
     sel = (slice(None), *(window or (slice(None), slice(None))))
-    reads, name = [], key
+    reads: list[tuple[str, zarr.Array, Any]] = []
+    name = key
     try:
-        sg = g[key]
+        sg = cast(zarr.Group, g[key])
         for name in [*si.bands, *(["cloud"] if si.has_cloud else [])]:
-            reads.append((f"{key}/{name}", sg[name], sel))
-    except Exception as exc:  # a vanished file, broken metadata
+            reads.append((f"{key}/{name}", cast(zarr.Array, sg[name]), sel))
+    except Exception as exc:  # noqa: BLE001 - a vanished file, broken metadata
         raise InputError(f"tile {info.name}: {key}/{name}: unreadable ({type(exc).__name__}: {exc})") from None
     return reads
 
@@ -90,8 +91,8 @@ def read_all(
     g = group if group is not None else open_group(info.path, info.name)
     reads = [_stream_reads(info, key, window, g) for key in STREAMS]
     try:
-        labels = g["labels"]
-    except Exception as exc:
+        labels = cast(zarr.Array, g["labels"])
+    except Exception as exc:  # noqa: BLE001 - zarr raises many types for a broken store
         raise InputError(f"tile {info.name}: labels: unreadable ({type(exc).__name__}: {exc})") from None
     flat = _gather([*reads[0], *reads[1], ("labels", labels, window or (slice(None), slice(None)))], info.name)
     n1 = len(reads[0])
@@ -106,8 +107,8 @@ def read_labels(info: TileInfo, window: Window | None = None, group: zarr.Group 
     """Read the label map (h,w) as int64."""
     g = group if group is not None else open_group(info.path, info.name)
     try:
-        lab = g["labels"][window or (slice(None), slice(None))]
-    except Exception as exc:
+        lab = cast(zarr.Array, g["labels"])[window or (slice(None), slice(None))]
+    except Exception as exc:  # noqa: BLE001 - zarr raises many types for a broken store
         raise InputError(f"tile {info.name}: labels: unreadable data ({type(exc).__name__}: {exc})") from None
     return np.asarray(lab, dtype=np.int64)
 

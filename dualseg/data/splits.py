@@ -68,7 +68,8 @@ def resolve_splits(cfg: DataConfig, wanted: tuple[str, ...] | list[str]) -> dict
         if p.is_file() or any(explicit[s] is None for s in wanted):
             from_file = read_splits(p)
     out = {
-        s: [n.removesuffix(".zarr") for n in explicit[s]] if explicit[s] is not None else (from_file or {}).get(s, [])
+        s: [n.removesuffix(".zarr") for n in explicit[s] or []] if explicit[s] is not None
+        else (from_file or {}).get(s, [])
         for s in SPLITS
     }
     check_disjoint(out)

@@ -56,7 +56,7 @@ DEFAULT_IGNORE_INDEX = 255
 DEFAULT_CHUNK_HW = 128
 _CONSOLIDATE_LOCK = threading.Lock()
 # all-fill-value chunks are written too, so a missing chunk file always means lost data
-_EVERY_CHUNK: ArrayConfigParams = {"write_empty_chunks": True}
+_EVERY_CHUNK = cast(ArrayConfigParams, {"write_empty_chunks": True})
 
 
 @dataclass
@@ -138,8 +138,9 @@ def _check_stream(tile: str, key: str, s: Stream, hw: tuple[int, int] | None) ->
             hw = arr.shape[1:]
         elif arr.shape[1:] != hw:
             raise InputError(f"tile {tile}: {key}/{name} has H,W={arr.shape[1:]} but the tile is {hw}")
-    if s.cloud is not None and s.cloud.shape != (time.shape[0], *hw):
-        raise InputError(f"tile {tile}: {key}/cloud shape {s.cloud.shape} != {(time.shape[0], *hw)}")
+    want = (time.shape[0], *cast(tuple[int, int], hw))
+    if s.cloud is not None and s.cloud.shape != want:
+        raise InputError(f"tile {tile}: {key}/cloud shape {s.cloud.shape} != {want}")
     return hw  # type: ignore[return-value]
 
 
@@ -287,7 +288,7 @@ def open_group(path: Path, name: str) -> zarr.Group:
         raise InputError(f"tile {name}: not found ({path})")
     try:
         return zarr.open_group(str(path), mode="r", use_consolidated=None)
-    except Exception as exc:  # zarr raises many types for a broken store
+    except Exception as exc:  # noqa: BLE001 - zarr raises many types for a broken store
         raise InputError(f"tile {name}: not a readable zarr group ({path}): {type(exc).__name__}: {exc}") from None
 
 
@@ -296,7 +297,7 @@ def _member(group: zarr.Group, key: str, name: str, want: type) -> Any:
         obj = group[key]
     except KeyError:
         obj = None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - zarr raises many types for a broken store
         raise InputError(f"tile {name}: {key}: unreadable ({type(exc).__name__}: {exc})") from None
     if obj is None:
         kind = "group" if want is zarr.Group else "array"
@@ -323,7 +324,7 @@ def open_tile(
     name = path.name.removesuffix(".zarr")
     root = open_group(path, name)
     attrs = dict(root.attrs)
-    if attrs.get("format") == FORMAT and int(attrs.get("version", VERSION)) > VERSION:
+    if attrs.get("format") == FORMAT and int(cast(int, attrs.get("version", VERSION))) > VERSION:
         raise InputError(f"tile {name}: format version {attrs['version']} is newer than this dualseg reads ({VERSION})")
     class_names = attrs.get("class_names")
     if not require_labels and class_names is None:  # a bare input tile: the model knows the classes
@@ -381,8 +382,9 @@ def open_tile(
         width=int(hw[1]),
         streams=streams,
         class_names=[str(c) for c in class_names],
-        ignore_index=int(cast(int, (labels.attrs if labels is not None else attrs).get("ignore_index", DEFAULT_IGNORE_INDEX))),
-        nodata=None if nodata is None else float(nodata),
+        ignore_index=int(cast(int, (labels.attrs if labels is not None else attrs).get("ignore_index",
+                                                                                      DEFAULT_IGNORE_INDEX))),
+        nodata=None if nodata is None else float(cast(float, nodata)),
         attrs=attrs,
         has_labels=labels is not None,
     )

@@ -90,7 +90,8 @@ def validate_tiles(
         if info.class_names != infos[0].class_names:
             raise InputError(f"tile {info.name}: class_names differ from tile {infos[0].name}")
         if info.ignore_index != infos[0].ignore_index:
-            raise InputError(f"tile {info.name}: ignore_index {info.ignore_index} != {infos[0].ignore_index} of tile {infos[0].name}")
+            raise InputError(f"tile {info.name}: ignore_index {info.ignore_index} != {infos[0].ignore_index} "
+                             f"of tile {infos[0].name}")
     return infos
 
 

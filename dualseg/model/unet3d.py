@@ -82,9 +82,13 @@ class DualStreamUNet3D(nn.Module):
         def temporal_agg(n_sensors: int = 1) -> TemporalAggregator:
             return TemporalAggregator(widths, temporal, n_heads, d_k, dropout, n_sensors)
 
-        self.enc_s1 = self.enc_s2 = self.enc_joint = None
-        self.tmp_s1 = self.tmp_s2 = self.tmp_joint = None
-        self.fuse = None
+        self.enc_s1: StreamEncoder | None = None
+        self.enc_s2: StreamEncoder | None = None
+        self.enc_joint: StreamEncoder | None = None
+        self.tmp_s1: TemporalAggregator | None = None
+        self.tmp_s2: TemporalAggregator | None = None
+        self.tmp_joint: TemporalAggregator | None = None
+        self.fuse: nn.ModuleList | None = None
         if early:
             self.enc_joint = StreamEncoder(s1_channels + s2_channels, widths, kt)
             self.tmp_joint = temporal_agg(n_sensors=2)
@@ -117,14 +121,16 @@ class DualStreamUNet3D(nn.Module):
                     f"model input: s1 {tuple(s1.shape)} and s2 {tuple(s2.shape)} differ in batch or patch size"
                 )
         if self.early:
-            assert f1 is not None and f2 is not None
+            assert f1 is not None and f2 is not None and self.enc_joint is not None and self.tmp_joint is not None
             x, pad, days, sensor = merge_streams(f1[0], f2[0], f1[1], f2[1], s1_doy, s2_doy, self.gap)
             maps = self.tmp_joint(self.enc_joint(x, pad), *_on(x.device, pad, days), sensor)
         else:
             per_stream = []
             if f1 is not None:
+                assert self.enc_s1 is not None and self.tmp_s1 is not None
                 per_stream.append(self.tmp_s1(self.enc_s1(*f1), *_on(f1[0].device, f1[1], s1_doy)))
             if f2 is not None:
+                assert self.enc_s2 is not None and self.tmp_s2 is not None
                 per_stream.append(self.tmp_s2(self.enc_s2(*f2), *_on(f2[0].device, f2[1], s2_doy)))
             if self.fuse is not None:
                 maps = [fuse(a, b) for fuse, a, b in zip(self.fuse, *per_stream)]

@@ -70,7 +70,8 @@ def open_inputs(model: ModelFile, root: str | Path, names: list[str]) -> list[Ti
                              f"patch size {model.patch_size}")
         for key in ("s1", "s2"):
             if model.max_t is not None and info.streams[key].t > model.max_t:
-                raise InputError(f"tile {info.name}: {key} has T={info.streams[key].t} > the model's max_t={model.max_t}")
+                raise InputError(f"tile {info.name}: {key} has T={info.streams[key].t} > the model's "
+                                 f"max_t={model.max_t}")
     return infos
 
 

@@ -27,7 +27,8 @@ _KEYS_S2 = ("s2", "s2_pad", "s2_doy")
 
 def to_device(batch: dict[str, Any], device: torch.device, streams: str = "both") -> dict[str, Any]:
     """Move only what the model and loss use (non-blocking); an unused stream is not copied at all."""
-    keys = ("labels",) + (_KEYS_S1 if streams in ("both", "s1") else ()) + (_KEYS_S2 if streams in ("both", "s2") else ())
+    keys = ("labels",) + (_KEYS_S1 if streams in ("both", "s1") else ()) \
+        + (_KEYS_S2 if streams in ("both", "s2") else ())
     return {k: batch[k].to(device, non_blocking=True) for k in keys if batch.get(k) is not None}
 
 
