@@ -64,6 +64,7 @@ class DataConfig:
     # added by the data layer (dualseg/data/):
     seed: int = 0  # training patch positions/augmentations derive from (seed, epoch, index)
     cache_mb: float = 1024  # per-process cache of normalised tiles (0 = read every patch from zarr)
+    buffer_mb: float = 512  # per-process buffer of tiles streamed tile-major when they do not all fit the cache (0 = off)
     stats_backend: str = "auto"  # band statistics on "numpy", "cupy" (GPU) or "auto"
     date_encoding: str = "doy"  # s*_doy: "doy" day of year, or "days" since 1 Jan of the tile's first year (multi-year series)
 

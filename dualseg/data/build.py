@@ -74,8 +74,8 @@ def _check_options(cfg: DataConfig) -> None:
         raise InputError(f"data.stats_backend: unknown value {cfg.stats_backend!r} (auto, numpy, cupy)")
     if cfg.date_encoding not in ("doy", "days"):
         raise InputError(f"data.date_encoding: unknown value {cfg.date_encoding!r} (doy, days)")
-    if cfg.cache_mb < 0 or cfg.num_workers < 0:
-        raise InputError("data.cache_mb and data.num_workers must be >= 0")
+    if cfg.cache_mb < 0 or cfg.num_workers < 0 or cfg.buffer_mb < 0:
+        raise InputError("data.cache_mb, data.buffer_mb and data.num_workers must be >= 0")
     for key, bands in (("s1", cfg.s1_bands), ("s2", cfg.s2_bands)):
         if not bands:
             raise InputError(f"data.{key}_bands is empty")
@@ -220,6 +220,7 @@ def build_data(
             augment=cfg.augment,
             cache_mb=cfg.cache_mb,
             date_encoding=cfg.date_encoding,
+            buffer_mb=cfg.buffer_mb,
         )
         if cfg.num_workers > 0:
             ds.preload()  # before DataLoader workers fork: one copy, shared

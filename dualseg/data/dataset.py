@@ -10,6 +10,11 @@ arrays, read concurrently); tiles are therefore cached whole, already normalised
 ``cache_mb`` per process, so every chunk is decoded once per process. When all tiles fit, :meth:`TileDataset.preload`
 fills the cache before DataLoader workers fork so they share it copy-on-write instead of each
 re-reading it every epoch. zarr handles are opened lazily per process (never pickled).
+
+When the tiles do not fit, training streams them (:mod:`dualseg.data.stream`): the sampler hands
+out ``(index, release, prefetch)`` keys in tile-major order, and each process keeps at most
+``buffer_mb`` of decoded units (whole tiles, or row bands of tiles larger than half the buffer),
+each decoded once per epoch and dropped after its last patch.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -24,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dualseg.data.read import read_all
+from dualseg.data.stream import UnitBuffer
 from dualseg.data.tile import STREAMS, TileInfo, Window, open_group
 from dualseg.errors import InputError
 
@@ -90,6 +97,7 @@ class TileDataset(Dataset):
         augment: bool = False,
         cache_mb: float = 1024,
         date_encoding: str = "doy",
+        buffer_mb: float = 0,
     ) -> None:
         if not tiles:
             raise InputError("dataset: empty tile list")
@@ -111,6 +119,11 @@ class TileDataset(Dataset):
         self.seed = seed
         self.augment = augment and train
         self.cache_bytes = int(cache_mb * 2**20)
+        self.buffer_bytes = int(buffer_mb * 2**20)  # 0: no streaming (random access through the cache)
+        self._buffer = UnitBuffer(self.buffer_bytes)
+        # origin rows per streamed unit: None = the whole tile (it fits in half the buffer)
+        self._band_rows: list[int | None] = [self._unit_rows(t) for t in tiles]
+        self._fits = sum(self.tile_bytes_of(t) for t in tiles) <= self.cache_bytes
         self.epoch = 0
         self.doy = []
         for t in tiles:
@@ -138,6 +151,60 @@ class TileDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Select the patches of ``epoch`` (call on every rank before iterating)."""
         self.epoch = int(epoch)
+        self._buffer.clear()
+
+    # -- streaming units (dualseg.data.stream) ------------------------------------------------
+    @property
+    def streaming(self) -> bool:
+        """Whether training should use the tile-major :class:`~dualseg.data.stream.StreamSampler`."""
+        return self.train and self.buffer_bytes > 0
+
+    def _unit_rows(self, t: TileInfo) -> int | None:
+        budget = self.buffer_bytes // 2  # one unit decoding while another is cut
+        per_row = self.tile_bytes_of(t) // t.height
+        if self.buffer_bytes <= 0 or per_row * t.height <= budget:
+            return None
+        return max(1, budget // per_row - (self.patch_size - 1))
+
+    def unit_of(self, index: int) -> tuple[int, int]:
+        """(tile, row band) of training item ``index``; band 0 is the whole tile when it fits."""
+        i = index // self.samples_per_tile
+        rows = self._band_rows[i]
+        return (i, 0) if rows is None else (i, self.locate(index)[1] // rows)
+
+    def unit_window(self, unit: tuple[int, int]) -> Window:
+        """Rows/columns of ``unit`` that cover every patch whose origin row lies in its band."""
+        i, band = unit
+        t, rows = self.tiles[i], self._band_rows[unit[0]]
+        if rows is None:
+            return slice(0, t.height), slice(0, t.width)
+        y0 = band * rows
+        return slice(y0, min(y0 + rows + self.patch_size - 1, t.height)), slice(0, t.width)
+
+    def unit_bytes(self, unit: tuple[int, int]) -> int:
+        ys = self.unit_window(unit)[0]
+        t = self.tiles[unit[0]]
+        return self.tile_bytes(unit[0]) // t.height * (ys.stop - ys.start)
+
+    def stream_plan(self) -> tuple[list[list[int]], int]:
+        """(items of each unit this epoch, open units per lane) for the sampler."""
+        units: list[list[int]] = []
+        spt = self.samples_per_tile
+        for i in range(len(self.tiles)):
+            items = range(i * spt, (i + 1) * spt)
+            if self._band_rows[i] is None:
+                units.append(list(items))
+                continue
+            bands: dict[int, list[int]] = {}
+            for j in items:
+                bands.setdefault(self.unit_of(j)[1], []).append(j)
+            units += [bands[b] for b in sorted(bands)]
+        biggest = max(self.unit_bytes(self.unit_of(u[0])) for u in units)
+        return units, max(1, self.buffer_bytes // max(1, biggest) - 1)
+
+    def _load_unit(self, unit: tuple[int, int]) -> dict[str, Any]:
+        i = unit[0]
+        return self._load(i, None if self._band_rows[i] is None else self.unit_window(unit))
 
     def locate(self, index: int) -> tuple[int, int, int, int, int]:
         """(tile index, y, x, rot90 k, flip) of item ``index`` in the current epoch."""
@@ -174,7 +241,10 @@ class TileDataset(Dataset):
 
     def tile_bytes(self, i: int) -> int:
         """Bytes a cached tile occupies."""
-        t = self.tiles[i]
+        return self.tile_bytes_of(self.tiles[i])
+
+    @staticmethod
+    def tile_bytes_of(t: TileInfo) -> int:
         hw = t.height * t.width
         return sum(t.streams[k].t * hw * (4 * len(t.streams[k].bands) + 1) for k in STREAMS) + 8 * hw
 
@@ -209,15 +279,37 @@ class TileDataset(Dataset):
                 self._cached_bytes += self.tile_bytes(i)
         return True
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        i, y, x, k, f = self.locate(index)
+    def __getitem__(self, key: int | tuple[int, bool, int]) -> dict[str, torch.Tensor]:
+        """Item ``key``: an index, or a :class:`~dualseg.data.stream.StreamSampler` key."""
+        if isinstance(key, tuple):
+            return self._streamed(*key)
+        i, y, x, k, f = self.locate(key)
         p = self.patch_size
         whole = self._cached(i)
         if whole is not None:
-            sl = (slice(y, y + p), slice(x, x + p))
-            parts = {n: whole[n][(..., *sl)] for n in ("s1", "s2", "s1_mask", "s2_mask", "labels")}
-        else:
-            parts = self._load(i, (slice(y, y + p), slice(x, x + p)))
+            return self._item(i, whole, y, x, k, f)
+        return self._item(i, self._load(i, (slice(y, y + p), slice(x, x + p))), 0, 0, k, f)
+
+    def _streamed(self, index: int, release: bool, prefetch: int) -> dict[str, torch.Tensor]:
+        i, y, x, k, f = self.locate(index)
+        whole = self._cached(i) if self._fits else None  # everything fits: decoded once per process
+        if whole is not None:
+            return self._item(i, whole, y, x, k, f)
+        unit = self.unit_of(index)
+        whole = self._buffer.get(unit, self.unit_bytes(unit), partial(self._load_unit, unit))
+        if prefetch >= 0 and (nxt := self.unit_of(prefetch)) != unit:
+            self._group(nxt[0])  # open the handle here: the thread only reads
+            self._buffer.prefetch(nxt, self.unit_bytes(nxt), partial(self._load_unit, nxt))
+        if release:
+            self._buffer.release(unit)
+        if self._band_rows[i] is not None:
+            y -= self.unit_window(unit)[0].start
+        return self._item(i, whole, y, x, k, f)
+
+    def _item(self, i: int, whole: dict[str, Any], y: int, x: int, k: int, f: int) -> dict[str, torch.Tensor]:
+        p = self.patch_size
+        sl = (slice(y, y + p), slice(x, x + p))
+        parts = {n: whole[n][(..., *sl)] for n in ("s1", "s2", "s1_mask", "s2_mask", "labels")}
         item: dict[str, torch.Tensor] = {}
         for key in STREAMS:
             item[key] = _to_tensor(_augment(parts[key], k, f), torch.float32)
