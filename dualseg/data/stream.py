@@ -23,6 +23,7 @@ workers, results would not change, only speed (a unit would be decoded twice).
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -78,7 +79,7 @@ def interleave(runs: Sequence[Sequence[int]], slots: int, rng: np.random.Generat
             opened += 1
         else:
             open_runs.pop(j)
-    for a, b in zip(first, first[1:]):  # loading run k hints the run loaded after it
+    for a, b in itertools.pairwise(first):  # loading run k hints the run loaded after it
         index, last, _ = out[a]
         out[a] = (index, last, out[b][0])
     return out
@@ -149,7 +150,7 @@ class StreamSampler(Sampler[Key]):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return -(-len(self.dataset) // self.num_replicas)
+        return max(0, -(-len(self.dataset) // self.num_replicas))
 
     def __iter__(self) -> Iterator[Key]:
         units, slots = self.dataset.stream_plan()

@@ -250,7 +250,9 @@ class _Fit:
         t = self.cfg.train
         while self.epoch < t.epochs:
             set_log_context(epoch=self.epoch)
+            t0 = time.monotonic()
             finished, stop_asked = self._train_one_epoch(should_stop)
+            train_time = round(time.monotonic() - t0, 3)  # this process's steps (a resumed epoch: the rest)
             if not finished:
                 self.stopped = "interrupted"
                 self._save(best=False)
@@ -259,6 +261,7 @@ class _Fit:
             metrics, record = self._validate()
             improved = self.early.step(metrics["val_loss"], self.epoch)
             record["best"] = improved
+            record["train_time_s"] = train_time
             self.history.append(record)
             stop_cb = callback(self.epoch, dict(metrics)) if callback is not None else False
             stop_cb = broadcast_flag(bool(stop_cb), self.info.device)

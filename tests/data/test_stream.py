@@ -7,10 +7,15 @@ import collections
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from dualseg.data.dataset import TileDataset, collate
-from dualseg.data.stream import StreamSampler, UnitBuffer, interleave, lane_sizes, rank_order
+from dualseg.data.stream import (
+    StreamSampler,
+    UnitBuffer,
+    interleave,
+    lane_sizes,
+    rank_order,
+)
 from dualseg.data.tile import open_tile, write_tile
 from dualseg.errors import InputError
 from dualseg.train.loaders import train_loader
@@ -78,7 +83,7 @@ def _tiles(tmp_path, data, n=4, h=16):
 
 
 def _ds(infos, **kw):
-    base = dict(patch_size=8, train=True, samples_per_tile=5, seed=3, augment=True, cache_mb=0)
+    base = {"patch_size": 8, "train": True, "samples_per_tile": 5, "seed": 3, "augment": True, "cache_mb": 0}
     return TileDataset(infos, MEAN, STD, **{**base, **kw})
 
 
@@ -109,7 +114,7 @@ def test_streamed_items_equal_random_access(tmp_path, data, h):
 def test_loader_with_workers_resumes_exactly(tmp_path, data):
     infos = _tiles(tmp_path, data)
     ds = _ds(infos, buffer_mb=0.2)
-    kw = dict(batch_size=3, rank=0, world_size=1, seed=5, num_workers=2, pin_memory=False, max_t=None)
+    kw = {"batch_size": 3, "rank": 0, "world_size": 1, "seed": 5, "num_workers": 2, "pin_memory": False, "max_t": None}
     loader, sampler, _ = train_loader(ds, collate, **kw)
     assert isinstance(sampler.sampler, StreamSampler)
     ds.set_epoch(2)
