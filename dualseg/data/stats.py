@@ -17,13 +17,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from dualseg.data import fused
 from dualseg.data.read import read_labels, read_stream
 from dualseg.data.tile import STREAMS, TileInfo, open_group, row_windows
 from dualseg.data.validate import check_band_values, check_labels
@@ -44,10 +46,10 @@ class Moments:
     m2: np.ndarray
 
     @classmethod
-    def zeros(cls, c: int) -> "Moments":
+    def zeros(cls, c: int) -> Moments:
         return cls(np.zeros(c), np.zeros(c), np.zeros(c))
 
-    def merge(self, other: "Moments") -> "Moments":
+    def merge(self, other: Moments) -> Moments:
         """Chan et al.'s pairwise combination; exact for any split of the data."""
         n = self.count + other.count
         safe = np.where(n > 0, n, 1.0)
@@ -87,7 +89,9 @@ def _host(v: Any) -> np.ndarray:
 _SEG = 4096  # dot-product segment: OpenBLAS runs ddot single-threaded below 10000 elements
 
 
-def moments_xp(x: Any, xp: ModuleType, block: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def moments_xp(
+    x: Any, xp: ModuleType, block: int | None = None, accel: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Moments of each row of ``x`` (C,N) float array of module ``xp``; NaN/inf = missing.
 
     One streaming read of ``x``: each (C, block) column chunk (~1.5 MiB with its scratch, so it
@@ -100,16 +104,21 @@ def moments_xp(x: Any, xp: ModuleType, block: int | None = None) -> tuple[np.nda
     (cheaper) and zeroed by AND-ing their bits with 0. Squares
     use ``vecdot`` on 4096-element segments: BLAS speed, but below OpenBLAS's threading threshold
     (its threaded dot was 20-200x slower on a loaded node). Returns host float64 (count, mean, m2).
+
+    On numpy with the default block and ``accel``, the fused numba kernel
+    (:mod:`dualseg.data.fused`, same shift, same segments) does all of this in one pass when numba
+    is installed; ``accel=False`` forces the numpy path.
     """
     c, n = x.shape
     on_np = xp is np
+    if on_np and block is None and accel and fused.available():
+        k1 = _shift(x, np)[:, 0]
+        cnt_f, s_f, q_f = fused.shifted_sums(x, k1)
+        return _finish(cnt_f, s_f, q_f, k1)
     if block is None:
         block = max(_SEG, ((1 << 17) // max(c, 1)) // _SEG * _SEG) if on_np else max(n, 1)
     bw = min(block, max(n, 1))
-    head = x[:, :: max(1, n // 4096)].astype(xp.float64)  # shift K from a strided sample (~0.1 % of a big pass)
-    fin = xp.isfinite(head)
-    k = xp.where(fin, head, 0.0).sum(axis=1) / xp.maximum(fin.sum(axis=1), 1)
-    k = xp.where(xp.isfinite(k), k, 0.0)[:, None]
+    k = _shift(x, xp)
     d = xp.empty((c, bw), dtype=xp.float64)
     ok = xp.empty(d.shape, dtype=bool)
     keep = xp.empty(d.shape, dtype=xp.int64)
@@ -155,7 +164,18 @@ def moments_xp(x: Any, xp: ModuleType, block: int | None = None) -> tuple[np.nda
                 q += np.array([sum(vecdot(r[i : i + _SEG], r[i : i + _SEG]) for i in range(0, m, _SEG)) for r in dd])
         else:
             q += xp.einsum("ij,ij->i", dd, dd)
-    count, s_h, q_h, k_h = _host(cnt), _host(s), _host(q), _host(k[:, 0])
+    return _finish(_host(cnt), _host(s), _host(q), _host(k[:, 0]))
+
+
+def _shift(x: Any, xp: ModuleType) -> Any:
+    """Per-row shift K (C,1): the finite mean of a strided sample (~0.1 % of a big pass)."""
+    head = x[:, :: max(1, x.shape[1] // 4096)].astype(xp.float64)
+    fin = xp.isfinite(head)
+    k = xp.where(fin, head, 0.0).sum(axis=1) / xp.maximum(fin.sum(axis=1), 1)
+    return xp.where(xp.isfinite(k), k, 0.0)[:, None]
+
+
+def _finish(count: np.ndarray, s_h: np.ndarray, q_h: np.ndarray, k_h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     safe = np.where(count > 0, count, 1.0)
     mean = np.where(count > 0, k_h + s_h / safe, 0.0)
     m2 = np.where(count > 0, np.maximum(q_h - s_h * s_h / safe, 0.0), 0.0)
@@ -169,7 +189,7 @@ class Partial:
     moments: dict[str, Moments]
     class_counts: np.ndarray  # (K,) float64
 
-    def merge(self, other: "Partial") -> "Partial":
+    def merge(self, other: Partial) -> Partial:
         return Partial(
             {k: self.moments[k].merge(other.moments[k]) for k in self.moments},
             self.class_counts + other.class_counts,
@@ -296,7 +316,7 @@ class BandStats:
     class_counts: np.ndarray
 
     @classmethod
-    def from_partial(cls, total: Partial, bands: dict[str, list[str]]) -> "BandStats":
+    def from_partial(cls, total: Partial, bands: dict[str, list[str]]) -> BandStats:
         check_stats(total, bands)
         m = total.moments
         return cls(
