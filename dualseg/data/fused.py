@@ -45,10 +45,10 @@ def _build() -> Any:
         s = 0.0
         q = 0.0
         for i in range(b0, b1):
-            d = np.float64(row[i]) - k
+            d = float(row[i]) - k
             ok = abs(d) < np.inf  # False for NaN and +-inf
             d = d if ok else 0.0
-            n += ok
+            n += 1 if ok else 0
             s += d
             q += d * d
         return n, s, q

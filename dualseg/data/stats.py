@@ -17,11 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -46,10 +45,10 @@ class Moments:
     m2: np.ndarray
 
     @classmethod
-    def zeros(cls, c: int) -> Moments:
+    def zeros(cls, c: int) -> "Moments":
         return cls(np.zeros(c), np.zeros(c), np.zeros(c))
 
-    def merge(self, other: Moments) -> Moments:
+    def merge(self, other: "Moments") -> "Moments":
         """Chan et al.'s pairwise combination; exact for any split of the data."""
         n = self.count + other.count
         safe = np.where(n > 0, n, 1.0)
@@ -175,7 +174,9 @@ def _shift(x: Any, xp: ModuleType) -> Any:
     return xp.where(xp.isfinite(k), k, 0.0)[:, None]
 
 
-def _finish(count: np.ndarray, s_h: np.ndarray, q_h: np.ndarray, k_h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _finish(
+    count: np.ndarray, s_h: np.ndarray, q_h: np.ndarray, k_h: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     safe = np.where(count > 0, count, 1.0)
     mean = np.where(count > 0, k_h + s_h / safe, 0.0)
     m2 = np.where(count > 0, np.maximum(q_h - s_h * s_h / safe, 0.0), 0.0)
@@ -189,7 +190,7 @@ class Partial:
     moments: dict[str, Moments]
     class_counts: np.ndarray  # (K,) float64
 
-    def merge(self, other: Partial) -> Partial:
+    def merge(self, other: "Partial") -> "Partial":
         return Partial(
             {k: self.moments[k].merge(other.moments[k]) for k in self.moments},
             self.class_counts + other.class_counts,
@@ -316,7 +317,7 @@ class BandStats:
     class_counts: np.ndarray
 
     @classmethod
-    def from_partial(cls, total: Partial, bands: dict[str, list[str]]) -> BandStats:
+    def from_partial(cls, total: Partial, bands: dict[str, list[str]]) -> "BandStats":
         check_stats(total, bands)
         m = total.moments
         return cls(
