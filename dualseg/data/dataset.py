@@ -13,7 +13,7 @@ re-reading it every epoch. zarr handles are opened lazily per process (never pic
 
 When the tiles do not fit, training streams them (:mod:`dualseg.data.stream`): the sampler hands
 out ``(index, release, prefetch)`` keys in tile-major order, and each process keeps at most
-``buffer_mb`` of decoded units (whole tiles, or row bands of tiles larger than half the buffer),
+``buffer_mb`` of decoded units (whole tiles, or chunk-aligned blocks of tiles larger than half the buffer),
 each decoded once per epoch and dropped after its last patch.
 """
 
@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from dualseg.data.read import read_all
 from dualseg.data.stream import UnitBuffer
-from dualseg.data.tile import STREAMS, TileInfo, Window, open_group
+from dualseg.data.tile import DEFAULT_CHUNK_HW, STREAMS, TileInfo, Window, open_group
 from dualseg.errors import InputError
 
 
@@ -121,8 +121,7 @@ class TileDataset(Dataset):
         self.cache_bytes = int(cache_mb * 2**20)
         self.buffer_bytes = int(buffer_mb * 2**20)  # 0: no streaming (random access through the cache)
         self._buffer = UnitBuffer(self.buffer_bytes)
-        # origin rows per streamed unit: None = the whole tile (it fits in half the buffer)
-        self._band_rows: list[int | None] = [self._unit_rows(t) for t in tiles]
+        self._unit_sides: list[int | None] = [self._unit_side(t) for t in tiles]
         self._fits = sum(self.tile_bytes_of(t) for t in tiles) <= self.cache_bytes
         self.epoch = 0
         self.doy = []
@@ -159,32 +158,42 @@ class TileDataset(Dataset):
         """Whether training should use the tile-major :class:`~dualseg.data.stream.StreamSampler`."""
         return self.train and self.buffer_bytes > 0
 
-    def _unit_rows(self, t: TileInfo) -> int | None:
-        budget = self.buffer_bytes // 2  # one unit decoding while another is cut
-        per_row = self.tile_bytes_of(t) // t.height
-        if self.buffer_bytes <= 0 or per_row * t.height <= budget:
+    def _unit_side(self, t: TileInfo) -> int | None:
+        """Side of the square block of patch origins per unit; None = the whole tile is one unit.
+
+        A unit's window (block + patch - 1) fits half the buffer (one unit decoding while another
+        is cut). Blocks are whole multiples of the zarr chunk side where that fits, since a
+        window decodes every chunk it touches.
+        """
+        budget = self.buffer_bytes // 2
+        if self.buffer_bytes <= 0 or self.tile_bytes_of(t) <= budget:
             return None
-        return max(1, budget // per_row - (self.patch_size - 1))
+        per_px = self.tile_bytes_of(t) / (t.height * t.width)
+        side = int((budget / per_px) ** 0.5) - (self.patch_size - 1)
+        return max(1, side // DEFAULT_CHUNK_HW * DEFAULT_CHUNK_HW if side >= DEFAULT_CHUNK_HW else side)
 
-    def unit_of(self, index: int) -> tuple[int, int]:
-        """(tile, row band) of training item ``index``; band 0 is the whole tile when it fits."""
+    def unit_of(self, index: int) -> tuple[int, int, int]:
+        """(tile, block row, block column) of training item ``index``; (i, 0, 0) is a whole tile."""
         i = index // self.samples_per_tile
-        rows = self._band_rows[i]
-        return (i, 0) if rows is None else (i, self.locate(index)[1] // rows)
+        side = self._unit_sides[i]
+        if side is None:
+            return i, 0, 0
+        _, y, x, _, _ = self.locate(index)
+        return i, y // side, x // side
 
-    def unit_window(self, unit: tuple[int, int]) -> Window:
-        """Rows/columns of ``unit`` that cover every patch whose origin row lies in its band."""
-        i, band = unit
-        t, rows = self.tiles[i], self._band_rows[unit[0]]
-        if rows is None:
+    def unit_window(self, unit: tuple[int, int, int]) -> Window:
+        """Pixels of ``unit``: every patch whose origin lies in its block."""
+        i, by, bx = unit
+        t, side = self.tiles[i], self._unit_sides[i]
+        if side is None:
             return slice(0, t.height), slice(0, t.width)
-        y0 = band * rows
-        return slice(y0, min(y0 + rows + self.patch_size - 1, t.height)), slice(0, t.width)
+        ext = side + self.patch_size - 1
+        return slice(by * side, min(by * side + ext, t.height)), slice(bx * side, min(bx * side + ext, t.width))
 
-    def unit_bytes(self, unit: tuple[int, int]) -> int:
-        ys = self.unit_window(unit)[0]
+    def unit_bytes(self, unit: tuple[int, int, int]) -> int:
+        ys, xs = self.unit_window(unit)
         t = self.tiles[unit[0]]
-        return self.tile_bytes(unit[0]) // t.height * (ys.stop - ys.start)
+        return self.tile_bytes(unit[0]) * (ys.stop - ys.start) * (xs.stop - xs.start) // (t.height * t.width)
 
     def stream_plan(self) -> tuple[list[list[int]], int]:
         """(items of each unit this epoch, open units per lane) for the sampler."""
@@ -192,19 +201,19 @@ class TileDataset(Dataset):
         spt = self.samples_per_tile
         for i in range(len(self.tiles)):
             items = range(i * spt, (i + 1) * spt)
-            if self._band_rows[i] is None:
+            if self._unit_sides[i] is None:
                 units.append(list(items))
                 continue
-            bands: dict[int, list[int]] = {}
+            blocks: dict[tuple[int, int, int], list[int]] = {}
             for j in items:
-                bands.setdefault(self.unit_of(j)[1], []).append(j)
-            units += [bands[b] for b in sorted(bands)]
+                blocks.setdefault(self.unit_of(j), []).append(j)
+            units += [blocks[b] for b in sorted(blocks)]
         biggest = max(self.unit_bytes(self.unit_of(u[0])) for u in units)
         return units, max(1, self.buffer_bytes // max(1, biggest) - 1)
 
-    def _load_unit(self, unit: tuple[int, int]) -> dict[str, Any]:
+    def _load_unit(self, unit: tuple[int, int, int]) -> dict[str, Any]:
         i = unit[0]
-        return self._load(i, None if self._band_rows[i] is None else self.unit_window(unit))
+        return self._load(i, None if self._unit_sides[i] is None else self.unit_window(unit))
 
     def locate(self, index: int) -> tuple[int, int, int, int, int]:
         """(tile index, y, x, rot90 k, flip) of item ``index`` in the current epoch."""
@@ -302,8 +311,9 @@ class TileDataset(Dataset):
             self._buffer.prefetch(nxt, self.unit_bytes(nxt), partial(self._load_unit, nxt))
         if release:
             self._buffer.release(unit)
-        if self._band_rows[i] is not None:
-            y -= self.unit_window(unit)[0].start
+        if self._unit_sides[i] is not None:
+            ys, xs = self.unit_window(unit)
+            y, x = y - ys.start, x - xs.start
         return self._item(i, whole, y, x, k, f)
 
     def _item(self, i: int, whole: dict[str, Any], y: int, x: int, k: int, f: int) -> dict[str, torch.Tensor]:

@@ -2,7 +2,7 @@
 
 A per-patch zarr read decodes whole (T,128,128) chunks for one patch, and a per-process tile cache
 only helps while every tile fits in every worker. Instead, :class:`StreamSampler` orders a rank's
-training items *by unit* (a whole tile, or a band of patch rows of a tile larger than the buffer):
+training items *by unit* (a whole tile, or a block of patch origins of a tile larger than the buffer):
 
 1. units are shuffled, each unit's items shuffled (``seed``, ``epoch``); the list is padded like
    ``DistributedSampler`` and cut into one contiguous block per rank (each item exactly once per

@@ -93,7 +93,7 @@ def _same(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
-@pytest.mark.parametrize("h", [16, 48])  # 48: tiles larger than half the buffer stream as row bands
+@pytest.mark.parametrize("h", [16, 48])  # 48: tiles larger than half the buffer stream as blocks
 def test_streamed_items_equal_random_access(tmp_path, data, h):
     infos = _tiles(tmp_path, data, h=h)
     ds, ref = _ds(infos, buffer_mb=0.2), _ds(infos)
