@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dualseg.data import fused
 from dualseg.data.read import read_all
 from dualseg.data.stream import UnitBuffer
 from dualseg.data.tile import DEFAULT_CHUNK_HW, STREAMS, TileInfo, Window, open_group
@@ -64,8 +65,15 @@ def normalise(
 
     Returns (``data`` normalised with invalid pixels = 0, valid (T,h,w) bool). A pixel is valid when
     every band is finite and (for S2) it is not flagged cloudy. In place because a fresh 20 MB
-    result per tile cost more in page faults than the arithmetic.
+    result per tile cost more in page faults than the arithmetic. With numba installed a fused
+    kernel (:func:`dualseg.data.fused.normalise_into`) gives bit-identical results in two passes.
     """
+    if data.dtype == np.float32 and data.flags.c_contiguous and fused.available():  # one fused pass per step
+        valid = ~cloud if cloud is not None else np.ones(data.shape[1:], dtype=bool)
+        c = data.shape[0]
+        fused.normalise_into(data.reshape(c, -1), valid.reshape(-1), mean.astype(np.float32),
+                             (1.0 / std).astype(np.float32))
+        return data, valid
     valid = np.isfinite(data).all(axis=0)
     if cloud is not None:
         valid &= ~cloud
