@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dualseg.data import fused
 from dualseg.data.dataset import normalise
 
 
