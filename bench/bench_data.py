@@ -260,19 +260,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if not {"quickstart", "disk"} <= skip:
             # quickstart shapes: 128x128 tiles, ~30 S1 x 2 / ~24 S2 x 10 dates, 32 px patches
-            root = make_dataset(Path(tmp) / "quick", 4 if q else 32, size=64 if q else 128, s1_dates=30,
+            root = make_dataset(Path(tmp) / "quick", 4 if q else 64, size=64 if q else 128, s1_dates=30,
                                 s2_dates=24, s1_ratio=False)
             if "disk" not in skip:
                 rows += bench_stats_disk(root, None, 2 if q else 3)
             if "quickstart" not in skip:
                 rows += bench_loader("quickstart", root, patch=32, spt=16, batch=8, workers=0,
-                                     buffer_mb=4 if q else 64, epochs=1 if q else 2, baseline=True)
+                                     buffer_mb=4 if q else 128, epochs=1 if q else 2, baseline=True)
         if "pastis" not in skip:
             # PASTIS-R shapes: 128x128 tiles, ~70 S1 x 3 / ~40 S2 x 10 dates, 64 px patches, 4 workers
-            root = make_dataset(Path(tmp) / "pastis", 4 if q else 32, size=64 if q else 128, s1_dates=70,
+            root = make_dataset(Path(tmp) / "pastis", 4 if q else 64, size=64 if q else 128, s1_dates=70,
                                 s2_dates=40, s1_ratio=True)
             rows += bench_loader("PASTIS", root, patch=32 if q else 64, spt=4, batch=4, workers=4,
-                                 buffer_mb=8 if q else 128, epochs=1, s1_bands=["VV", "VH", "ratio"])
+                                 buffer_mb=8 if q else 256, epochs=1, s1_bands=["VV", "VH", "ratio"])
         if "generate" not in skip:
             rows += bench_generate(Path(tmp), 3 if not q else 1)
     width = max(len(r[0]) for r in rows)
