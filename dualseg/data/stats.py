@@ -14,9 +14,12 @@ everything: :func:`pack` / :func:`unpack` turn a :class:`Partial` into one float
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -218,24 +221,49 @@ def unpack(v: np.ndarray, channels: dict[str, int], num_classes: int) -> Partial
     return Partial(out, v[i:].copy())
 
 
-def tile_partial(info: TileInfo, num_classes: int, xp: ModuleType = np) -> Partial:
-    """Moments (cloud-masked for S2) and label counts of one whole tile; checks values on the way."""
-    g = open_group(info.path, info.name)
+def _tile_reads(info: TileInfo) -> list[Callable[[], Any]]:
+    """The reads of one tile's statistics, in order: each stream's row windows, then the labels."""
+    g = open_group(info.path, info.name)  # here, not in a read-ahead thread: a missing tile fails at once
+    reads: list[Callable[[], Any]] = [
+        functools.partial(read_stream, info, key, win, group=g) for key in STREAMS for win in row_windows(info, key)
+    ]
+    return [*reads, functools.partial(read_labels, info, group=g)]
+
+
+def _ahead(reads: Iterator[Callable[[], Any]], pool: ThreadPoolExecutor) -> Iterator[Any]:
+    """Results of ``reads`` in order, the next one running in ``pool`` while the caller works on
+    the current one (zarr decodes on its own loop and numpy/numba release the GIL): the pass then
+    costs about max(read, reduce) instead of their sum. At most two windows are held."""
+    nxt = next(reads, None)
+    pending = pool.submit(nxt) if nxt is not None else None
+    while pending is not None:
+        nxt = next(reads, None)
+        result = pending.result()
+        pending = pool.submit(nxt) if nxt is not None else None
+        yield result
+
+
+def tile_partial(info: TileInfo, num_classes: int, xp: ModuleType = np, reads: Iterator[Any] | None = None) -> Partial:
+    """Moments (cloud-masked for S2) and label counts of one whole tile; checks values on the way.
+
+    ``reads`` (the results of :func:`_tile_reads`, e.g. read ahead) defaults to reading in turn.
+    """
+    got = reads if reads is not None else (r() for r in _tile_reads(info))
     moments = {}
     for key in STREAMS:
         c = len(info.streams[key].bands)
         m = Moments.zeros(c)
-        for win in row_windows(info, key):
-            data, cloud = read_stream(info, key, win, group=g)
+        for _ in row_windows(info, key):
+            data, cloud = next(got)
             if cloud is not None:  # cloudy -> NaN by OR-ing in a quiet-NaN bit pattern (5x copyto(where=))
                 nan_bits = np.negative(cloud.view(np.int8), dtype=np.int32) & np.int32(0x7FC00000)
                 np.bitwise_or(data.view(np.int32), nan_bits[None], out=data.view(np.int32))
             x = data.reshape(c, -1) if xp is np else xp.asarray(data.reshape(c, -1))
             m = m.merge(Moments(*moments_xp(x, xp)))
         if (m.count == 0).any():  # all NaN, or only hidden by clouds (which is legitimate)
-            check_band_values(info, key, g)
+            check_band_values(info, key, open_group(info.path, info.name))
         moments[key] = m
-    labels = read_labels(info, group=g)
+    labels = next(got)
     check_labels(info, labels)
     counts = np.bincount(labels[labels != info.ignore_index].ravel(), minlength=num_classes)[:num_classes]
     return Partial(moments, counts.astype(np.float64))
@@ -244,15 +272,18 @@ def tile_partial(info: TileInfo, num_classes: int, xp: ModuleType = np) -> Parti
 def compute_partial(
     infos: list[TileInfo], num_classes: int, channels: dict[str, int], xp: ModuleType = np, progress: bool = False
 ) -> Partial:
-    """Merge of :func:`tile_partial` over ``infos`` (one rank's shard)."""
+    """Merge of :func:`tile_partial` over ``infos`` (one rank's shard), reading one window ahead."""
     total = Partial({k: Moments.zeros(channels[k]) for k in STREAMS}, np.zeros(num_classes))
     it: Any = infos
     if progress:
         from tqdm import tqdm
 
         it = tqdm(infos, desc="band statistics", unit="tile")
-    for info in it:
-        total = total.merge(tile_partial(info, num_classes, xp))
+    tiles = iter(it)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dualseg-stats") as pool:
+        results = _ahead((r for info in tiles for r in _tile_reads(info)), pool)
+        for info in infos:
+            total = total.merge(tile_partial(info, num_classes, xp, results))
     return total
 
 
