@@ -168,6 +168,7 @@ def bench_loader(
     stream = fresh(cache_mb=0)
     _, slots = stream.stream_plan()  # type: ignore[attr-defined]
     # decode bound: one unit read + normalised, vs cutting one sample from memory
+    stream._load_unit(stream.unit_of(0))  # type: ignore[attr-defined]  # warm-up (numba kernel load)
     t0 = time.perf_counter()
     for i in range(min(4, len(mem.tiles))):
         stream._load_unit(stream.unit_of(i * spt))  # type: ignore[attr-defined]
