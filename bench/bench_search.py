@@ -41,7 +41,7 @@ def prepare(root: Path, data: Path) -> None:
 
 
 def search(root: Path, data: Path, pruner: str, a: argparse.Namespace) -> dict[str, float]:
-    from dualseg.train.rundir import read_metrics
+    from dualseg.train.rundir import read_metrics, step_seconds
     from hpc.launch import main as launch
 
     scratch = root / f"runs-{pruner}"
@@ -59,8 +59,9 @@ def search(root: Path, data: Path, pruner: str, a: argparse.Namespace) -> dict[s
     wall = time.monotonic() - t0
     if rc != 0:
         raise SystemExit(f"search with pruner {pruner} failed (exit {rc})")
-    records = [r for d in sorted((scratch / f"bench-{pruner}").glob("trial-*")) for r in read_metrics(d)]
-    busy = sum(float(r.get("train_time_s", 0.0)) + float(r.get("val_time_s", 0.0)) for r in records)
+    trials = sorted((scratch / f"bench-{pruner}").glob("trial-*"))
+    records = [r for d in trials for r in read_metrics(d)]
+    busy = sum(step_seconds(d) for d in trials)  # 1 rank per trial here
     return {
         "trials": len({p.name for p in (scratch / f"bench-{pruner}").glob("trial-*")}),
         "epochs": len(records),

@@ -37,3 +37,12 @@ def test_metrics_rewrite_and_append(tmp_path: Path) -> None:
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [0]
     with pytest.raises(ValueError):
         append_metrics(tmp_path, {"epoch": 3, "val_loss": float("nan")})
+
+
+def test_step_seconds_sums_train_and_validation_time(tmp_path: Path) -> None:
+    from dualseg.train.rundir import append_metrics, step_seconds
+
+    assert step_seconds(tmp_path) == 0.0
+    append_metrics(tmp_path, {"epoch": 0, "train_time_s": 1.5, "val_time_s": 0.25})
+    append_metrics(tmp_path, {"epoch": 1, "val_time_s": 0.5})  # a record from before train_time_s
+    assert step_seconds(tmp_path) == 2.25
