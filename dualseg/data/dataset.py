@@ -69,7 +69,9 @@ def normalise(
     kernel (:func:`dualseg.data.fused.normalise_into`) gives bit-identical results in two passes.
     """
     if data.dtype == np.float32 and data.flags.c_contiguous and fused.available():  # one fused pass per step
-        valid = ~cloud if cloud is not None else np.ones(data.shape[1:], dtype=bool)
+        valid = np.ones(data.shape[1:], dtype=bool)  # C order: the kernel writes through its flat view
+        if cloud is not None:
+            np.logical_not(cloud, out=valid)
         c = data.shape[0]
         fused.normalise_into(data.reshape(c, -1), valid.reshape(-1), mean.astype(np.float32),
                              (1.0 / std).astype(np.float32))
