@@ -7,6 +7,7 @@ import collections
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from dualseg.data.dataset import TileDataset, collate
 from dualseg.data.stream import (
@@ -121,6 +122,10 @@ def test_loader_with_workers_resumes_exactly(tmp_path, data):
     sampler.set_epoch(2)
     full = list(loader)
     assert sum(b["labels"].shape[0] for b in full) == len(ds)
+    # the 2 workers deliver exactly the sampler's order: the same batches as the main process reading it
+    inline = DataLoader(ds, batch_size=3, sampler=sampler, collate_fn=collate, num_workers=0)
+    for a, b in zip(inline, full, strict=True):
+        _same(a, b)
     sampler.skip = 2 * 3  # as the trainer does after 2 steps
     rest = list(loader)
     assert len(rest) == len(full) - 2
