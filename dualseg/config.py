@@ -66,6 +66,8 @@ class DataConfig:
     # added by the data layer (dualseg/data/):
     seed: int = 0  # training patch positions/augmentations derive from (seed, epoch, index)
     cache_mb: float = 1024  # per-process cache of normalised tiles (0 = read every patch from zarr)
+    # per-process buffer of tiles streamed tile-major when they do not all fit the cache (0 = off)
+    buffer_mb: float = 512
     stats_backend: Literal["auto", "numpy", "cupy"] = "auto"  # band statistics on numpy, cupy (GPU) or auto
     # s*_doy: "doy" day of year, or "days" since 1 Jan of the tile's first year (multi-year series)
     date_encoding: Literal["doy", "days"] = "doy"

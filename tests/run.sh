@@ -19,7 +19,7 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 if [[ "${CI:-}" == true || "${CI:-}" == 1 ]] || ! "$PY" - 2>/dev/null <<'EOF'
 import importlib.metadata as md, importlib.util as iu, pathlib, sys
-import dualseg, pytest, pytest_timeout, optuna, submitit, zarr, sqlalchemy, psycopg2, yaml, tqdm  # noqa: F401
+import dualseg, pytest, pytest_timeout, xdist, optuna, submitit, zarr, sqlalchemy, psycopg2, yaml, tqdm, matplotlib, rasterio, ruff, mypy  # noqa: F401
 # the installed dualseg must be this checkout (editable install)
 sys.exit(0 if pathlib.Path(dualseg.__file__).resolve().parents[1] == pathlib.Path.cwd().resolve() else 1)
 EOF
@@ -55,17 +55,39 @@ if [[ "${DUALSEG_NO_TESTBED:-0}" != 1 ]]; then
   set +a
 fi
 
+# ---------------------------------------------------------------- lint and types
+# ruff and mypy over the library and the HPC layer (settings in pyproject.toml), before any test.
+if [[ "${DUALSEG_NO_LINT:-0}" != 1 ]]; then
+  log "ruff check dualseg hpc; mypy"
+  "$PY" -m ruff check dualseg hpc || { log "error: ruff found problems (see above)"; exit 1; }
+  "$PY" -m mypy || { log "error: mypy found problems (see above)"; exit 1; }
+fi
+
 # ---------------------------------------------------------------- tests
-# Whole tests/ folder unless paths were given (bash tests/run.sh tests/hpc -x).
+# Whole tests/ folder unless paths were given (bash tests/run.sh tests/data -x). The whole suite runs
+# in two pytest sessions: everything but the fault suite, then tests/faults (its scenarios mostly wait
+# on SLURM and PostgreSQL, so they run $DUALSEG_FAULT_WORKERS at a time).
+run_pytest() {
+  local rc=0
+  "$PY" -m pytest "$@" </dev/null || rc=$?
+  if [[ $rc == 5 ]]; then
+    log "error: pytest collected no tests"
+    rc=1
+  fi
+  return $rc
+}
 has_path=0
 for a in "$@"; do [[ $a != -* && -e "${a%%::*}" ]] && has_path=1; done
-(( has_path )) || set -- tests "$@"
 set +e
-"$PY" -m pytest "$@" </dev/null
-rc=$?
-set -e
-if [[ $rc == 5 ]]; then
-  log "error: pytest collected no tests"
-  rc=1
+if (( has_path )); then
+  run_pytest "$@"
+  rc=$?
+else
+  run_pytest tests --ignore=tests/faults -n "${DUALSEG_TEST_WORKERS:-3}" "$@"
+  rc=$?
+  run_pytest tests/faults -n "${DUALSEG_FAULT_WORKERS:-3}" "$@"
+  rc2=$?
+  (( rc == 0 )) && rc=$rc2
 fi
+set -e
 exit $rc

@@ -71,8 +71,8 @@ def _check_options(cfg: DataConfig) -> None:
         raise InputError(f"data.samples_per_tile must be >= 1, got {cfg.samples_per_tile}")
     if cfg.max_t is not None and cfg.max_t < 1:
         raise InputError(f"data.max_t must be >= 1, got {cfg.max_t}")
-    if cfg.cache_mb < 0 or cfg.num_workers < 0:
-        raise InputError("data.cache_mb and data.num_workers must be >= 0")
+    if cfg.cache_mb < 0 or cfg.num_workers < 0 or cfg.buffer_mb < 0:
+        raise InputError("data.cache_mb, data.buffer_mb and data.num_workers must be >= 0")
     for key, bands in (("s1", cfg.s1_bands), ("s2", cfg.s2_bands)):
         if not bands:
             raise InputError(f"data.{key}_bands is empty")
@@ -229,6 +229,7 @@ def build_data(
             augment=cfg.augment,
             cache_mb=cfg.cache_mb,
             date_encoding=cfg.date_encoding,
+            buffer_mb=cfg.buffer_mb,
         )
         if cfg.num_workers > 0:
             ds.preload()  # before DataLoader workers fork: one copy, shared

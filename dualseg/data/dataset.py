@@ -10,6 +10,11 @@ arrays, read concurrently); tiles are therefore cached whole, already normalised
 ``cache_mb`` per process, so every chunk is decoded once per process. When all tiles fit, :meth:`TileDataset.preload`
 fills the cache before DataLoader workers fork so they share it copy-on-write instead of each
 re-reading it every epoch. zarr handles are opened lazily per process (never pickled).
+
+When the tiles do not fit, training streams them (:mod:`dualseg.data.stream`): the sampler hands
+out ``(index, release, prefetch)`` keys in tile-major order, and each process keeps at most
+``buffer_mb`` of decoded units (whole tiles, or chunk-aligned blocks of tiles larger than half the buffer),
+each decoded once per epoch and dropped after its last patch.
 """
 
 from __future__ import annotations
@@ -17,14 +22,17 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dualseg.data import fused
 from dualseg.data.read import read_all
-from dualseg.data.tile import STREAMS, TileInfo, Window, open_group
+from dualseg.data.stream import UnitBuffer
+from dualseg.data.tile import DEFAULT_CHUNK_HW, STREAMS, TileInfo, Window, open_group
 from dualseg.errors import InputError
 
 
@@ -55,8 +63,17 @@ def normalise(
 
     Returns (``data`` normalised with invalid pixels = 0, valid (T,h,w) bool). A pixel is valid when
     every band is finite and (for S2) it is not flagged cloudy. In place because a fresh 20 MB
-    result per tile cost more in page faults than the arithmetic.
+    result per tile cost more in page faults than the arithmetic. With numba installed a fused
+    kernel (:func:`dualseg.data.fused.normalise_into`) gives bit-identical results in two passes.
     """
+    if data.dtype == np.float32 and data.flags.c_contiguous and fused.available():  # one fused pass per step
+        valid = np.ones(data.shape[1:], dtype=bool)  # C order: the kernel writes through its flat view
+        if cloud is not None:
+            np.logical_not(cloud, out=valid)
+        c = data.shape[0]
+        fused.normalise_into(data.reshape(c, -1), valid.reshape(-1), mean.astype(np.float32),
+                             (1.0 / std).astype(np.float32))
+        return data, valid
     valid = np.isfinite(data).all(axis=0)
     if cloud is not None:
         valid &= ~cloud
@@ -88,6 +105,7 @@ class TileDataset(Dataset):
         augment: bool = False,
         cache_mb: float = 1024,
         date_encoding: str = "doy",
+        buffer_mb: float = 0,
     ) -> None:
         if not tiles:
             raise InputError("dataset: empty tile list")
@@ -109,6 +127,10 @@ class TileDataset(Dataset):
         self.seed = seed
         self.augment = augment and train
         self.cache_bytes = int(cache_mb * 2**20)
+        self.buffer_bytes = int(buffer_mb * 2**20)  # 0: no streaming (random access through the cache)
+        self._buffer = UnitBuffer(self.buffer_bytes)
+        self._unit_sides: list[int | None] = [self._unit_side(t) for t in tiles]
+        self._fits = sum(self.tile_bytes_of(t) for t in tiles) <= self.cache_bytes
         self.epoch = 0
         self.doy = []
         for t in tiles:
@@ -136,6 +158,70 @@ class TileDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Select the patches of ``epoch`` (call on every rank before iterating)."""
         self.epoch = int(epoch)
+        self._buffer.clear()
+
+    # -- streaming units (dualseg.data.stream) ------------------------------------------------
+    @property
+    def streaming(self) -> bool:
+        """Whether training should use the tile-major :class:`~dualseg.data.stream.StreamSampler`."""
+        return self.train and self.buffer_bytes > 0
+
+    def _unit_side(self, t: TileInfo) -> int | None:
+        """Side of the square block of patch origins per unit; None = the whole tile is one unit.
+
+        A unit's window (block + patch - 1) fits half the buffer (one unit decoding while another
+        is cut). Blocks are whole multiples of the zarr chunk side where that fits, since a
+        window decodes every chunk it touches.
+        """
+        budget = self.buffer_bytes // 2
+        if self.buffer_bytes <= 0 or self.tile_bytes_of(t) <= budget:
+            return None
+        per_px = self.tile_bytes_of(t) / (t.height * t.width)
+        side = int((budget / per_px) ** 0.5) - (self.patch_size - 1)
+        return max(1, side // DEFAULT_CHUNK_HW * DEFAULT_CHUNK_HW if side >= DEFAULT_CHUNK_HW else side)
+
+    def unit_of(self, index: int) -> tuple[int, int, int]:
+        """(tile, block row, block column) of training item ``index``; (i, 0, 0) is a whole tile."""
+        i = index // self.samples_per_tile
+        side = self._unit_sides[i]
+        if side is None:
+            return i, 0, 0
+        _, y, x, _, _ = self.locate(index)
+        return i, y // side, x // side
+
+    def unit_window(self, unit: tuple[int, int, int]) -> Window:
+        """Pixels of ``unit``: every patch whose origin lies in its block."""
+        i, by, bx = unit
+        t, side = self.tiles[i], self._unit_sides[i]
+        if side is None:
+            return slice(0, t.height), slice(0, t.width)
+        ext = side + self.patch_size - 1
+        return slice(by * side, min(by * side + ext, t.height)), slice(bx * side, min(bx * side + ext, t.width))
+
+    def unit_bytes(self, unit: tuple[int, int, int]) -> int:
+        ys, xs = self.unit_window(unit)
+        t = self.tiles[unit[0]]
+        return self.tile_bytes(unit[0]) * (ys.stop - ys.start) * (xs.stop - xs.start) // (t.height * t.width)
+
+    def stream_plan(self) -> tuple[list[list[int]], int]:
+        """(items of each unit this epoch, open units per lane) for the sampler."""
+        units: list[list[int]] = []
+        spt = self.samples_per_tile
+        for i in range(len(self.tiles)):
+            items = range(i * spt, (i + 1) * spt)
+            if self._unit_sides[i] is None:
+                units.append(list(items))
+                continue
+            blocks: dict[tuple[int, int, int], list[int]] = {}
+            for j in items:
+                blocks.setdefault(self.unit_of(j), []).append(j)
+            units += [blocks[b] for b in sorted(blocks)]
+        biggest = max(self.unit_bytes(self.unit_of(u[0])) for u in units)
+        return units, max(1, self.buffer_bytes // max(1, biggest) - 1)
+
+    def _load_unit(self, unit: tuple[int, int, int]) -> dict[str, Any]:
+        i = unit[0]
+        return self._load(i, None if self._unit_sides[i] is None else self.unit_window(unit))
 
     def locate(self, index: int) -> tuple[int, int, int, int, int]:
         """(tile index, y, x, rot90 k, flip) of item ``index`` in the current epoch."""
@@ -172,7 +258,10 @@ class TileDataset(Dataset):
 
     def tile_bytes(self, i: int) -> int:
         """Bytes a cached tile occupies."""
-        t = self.tiles[i]
+        return self.tile_bytes_of(self.tiles[i])
+
+    @staticmethod
+    def tile_bytes_of(t: TileInfo) -> int:
         hw = t.height * t.width
         return sum(t.streams[k].t * hw * (4 * len(t.streams[k].bands) + 1) for k in STREAMS) + 8 * hw
 
@@ -207,15 +296,38 @@ class TileDataset(Dataset):
                 self._cached_bytes += self.tile_bytes(i)
         return True
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        i, y, x, k, f = self.locate(index)
+    def __getitem__(self, key: int | tuple[int, bool, int]) -> dict[str, torch.Tensor]:
+        """Item ``key``: an index, or a :class:`~dualseg.data.stream.StreamSampler` key."""
+        if isinstance(key, tuple):
+            return self._streamed(*key)
+        i, y, x, k, f = self.locate(key)
         p = self.patch_size
         whole = self._cached(i)
         if whole is not None:
-            sl = (slice(y, y + p), slice(x, x + p))
-            parts = {n: whole[n][(..., *sl)] for n in ("s1", "s2", "s1_mask", "s2_mask", "labels")}
-        else:
-            parts = self._load(i, (slice(y, y + p), slice(x, x + p)))
+            return self._item(i, whole, y, x, k, f)
+        return self._item(i, self._load(i, (slice(y, y + p), slice(x, x + p))), 0, 0, k, f)
+
+    def _streamed(self, index: int, release: bool, prefetch: int) -> dict[str, torch.Tensor]:
+        i, y, x, k, f = self.locate(index)
+        whole = self._cached(i) if self._fits else None  # everything fits: decoded once per process
+        if whole is not None:
+            return self._item(i, whole, y, x, k, f)
+        unit = self.unit_of(index)
+        whole = self._buffer.get(unit, self.unit_bytes(unit), partial(self._load_unit, unit))
+        if prefetch >= 0 and (nxt := self.unit_of(prefetch)) != unit:
+            self._group(nxt[0])  # open the handle here: the thread only reads
+            self._buffer.prefetch(nxt, self.unit_bytes(nxt), partial(self._load_unit, nxt))
+        if release:
+            self._buffer.release(unit)
+        if self._unit_sides[i] is not None:
+            ys, xs = self.unit_window(unit)
+            y, x = y - ys.start, x - xs.start
+        return self._item(i, whole, y, x, k, f)
+
+    def _item(self, i: int, whole: dict[str, Any], y: int, x: int, k: int, f: int) -> dict[str, torch.Tensor]:
+        p = self.patch_size
+        sl = (slice(y, y + p), slice(x, x + p))
+        parts = {n: whole[n][(..., *sl)] for n in ("s1", "s2", "s1_mask", "s2_mask", "labels")}
         item: dict[str, torch.Tensor] = {}
         for key in STREAMS:
             item[key] = _to_tensor(_augment(parts[key], k, f), torch.float32)

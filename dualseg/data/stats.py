@@ -14,10 +14,12 @@ everything: :func:`pack` / :func:`unpack` turn a :class:`Partial` into one float
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from dualseg.data import fused
 from dualseg.data.manifest import content_stamp
 from dualseg.data.read import read_labels, read_stream
 from dualseg.data.tile import STREAMS, TileInfo, open_group, row_windows
@@ -88,7 +91,9 @@ def _host(v: Any) -> np.ndarray:
 _SEG = 4096  # dot-product segment: OpenBLAS runs ddot single-threaded below 10000 elements
 
 
-def moments_xp(x: Any, xp: ModuleType, block: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def moments_xp(
+    x: Any, xp: ModuleType, block: int | None = None, accel: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Moments of each row of ``x`` (C,N) float array of module ``xp``; NaN/inf = missing.
 
     One streaming read of ``x``: each (C, block) column chunk (~1.5 MiB with its scratch, so it
@@ -101,16 +106,21 @@ def moments_xp(x: Any, xp: ModuleType, block: int | None = None) -> tuple[np.nda
     (cheaper) and zeroed by AND-ing their bits with 0. Squares
     use ``vecdot`` on 4096-element segments: BLAS speed, but below OpenBLAS's threading threshold
     (its threaded dot was 20-200x slower on a loaded node). Returns host float64 (count, mean, m2).
+
+    On numpy with the default block and ``accel``, the fused numba kernel
+    (:mod:`dualseg.data.fused`, same shift, same segments) does all of this in one pass when numba
+    is installed; ``accel=False`` forces the numpy path.
     """
     c, n = x.shape
     on_np = xp is np
+    if on_np and block is None and accel and fused.available():
+        k1 = _shift(x, np)[:, 0]
+        cnt_f, s_f, q_f = fused.shifted_sums(x, k1)
+        return _finish(cnt_f, s_f, q_f, k1)
     if block is None:
         block = max(_SEG, ((1 << 17) // max(c, 1)) // _SEG * _SEG) if on_np else max(n, 1)
     bw = min(block, max(n, 1))
-    head = x[:, :: max(1, n // 4096)].astype(xp.float64)  # shift K from a strided sample (~0.1 % of a big pass)
-    fin = xp.isfinite(head)
-    k = xp.where(fin, head, 0.0).sum(axis=1) / xp.maximum(fin.sum(axis=1), 1)
-    k = xp.where(xp.isfinite(k), k, 0.0)[:, None]
+    k = _shift(x, xp)
     d = xp.empty((c, bw), dtype=xp.float64)
     ok = xp.empty(d.shape, dtype=bool)
     keep = xp.empty(d.shape, dtype=xp.int64)
@@ -156,7 +166,20 @@ def moments_xp(x: Any, xp: ModuleType, block: int | None = None) -> tuple[np.nda
                 q += np.array([sum(vecdot(r[i : i + _SEG], r[i : i + _SEG]) for i in range(0, m, _SEG)) for r in dd])
         else:
             q += xp.einsum("ij,ij->i", dd, dd)
-    count, s_h, q_h, k_h = _host(cnt), _host(s), _host(q), _host(k[:, 0])
+    return _finish(_host(cnt), _host(s), _host(q), _host(k[:, 0]))
+
+
+def _shift(x: Any, xp: ModuleType) -> Any:
+    """Per-row shift K (C,1): the finite mean of a strided sample (~0.1 % of a big pass)."""
+    head = x[:, :: max(1, x.shape[1] // 4096)].astype(xp.float64)
+    fin = xp.isfinite(head)
+    k = xp.where(fin, head, 0.0).sum(axis=1) / xp.maximum(fin.sum(axis=1), 1)
+    return xp.where(xp.isfinite(k), k, 0.0)[:, None]
+
+
+def _finish(
+    count: np.ndarray, s_h: np.ndarray, q_h: np.ndarray, k_h: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     safe = np.where(count > 0, count, 1.0)
     mean = np.where(count > 0, k_h + s_h / safe, 0.0)
     m2 = np.where(count > 0, np.maximum(q_h - s_h * s_h / safe, 0.0), 0.0)
@@ -198,24 +221,49 @@ def unpack(v: np.ndarray, channels: dict[str, int], num_classes: int) -> Partial
     return Partial(out, v[i:].copy())
 
 
-def tile_partial(info: TileInfo, num_classes: int, xp: ModuleType = np) -> Partial:
-    """Moments (cloud-masked for S2) and label counts of one whole tile; checks values on the way."""
-    g = open_group(info.path, info.name)
+def _tile_reads(info: TileInfo) -> list[Callable[[], Any]]:
+    """The reads of one tile's statistics, in order: each stream's row windows, then the labels."""
+    g = open_group(info.path, info.name)  # here, not in a read-ahead thread: a missing tile fails at once
+    reads: list[Callable[[], Any]] = [
+        functools.partial(read_stream, info, key, win, group=g) for key in STREAMS for win in row_windows(info, key)
+    ]
+    return [*reads, functools.partial(read_labels, info, group=g)]
+
+
+def _ahead(reads: Iterator[Callable[[], Any]], pool: ThreadPoolExecutor) -> Iterator[Any]:
+    """Results of ``reads`` in order, the next one running in ``pool`` while the caller works on
+    the current one (zarr decodes on its own loop and numpy/numba release the GIL): the pass then
+    costs about max(read, reduce) instead of their sum. At most two windows are held."""
+    nxt = next(reads, None)
+    pending = pool.submit(nxt) if nxt is not None else None
+    while pending is not None:
+        nxt = next(reads, None)
+        result = pending.result()
+        pending = pool.submit(nxt) if nxt is not None else None
+        yield result
+
+
+def tile_partial(info: TileInfo, num_classes: int, xp: ModuleType = np, reads: Iterator[Any] | None = None) -> Partial:
+    """Moments (cloud-masked for S2) and label counts of one whole tile; checks values on the way.
+
+    ``reads`` (the results of :func:`_tile_reads`, e.g. read ahead) defaults to reading in turn.
+    """
+    got = reads if reads is not None else (r() for r in _tile_reads(info))
     moments = {}
     for key in STREAMS:
         c = len(info.streams[key].bands)
         m = Moments.zeros(c)
-        for win in row_windows(info, key):
-            data, cloud = read_stream(info, key, win, group=g)
+        for _ in row_windows(info, key):
+            data, cloud = next(got)
             if cloud is not None:  # cloudy -> NaN by OR-ing in a quiet-NaN bit pattern (5x copyto(where=))
                 nan_bits = np.negative(cloud.view(np.int8), dtype=np.int32) & np.int32(0x7FC00000)
                 np.bitwise_or(data.view(np.int32), nan_bits[None], out=data.view(np.int32))
             x = data.reshape(c, -1) if xp is np else xp.asarray(data.reshape(c, -1))
             m = m.merge(Moments(*moments_xp(x, xp)))
         if (m.count == 0).any():  # all NaN, or only hidden by clouds (which is legitimate)
-            check_band_values(info, key, g)
+            check_band_values(info, key, open_group(info.path, info.name))
         moments[key] = m
-    labels = read_labels(info, group=g)
+    labels = next(got)
     check_labels(info, labels)
     counts = np.bincount(labels[labels != info.ignore_index].ravel(), minlength=num_classes)[:num_classes]
     return Partial(moments, counts.astype(np.float64))
@@ -224,15 +272,18 @@ def tile_partial(info: TileInfo, num_classes: int, xp: ModuleType = np) -> Parti
 def compute_partial(
     infos: list[TileInfo], num_classes: int, channels: dict[str, int], xp: ModuleType = np, progress: bool = False
 ) -> Partial:
-    """Merge of :func:`tile_partial` over ``infos`` (one rank's shard)."""
+    """Merge of :func:`tile_partial` over ``infos`` (one rank's shard), reading one window ahead."""
     total = Partial({k: Moments.zeros(channels[k]) for k in STREAMS}, np.zeros(num_classes))
     it: Any = infos
     if progress:
         from tqdm import tqdm
 
         it = tqdm(infos, desc="band statistics", unit="tile")
-    for info in it:
-        total = total.merge(tile_partial(info, num_classes, xp))
+    tiles = iter(it)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dualseg-stats") as pool:
+        results = _ahead((r for info in tiles for r in _tile_reads(info)), pool)
+        for info in infos:
+            total = total.merge(tile_partial(info, num_classes, xp, results))
     return total
 
 

@@ -1,7 +1,9 @@
 """DataLoaders whose batch order is a pure function of (seed, epoch, rank) — the basis of exact resume.
 
-Training uses ``DistributedSampler`` (also with one replica, so one code path) re-seeded each epoch
-with ``set_epoch``; a resumed epoch skips the batches already done. Validation uses a contiguous
+Training uses the tile-major :class:`~dualseg.data.stream.StreamSampler` when the dataset streams
+(``data.buffer_mb > 0``), else ``DistributedSampler`` (also with one replica, so one code path);
+both are re-seeded each epoch with ``set_epoch`` and shard every item to exactly one rank, and a
+resumed epoch skips the batches already done. Validation uses a contiguous
 shard per rank *without* the padding ``DistributedSampler`` adds, so summed confusion matrices count
 every validation pixel exactly once.
 """
@@ -16,12 +18,19 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from dualseg.data.stream import StreamSampler
+
 
 class ShardSampler(Sampler[int]):
-    """Indices ``rank, rank+world, ...`` of a dataset, in order; shards differ by at most one item."""
+    """A contiguous block of a dataset's indices, in order; shards differ by at most one item.
+
+    Contiguous, so each rank's validation patches come from whole tiles (each decoded by one rank).
+    """
 
     def __init__(self, length: int, rank: int, world_size: int) -> None:
-        self.indices = list(range(rank, length, world_size))
+        base, extra = divmod(length, world_size)
+        start = rank * base + min(rank, extra)
+        self.indices = list(range(start, start + base + (rank < extra)))
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices)
@@ -30,10 +39,10 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-class SkipSampler(Sampler[int]):
+class SkipSampler(Sampler[Any]):
     """Wraps a sampler and drops its first ``skip`` indices (resume in the middle of an epoch)."""
 
-    def __init__(self, sampler: Sampler[int], skip: int = 0) -> None:
+    def __init__(self, sampler: Sampler[Any], skip: int = 0) -> None:
         self.sampler = sampler
         self.skip = skip
 
@@ -41,7 +50,7 @@ class SkipSampler(Sampler[int]):
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[Any]:
         return itertools.islice(iter(self.sampler), self.skip, None)
 
     def __len__(self) -> int:
@@ -60,10 +69,19 @@ def train_loader(
     pin_memory: bool,
     max_t: int | None,
 ) -> tuple[DataLoader, SkipSampler, torch.Generator]:
-    """Shuffled, rank-sharded loader; the caller sets epoch/skip on the sampler and seeds the generator."""
-    base = DistributedSampler(
-        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False
-    )
+    """Shuffled, rank-sharded loader; the caller sets epoch/skip on the sampler and seeds the generator.
+
+    A streaming dataset gets one sampler lane per DataLoader worker, so that each worker decodes
+    only the tiles of the batches it is handed.
+    """
+    base: Sampler[Any]
+    if getattr(dataset, "streaming", False):
+        base = StreamSampler(
+            dataset, num_replicas=world_size, rank=rank, seed=seed, batch_size=batch_size,  # type: ignore[arg-type]
+            lanes=max(1, num_workers),
+        )
+    else:
+        base = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False)
     sampler = SkipSampler(base)
     gen = torch.Generator()
     gen.manual_seed(seed)

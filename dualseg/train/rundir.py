@@ -81,3 +81,13 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     if not p.is_file():
         return []
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def step_seconds(run_dir: Path) -> float:
+    """Seconds rank 0 spent in training and validation steps over the run's recorded epochs
+    (``train_time_s + val_time_s`` of each metrics.jsonl record; older records without them count 0).
+
+    The numerator of a search's allocation efficiency: times the ranks per trial, over the
+    rank-seconds allocated to the workers.
+    """
+    return sum(float(r.get("train_time_s", 0.0)) + float(r.get("val_time_s", 0.0)) for r in read_metrics(run_dir))

@@ -329,7 +329,9 @@ class _Fit:
         t = self.cfg.train
         while self.epoch < t.epochs:
             set_log_context(epoch=self.epoch)
+            t0 = time.monotonic()
             finished, stop_asked = self._train_one_epoch(should_stop)
+            train_time = round(time.monotonic() - t0, 3)  # this process's steps (a resumed epoch: the rest)
             if not finished or stop_asked:  # at the last step too: the resume validates this epoch
                 return self._interrupted("during training", save=True)
             try:
@@ -338,6 +340,7 @@ class _Fit:
                 return self._interrupted("during validation", save=True)
             improved = self.early.step(metrics[self.monitor], self.epoch)
             record["best"] = improved
+            record["train_time_s"] = train_time
             self.history.append(record)
             stop_cb = callback(self.epoch, dict(metrics)) if callback is not None else False
             stop_cb = broadcast_flag(bool(stop_cb), self.info.device)

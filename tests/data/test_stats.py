@@ -171,8 +171,9 @@ def test_band_hidden_only_by_clouds_is_not_an_error(tmp_path, data):
         tile_partial(info, 3)
 
 
+@pytest.mark.parametrize("accel", [True, False])  # the fused numba kernel (when installed) and numpy
 @pytest.mark.parametrize("n", [3 * 4096 * 4, 200_003])  # whole dot segments, and a ragged tail
-def test_moments_exact_on_adversarial_data(n):
+def test_moments_exact_on_adversarial_data(n, accel):
     # reflectance-like offset with a tiny spread, 30 % NaN, inf, a row missing in whole blocks,
     # at the default block size (the in-cache segmented path the benchmark measures)
     rng = np.random.default_rng(3)
@@ -182,7 +183,8 @@ def test_moments_exact_on_adversarial_data(n):
     x[0, : n // 3] = np.nan  # the large-offset row starts with missing blocks too
     x[2, 5] = np.inf
     x[0, -1] = -np.inf
-    _assert_exact(x, moments_xp(x, np))
+    _assert_exact(x, moments_xp(x, np, accel=accel))
+    _assert_exact(x.astype(np.float64), moments_xp(x.astype(np.float64), np, accel=accel))
 
 
 def test_moments_exact_when_holes_stop_and_restart():
@@ -193,6 +195,26 @@ def test_moments_exact_when_holes_stop_and_restart():
     x[1, 31_000:31_010] = np.nan
     for block in (4096, 5000):
         _assert_exact(x, moments_xp(x, np, block=block))
+    _assert_exact(x, moments_xp(x, np))  # default block: the fused kernel when numba is installed
+
+
+def test_fused_kernel_matches_numpy_path(monkeypatch):
+    from dualseg.data import fused
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(1500, 400, (3, 50_001)).astype(np.float32)
+    x[1, rng.random(50_001) < 0.3] = np.nan
+    x[2, 4096:8192] = np.nan  # a whole segment missing, then clean ones
+    x[2, 9000] = np.inf
+    ref = moments_xp(x, np, accel=False)
+    if fused.available():  # numba installed (the test extra installs it)
+        got = moments_xp(x, np)
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_allclose(got[1], ref[1], rtol=1e-13)
+        np.testing.assert_allclose(got[2], ref[2], rtol=1e-11)
+    monkeypatch.setenv("DUALSEG_NUMBA", "0")
+    assert not fused.available()
+    assert all(np.array_equal(a, b) for a, b in zip(moments_xp(x, np), ref))  # numpy path, bit-identical
 
 
 def test_generic_array_module_path_matches():

@@ -56,3 +56,12 @@ def test_has_checkpoint_sees_any_resumable_file(tmp_path: Path) -> None:
     assert not has_checkpoint(tmp_path)
     (tmp_path / "last.prev.pt").write_bytes(b"x")  # a kill between the rotation's renames leaves only this
     assert has_checkpoint(tmp_path)
+
+
+def test_step_seconds_sums_train_and_validation_time(tmp_path: Path) -> None:
+    from dualseg.train.rundir import append_metrics, step_seconds
+
+    assert step_seconds(tmp_path) == 0.0
+    append_metrics(tmp_path, {"epoch": 0, "train_time_s": 1.5, "val_time_s": 0.25})
+    append_metrics(tmp_path, {"epoch": 1, "val_time_s": 0.5})  # a record from before train_time_s
+    assert step_seconds(tmp_path) == 2.25
