@@ -326,8 +326,8 @@ class TileDataset(Dataset):
 
     def _item(self, i: int, whole: dict[str, Any], y: int, x: int, k: int, f: int) -> dict[str, torch.Tensor]:
         p = self.patch_size
-        sl = (slice(y, y + p), slice(x, x + p))
-        parts = {n: whole[n][(..., *sl)] for n in ("s1", "s2", "s1_mask", "s2_mask", "labels")}
+        window = (Ellipsis, slice(y, y + p), slice(x, x + p))
+        parts = {n: whole[n][window] for n in ("s1", "s2", "s1_mask", "s2_mask", "labels")}
         item: dict[str, torch.Tensor] = {}
         for key in STREAMS:
             item[key] = _to_tensor(_augment(parts[key], k, f), torch.float32)

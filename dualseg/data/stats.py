@@ -73,11 +73,11 @@ def get_xp(backend: str = "auto") -> ModuleType:
     if backend == "numpy":  # the config's Literal: "numpy", else CuPy when there ("auto") or required ("cupy")
         return np
     try:
-        import cupy  # type: ignore[import-not-found]
+        import cupy
 
         if cupy.cuda.runtime.getDeviceCount() > 0:
             return cupy
-    except Exception:  # not installed, no driver, no device
+    except Exception:  # noqa: BLE001 - not installed, no driver, no device
         if backend == "cupy":
             raise InputError("data.stats_backend=cupy but CuPy with a GPU is not available") from None
     return np
@@ -124,7 +124,7 @@ def moments_xp(
     d = xp.empty((c, bw), dtype=xp.float64)
     ok = xp.empty(d.shape, dtype=bool)
     keep = xp.empty(d.shape, dtype=xp.int64)
-    vecdot = getattr(xp, "vecdot", None)
+    vecdot: Any = getattr(xp, "vecdot", None)
     ones = xp.ones(_SEG)
     cnt, s, q = xp.zeros(c), xp.zeros(c), xp.zeros(c)
     holes = False

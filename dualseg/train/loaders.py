@@ -48,7 +48,7 @@ class SkipSampler(Sampler[Any]):
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+            self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Any]:
         return itertools.islice(iter(self.sampler), self.skip, None)
