@@ -23,7 +23,7 @@ from dualseg.config import Config, from_dict
 from hpc import jobs, slurm
 from hpc.config import HpcConfig
 from hpc.jobs import Plan
-from hpc.storage import PASSFILE_ENV, Database, StorageURL
+from hpc.storage import PASSFILE_ENV, Database, StorageURL, critical_section
 from hpc.trials import count_states, finished
 
 log = logging.getLogger("hpc.heal")
@@ -61,10 +61,11 @@ def heal(db: Database, study_name: str, storage: StorageURL, scratch: Path | Non
         return "waiting"
     callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=plan.hpc.max_retry,
                                                                 inherit_intermediate_values=True)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if db.storage.set_trial_state_values(t._trial_id, TrialState.FAIL):  # its job is gone
-            log.warning("trial %d was RUNNING but no worker remains: failed and re-queued", t.number)
-            callback(study, db.storage.get_trial(t._trial_id))
+    with critical_section(db.engine, storage, study_name):  # trials are only ever created under the study lock
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if db.storage.set_trial_state_values(t._trial_id, TrialState.FAIL):  # its job is gone
+                log.warning("trial %d was RUNNING but no worker remains: failed and re-queued", t.number)
+                callback(study, db.storage.get_trial(t._trial_id))
     resubmits = int(attrs.get("resubmits", 0))
     if resubmits >= plan.hpc.max_resubmits:
         log.warning("study %s: %d/%d finished, no worker left and hpc.max_resubmits=%d reached: evaluating as is",

@@ -114,7 +114,7 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.wait(self._interval):  # the trial was created with its first heartbeat
             try:
                 self._db.rdb.record_heartbeat(self._trial_id)
                 OUTAGE.recovered()
@@ -123,7 +123,6 @@ class Heartbeat:
                     OUTAGE.failed("heartbeat", exc, self._db.budget_s)
                 else:
                     log.warning("heartbeat failed (%s); retrying", type(exc).__name__)
-            self._stop.wait(self._interval)
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -184,10 +183,15 @@ class Coordinator:
             if job is not None:
                 return job
         self._keep_queued_alive()
-        token = uuid.uuid4().hex
+        token, attempts = uuid.uuid4().hex, [0]
+
+        def decide() -> Assignment:
+            attempts[0] += 1
+            return self._decide(token, retried=attempts[0] > 1)
+
         while True:
             try:
-                job = self._retry(lambda: self._decide(token), "ask")
+                job = self._retry(decide, "ask")
                 break
             except LockTimeout:
                 log.info("study lock busy for %.0f s; asking again", self.hpc.lock_timeout_s)
@@ -231,76 +235,92 @@ class Coordinator:
 
         return dict(self._retry(go, "suggest"))
 
-    def _decide(self, token: str) -> Assignment:
+    def _decide(self, token: str, retried: bool) -> Assignment:
+        """The decision, in one transaction that holds the study lock for a handful of statements."""
+        stale = self._stale(None)  # read-only, before the lock: usually there is nothing to fail
         with critical_section(self.db.engine, self.url, self.spec.study, self.hpc.lock_timeout_s) as s:
-            mine = s.execute(sa.select(T.trial_id, T.number).join(SA, SA.trial_id == T.trial_id)
-                             .where(T.study_id == self.study_id, SA.key == ASK_TOKEN,
-                                    SA.value_json == json.dumps(token))).first()
-            if mine is not None:  # our earlier commit went through; its reply was lost
-                return Assignment("train", mine.trial_id, mine.number, reason="new")
-            self._fail_stale(s)
+            if retried:  # did the earlier commit go through (its reply was lost)?
+                mine = s.execute(sa.select(T.trial_id, T.number).join(SA, SA.trial_id == T.trial_id)
+                                 .where(T.study_id == self.study_id, SA.key == ASK_TOKEN,
+                                        SA.value_json == json.dumps(token))).first()
+                if mine is not None:
+                    return Assignment("train", mine.trial_id, mine.number, reason="new")
+            if stale:
+                self._fail_stale(s)
             counts = count_states(s, self.study_id)
             done, running, target = finished(counts), counts["RUNNING"], self.hpc.trials
             if done >= target:
                 return Assignment("stop", reason=f"study has {done}/{target} finished trials")
-            lost = lost_failures(s, self.study_id)
+            lost = lost_failures(s, self.study_id) if counts["FAIL"] else 0
             if lost >= self.hpc.max_failed:
                 return Assignment("stop", reason=f"{lost} failed trials (hpc.max_failed={self.hpc.max_failed})")
             if done + running >= target:
                 return Assignment("wait", reason=f"{done} finished + {running} running")
-            trial_id, number, reason = self._start_trial(s, token)
+            trial_id, number, reason = self._start_trial(s, token, counts)
             return Assignment("train", trial_id, number, reason=reason)
 
-    def _start_trial(self, s: Session, token: str) -> tuple[int, int, str]:
-        """Pop the oldest WAITING trial (a retry) or create one; RUNNING + heartbeat + token, same commit."""
-        now_db = s.execute(sa.select(sa.func.now())).scalar_one().replace(tzinfo=None)
-        waiting = s.execute(sa.select(T).where(T.study_id == self.study_id, T.state == TrialState.WAITING)
-                            .order_by(T.trial_id).limit(1).with_for_update()).scalar_one_or_none()
-        if waiting is not None:
-            waiting.state = TrialState.RUNNING
-            waiting.datetime_start = datetime.now()
-            trial = waiting
-            reason = "retry" if s.execute(sa.select(SA.trial_id).where(
-                SA.trial_id == trial.trial_id, SA.key == "failed_trial")).first() else "handed back"
-        else:
-            trial = T(study_id=self.study_id, number=None, state=TrialState.RUNNING, datetime_start=datetime.now())
-            s.add(trial)
-            s.flush()
-            trial.number = trial.count_past_trials(s)
-            reason = "new"
-        hb = s.execute(sa.select(H).where(H.trial_id == trial.trial_id)).scalar_one_or_none()
-        if hb is None:
-            s.add(H(trial_id=trial.trial_id, heartbeat=now_db))
-        else:
-            hb.heartbeat = now_db
-        s.execute(sa.delete(SA).where(SA.trial_id == trial.trial_id, SA.key == ASK_TOKEN))
-        s.add(SA(trial_id=trial.trial_id, key=ASK_TOKEN, value_json=json.dumps(token)))
-        s.flush()
-        return int(trial.trial_id), int(trial.number), "new" if reason == "new" else reason
+    def _start_trial(self, s: Session, token: str, counts: dict[str, int]) -> tuple[int, int, str]:
+        """Pop the oldest WAITING trial (a retry) or create one; RUNNING + heartbeat + token in the same commit.
 
-    def _fail_stale(self, s: Session) -> None:
-        """Fail RUNNING trials without a heartbeat for ``grace_period`` and let Optuna's callback re-queue them.
+        Every trial of the study is created under this lock (Optuna's retry callback runs inside it too),
+        so the next number is the number of trials: no ``count_past_trials`` round trip.
+        """
+        trials, now_utc = T.__table__, datetime.now(timezone.utc).replace(tzinfo=None)
+        waiting = None
+        if counts["WAITING"]:
+            waiting = s.execute(sa.select(T.trial_id, T.number).where(
+                T.study_id == self.study_id, T.state == TrialState.WAITING).order_by(T.trial_id).limit(1)
+                .with_for_update()).first()
+        if waiting is not None:
+            trial_id, number = int(waiting.trial_id), int(waiting.number)
+            s.execute(sa.update(trials).where(trials.c.trial_id == trial_id)
+                      .values(state=TrialState.RUNNING, datetime_start=now_utc))
+            s.execute(sa.delete(H).where(H.trial_id == trial_id))
+            s.execute(sa.delete(SA).where(SA.trial_id == trial_id, SA.key == ASK_TOKEN))
+            reason = "retry" if s.execute(sa.select(SA.trial_id).where(
+                SA.trial_id == trial_id, SA.key == "failed_trial")).first() else "handed back"
+        else:
+            number, reason = sum(counts.values()), "new"
+            trial_id = int(s.execute(sa.insert(trials).values(
+                study_id=self.study_id, number=number, state=TrialState.RUNNING, datetime_start=now_utc)
+            ).inserted_primary_key[0])
+        s.execute(sa.insert(H.__table__).values(trial_id=trial_id, heartbeat=sa.func.now()))
+        s.execute(sa.insert(SA.__table__).values(trial_id=trial_id, key=ASK_TOKEN, value_json=json.dumps(token)))
+        return trial_id, number, reason
+
+    def _stale(self, s: Session | None) -> list[int]:
+        """RUNNING trials without a heartbeat for ``grace_period`` (or, created without any, started that long ago).
 
         Not right after a database outage: nobody's heartbeat could get through, so every trial looks
         stale; their workers get one grace period to beat again.
         """
         if OUTAGE.recent(self.hpc.grace_period):
-            return
-        now_db = s.execute(sa.select(sa.func.now())).scalar_one().replace(tzinfo=None)
-        now_utc = datetime.now(timezone.utc).replace(tzinfo=None)
-        grace = self.hpc.grace_period
-        rows = s.execute(sa.select(T.trial_id, T._datetime_start_utc, H.heartbeat)
-                         .outerjoin(H, H.trial_id == T.trial_id)
-                         .where(T.study_id == self.study_id, T.state == TrialState.RUNNING)).all()
-        stale = [tid for tid, start, beat in rows
-                 if (beat is not None and (now_db - beat).total_seconds() > grace)
-                 or (beat is None and start is not None and (now_utc - start).total_seconds() > grace)]
+            return []
+
+        def query(sess: Session) -> list[int]:
+            now_db = sess.execute(sa.select(sa.func.now())).scalar_one().replace(tzinfo=None)
+            now_utc = datetime.now(timezone.utc).replace(tzinfo=None)
+            grace = self.hpc.grace_period
+            rows = sess.execute(sa.select(T.trial_id, T._datetime_start_utc, H.heartbeat)
+                                .outerjoin(H, H.trial_id == T.trial_id)
+                                .where(T.study_id == self.study_id, T.state == TrialState.RUNNING)).all()
+            return [tid for tid, start, beat in rows
+                    if (beat is not None and (now_db - beat).total_seconds() > grace)
+                    or (beat is None and start is not None and (now_utc - start).total_seconds() > grace)]
+
+        if s is not None:
+            return query(s)
+        with Session(self.db.engine) as fresh:
+            return query(fresh)
+
+    def _fail_stale(self, s: Session) -> None:
+        """Fail the stale trials (checked again under the lock); Optuna's callback re-queues them as WAITING."""
         callback = self.db.rdb.get_heartbeat_stale_trial_callback()
-        for tid in stale:
+        for tid in self._stale(s):
             if not self.db.storage.set_trial_state_values(tid, TrialState.FAIL):
                 continue
             frozen = self.db.storage.get_trial(tid)
-            log.warning("trial %d had no heartbeat for %d s: failed%s", frozen.number, grace,
+            log.warning("trial %d had no heartbeat for %d s: failed%s", frozen.number, self.hpc.grace_period,
                         "; re-queued with its parameters" if callback else "")
             if callback is not None:
                 callback(self.study, frozen)

@@ -144,8 +144,8 @@ def test_a_requeued_job_never_replays_earlier_draws(tmp_path: Path) -> None:
 
 def test_lost_commit_reply_does_not_create_a_second_trial(tmp_path: Path) -> None:
     coord = _coordinator(f"sqlite:///{tmp_path / 's.db'}", tmp_path)
-    a = coord._decide("token-1")
-    b = coord._decide("token-1")  # the retry after a commit whose reply never came
+    a = coord._decide("token-1", retried=False)
+    b = coord._decide("token-1", retried=True)  # the retry after a commit whose reply never came
     assert (a.action, b.action) == ("train", "train") and a.trial_id == b.trial_id
     assert coord.counts()["RUNNING"] == 1
 
