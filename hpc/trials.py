@@ -24,7 +24,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import optuna
 import sqlalchemy as sa
@@ -281,9 +281,9 @@ class Coordinator:
                 SA.trial_id == trial_id, SA.key == "failed_trial")).first() else "handed back"
         else:
             number, reason = sum(counts.values()), "new"
-            trial_id = int(s.execute(sa.insert(trials).values(
-                study_id=self.study_id, number=number, state=TrialState.RUNNING, datetime_start=now_utc)
-            ).inserted_primary_key[0])
+            created = s.execute(sa.insert(trials).values(
+                study_id=self.study_id, number=number, state=TrialState.RUNNING, datetime_start=now_utc))
+            trial_id = int(cast(sa.CursorResult[Any], created).inserted_primary_key[0])
         s.execute(sa.insert(H.__table__).values(trial_id=trial_id, heartbeat=sa.func.now()))
         s.execute(sa.insert(SA.__table__).values(trial_id=trial_id, key=ASK_TOKEN, value_json=json.dumps(token)))
         return trial_id, number, reason
