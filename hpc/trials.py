@@ -283,7 +283,9 @@ class Coordinator:
             number, reason = sum(counts.values()), "new"
             created = s.execute(sa.insert(trials).values(
                 study_id=self.study_id, number=number, state=TrialState.RUNNING, datetime_start=now_utc))
-            trial_id = int(cast(sa.CursorResult[Any], created).inserted_primary_key[0])
+            key = cast(sa.CursorResult[Any], created).inserted_primary_key
+            assert key is not None
+            trial_id = int(key[0])
         s.execute(sa.insert(H.__table__).values(trial_id=trial_id, heartbeat=sa.func.now()))
         s.execute(sa.insert(SA.__table__).values(trial_id=trial_id, key=ASK_TOKEN, value_json=json.dumps(token)))
         return trial_id, number, reason
