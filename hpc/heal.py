@@ -41,6 +41,20 @@ def plan_from_study(db: Database, study_name: str, storage: StorageURL, scratch:
                 Path(passfile) if passfile else None)
 
 
+def fail_orphans(db: Database, study: optuna.Study, storage: StorageURL, max_retry: int) -> int:
+    """No worker of the study remains: fail its RUNNING trials now (not after ``grace_period``) and re-queue
+    them with their parameters; returns how many. Under the study lock, like every trial creation."""
+    callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)
+    n = 0
+    with critical_section(db.engine, storage, study.study_name):
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if db.storage.set_trial_state_values(t._trial_id, TrialState.FAIL):  # its job is gone
+                log.warning("trial %d was RUNNING but no worker remains: failed and re-queued", t.number)
+                callback(study, db.storage.get_trial(t._trial_id))
+                n += 1
+    return n
+
+
 def heal(db: Database, study_name: str, storage: StorageURL, scratch: Path | None = None) -> Outcome:
     study = db.load_study(study_name)
     attrs = study.user_attrs
@@ -59,13 +73,7 @@ def heal(db: Database, study_name: str, storage: StorageURL, scratch: Path | Non
         log.warning("study %s: %d/%d finished and array(s) %s still queued: evaluation job %s waits for them",
                     study_name, done, target, ",".join(queued), eval_id)
         return "waiting"
-    callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=plan.hpc.max_retry,
-                                                                inherit_intermediate_values=True)
-    with critical_section(db.engine, storage, study_name):  # trials are only ever created under the study lock
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if db.storage.set_trial_state_values(t._trial_id, TrialState.FAIL):  # its job is gone
-                log.warning("trial %d was RUNNING but no worker remains: failed and re-queued", t.number)
-                callback(study, db.storage.get_trial(t._trial_id))
+    fail_orphans(db, study, storage, plan.hpc.max_retry)
     resubmits = int(attrs.get("resubmits", 0))
     if resubmits >= plan.hpc.max_resubmits:
         log.warning("study %s: %d/%d finished, no worker left and hpc.max_resubmits=%d reached: evaluating as is",

@@ -200,9 +200,27 @@ def record_submission(plan: Plan, array_id: str) -> None:
         db.close()
 
 
+def adopt_orphans(plan: Plan) -> None:
+    """Launching again a study none of whose arrays still runs: its RUNNING trials are orphans; re-queue them
+    now (with their parameters and checkpoints) so the new workers continue them at once."""
+    from hpc.heal import fail_orphans
+
+    db = open_database(plan.storage, budget_s=60)
+    try:
+        study = db.load_study(plan.hpc.study)
+        arrays = [str(a) for a in study.user_attrs.get("arrays", [])]
+        if arrays and not slurm.any_queued(arrays):
+            n = fail_orphans(db, study, plan.storage, plan.hpc.max_retry)
+            if n:
+                print(f"re-queued {n} trial(s) whose workers are gone; the new workers continue them", flush=True)
+    finally:
+        db.close()
+
+
 def submit_slurm(plan: Plan) -> tuple[str, str | None]:
     res = jobs.check_scripts(plan)  # both scripts judged by SLURM before anything exists
     prepare(plan)
+    adopt_orphans(plan)
     jobs.scrub_environment(plan)
     array_id = jobs.submit_array(plan, plan.hpc.workers)
     record_submission(plan, array_id)
