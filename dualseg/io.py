@@ -133,6 +133,18 @@ def read_json(path: str | Path, what: str) -> Any:
         raise InputError(f"{what}: {path}: not valid JSON ({exc})") from None
 
 
+def replace_dir(staged: Path, target: Path) -> None:
+    """Put the finished folder ``staged`` in place of ``target``: readers see the old folder or the new one,
+    never a mix (an existing target is moved aside first, then deleted)."""
+    if target.exists():
+        trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, trash)
+        os.replace(staged, target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staged, target)
+
+
 @contextlib.contextmanager
 def staged_dir(target: str | Path, what: str, *, overwrite: bool, flag: str = "--overwrite") -> Iterator[Path]:
     """Build a whole folder (a dataset) at a temp path beside ``target``, renamed into place at the end.
@@ -155,13 +167,7 @@ def staged_dir(target: str | Path, what: str, *, overwrite: bool, flag: str = "-
     tmp.mkdir()
     try:
         yield tmp
-        if target.exists():
-            trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, trash)
-            os.replace(tmp, target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

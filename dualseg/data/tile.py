@@ -25,7 +25,6 @@ file of the arrays it opens exists (zarr would read a lost chunk as fill values)
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 import uuid
@@ -48,6 +47,7 @@ from dualseg.data.manifest import (
     write_manifest,
 )
 from dualseg.errors import InputError
+from dualseg.io import replace_dir
 
 FORMAT = "dualseg-tile"
 VERSION = 1
@@ -199,13 +199,7 @@ def write_tile(
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         _write_group(tmp, tile, hw, chunk_hw, comp)
-        if path.exists():
-            trash = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(path, trash)
-            os.replace(tmp, path)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

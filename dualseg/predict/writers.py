@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 
 from dualseg.errors import InputError
-from dualseg.io import _fsync_dir
+from dualseg.io import _fsync_dir, replace_dir
 
 # tab20 (matplotlib), so maps and report figures use the same colours without importing matplotlib
 PALETTE = [
@@ -69,13 +69,7 @@ def write_zarr(
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-        if path.exists():
-            trash = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(path, trash)
-            os.replace(tmp, path)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

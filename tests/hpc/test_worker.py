@@ -39,21 +39,6 @@ def _wait_for_line(path: Path, needle: str, timeout: float) -> None:
     pytest.fail(f"{needle!r} did not appear in {path} within {timeout}s")
 
 
-def _rank_pid(array_task: str, rank: int) -> int:
-    """PID of one rank of a running array task (all ranks run on this host in the test bed)."""
-    job, task = array_task.split("_")
-    for proc in Path("/proc").iterdir():
-        try:
-            env = dict(kv.split("=", 1) for kv in (proc / "environ").read_text().split("\0") if "=" in kv)
-            cmd = (proc / "cmdline").read_text()
-        except (OSError, ValueError):
-            continue
-        if (env.get("SLURM_ARRAY_JOB_ID") == job and env.get("SLURM_ARRAY_TASK_ID") == task
-                and env.get("SLURM_PROCID") == str(rank) and "submitit.core._submit" in cmd):
-            return int(proc.name)
-    pytest.fail(f"no rank {rank} process of {array_task}")
-
-
 def _epochs(run_dir: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
 
