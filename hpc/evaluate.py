@@ -30,6 +30,7 @@ from dualseg.config import Config, apply_overrides, from_dict
 from dualseg.errors import DualsegError, InputError, report_error
 from dualseg.io import atomic_write_text
 from dualseg.train.export import export_model
+from hpc.accounting import allocation_efficiency
 from hpc.paths import code_version, trial_dir
 from hpc.report import write_report
 from hpc.retention import keep_policy, on_study_finished, scratch_usage
@@ -61,17 +62,6 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
-
-
-def allocation_efficiency(trials: list[optuna.trial.FrozenTrial], attrs: dict[str, Any]) -> dict[str, Any]:
-    """Rank-seconds in training/validation steps / rank-seconds allocated to workers (``busy_s`` of the
-    trials over the jobs' recorded allocations; start-up, waiting, evaluation and requeue gaps are the rest)."""
-    launch = attrs.get("launch", {})
-    world = int(launch.get("nodes", 1)) * max(1, int(launch.get("gpus_per_node", 0)))
-    busy = sum(float(t.user_attrs.get("busy_s", 0.0)) for t in trials) * world
-    allocated = sum(float(v) for k, v in attrs.items() if k.startswith("alloc:"))
-    return {"busy_rank_s": busy, "allocated_rank_s": allocated or None,
-            "efficiency": busy / allocated if allocated else None}
 
 
 def evaluate_study(storage: StorageURL, study_name: str, scratch: str | Path | None = None,

@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as a script from the repo root
 from optuna.trial import TrialState
 
 from dualseg.errors import DualsegError, InputError, report_error
+from hpc.accounting import allocation_efficiency
 from hpc.paths import resolve_scratch
 from hpc.retention import human, scratch_usage
 from hpc.slurm import QUEUED_STATES, squeue_states
@@ -67,7 +68,8 @@ def collect(storage: StorageURL, study_name: str) -> dict[str, Any]:
     usage = scratch_usage(scratch) if scratch is not None and scratch.is_dir() else None
     return {"study": study_name, "target": attrs.get("trials"), "counts": counts, "best": best, "running": running,
             "failed": failed, "direction": study.direction.name.lower(), "resubmits": attrs.get("resubmits", 0),
-            "arrays": attrs.get("arrays", []), "scratch": usage}
+            "arrays": attrs.get("arrays", []), "scratch": usage,
+            "allocation": allocation_efficiency(trials, attrs)}
 
 
 def render(s: dict[str, Any]) -> str:
@@ -94,6 +96,10 @@ def render(s: dict[str, Any]) -> str:
     if s["resubmits"]:
         arrays = ", ".join(map(str, s["arrays"]))
         lines.append(f"self-healing: workers resubmitted {s['resubmits']} time(s); arrays {arrays}")
+    a = s["allocation"]
+    if a["efficiency"] is not None:
+        lines.append(f"allocation efficiency: {a['efficiency']:.2f} (training+validation steps "
+                     f"{a['busy_rank_s']:.0f} of {a['allocated_rank_s']:.0f} rank-seconds allocated)")
     if s["scratch"] is not None:
         u = s["scratch"]
         lines.append(f"scratch: {human(u['bytes'])} ({human(u['checkpoint_bytes'])} in checkpoints) in {u['path']}")

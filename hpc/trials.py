@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from dualseg.io import atomic_copy
 from dualseg.train.rundir import CHECKPOINTS, METRICS, has_checkpoint
+from hpc.accounting import allocation_key
 from hpc.config import HpcConfig
 from hpc.paths import trial_dir
 from hpc.search import build_pruner, build_sampler, suggest
@@ -409,7 +410,7 @@ class Coordinator:
 
     def record_allocation(self, rank_seconds: float) -> None:
         """This job's allocated rank-seconds so far (one study attribute per job run; summed by the evaluation)."""
-        key = f"alloc:{self.label}:{SlurmEnv.read().restart_count}"
+        key = allocation_key(self.label, SlurmEnv.read().restart_count)
         self._retry(lambda: self.study.set_user_attr(key, round(rank_seconds, 1)), "record allocation")
 
     def heartbeat(self, trial_id: int) -> Heartbeat:
