@@ -49,25 +49,36 @@ def current_umask() -> int:
     return mask
 
 
-def check_writable_dir(path: str | Path, what: str) -> Path:
-    """Prove ``path`` is (or can be created as) a writable directory, creating nothing.
+def probe_writable(path: str | Path) -> tuple[Path, OSError | None]:
+    """Whether ``path`` is (or can be created as) a writable directory, creating nothing.
 
-    Probes the deepest existing ancestor with a temp file that is removed at once; raises one
-    :class:`InputError` line naming ``what`` (the option, e.g. ``--scratch``) and the path.
+    Probes the deepest existing ancestor with a temp file removed at once (its 0600 mode is never
+    seen); returns that ancestor and the error, None when writable.
     """
-    path = Path(path)
-    probe_dir = path
+    probe_dir = Path(path)
     while not probe_dir.exists() and probe_dir != probe_dir.parent:
         probe_dir = probe_dir.parent
-    if not probe_dir.is_dir():
-        raise InputError(f"{what}: {path} is not a directory ({probe_dir} is a file)")
     try:
+        if not probe_dir.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
         fd, probe = tempfile.mkstemp(prefix=".dualseg-write-test.", dir=probe_dir)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
+        return probe_dir, exc
+    return probe_dir, None
+
+
+def check_writable_dir(path: str | Path, what: str) -> Path:
+    """Prove ``path`` is (or can be created as) a writable directory, creating nothing; else one
+    :class:`InputError` line naming ``what`` (the option, e.g. ``--scratch``) and the path."""
+    path = Path(path)
+    probe_dir, error = probe_writable(path)
+    if not probe_dir.is_dir():
+        raise InputError(f"{what}: {path} is not a directory ({probe_dir} is a file)")
+    if error is not None:
         where = "" if probe_dir == path else f" ({probe_dir} cannot hold a new folder)"
-        raise InputError(f"{what}: {path} is not writable{where}: {exc.strerror or type(exc).__name__}") from None
+        raise InputError(f"{what}: {path} is not writable{where}: {error.strerror or type(error).__name__}")
     return path
 
 

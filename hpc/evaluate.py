@@ -26,12 +26,13 @@ if __package__ in (None, ""):  # run as a script from the repo root
 import optuna
 from optuna.trial import TrialState
 
+from dualseg import code_version
 from dualseg.config import Config, apply_overrides, from_dict
 from dualseg.errors import DualsegError, InputError, report_error
 from dualseg.io import atomic_write_text
 from dualseg.train.export import export_model
 from hpc.accounting import allocation_efficiency
-from hpc.paths import code_version, trial_dir
+from hpc.paths import trial_dir
 from hpc.report import write_report
 from hpc.retention import keep_policy, on_study_finished, scratch_usage
 from hpc.slurm import SlurmEnv

@@ -24,6 +24,9 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable,
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
+import optuna
+
+from dualseg import code_version
 from dualseg.config import Config, load_config, to_dict
 from dualseg.data.preflight import check_dataset
 from dualseg.errors import DualsegError, InputError, report_error
@@ -31,8 +34,15 @@ from dualseg.io import check_writable_dir
 from hpc import jobs, slurm
 from hpc.config import parse_hpc
 from hpc.jobs import Plan
-from hpc.paths import REPO_ROOT, claim_study_dir, code_version, new_incarnation, resolve_scratch
-from hpc.storage import StorageURL, create_or_load_study, open_database, resolve_storage, write_passfile
+from hpc.paths import REPO_ROOT, claim_study_dir, new_incarnation, resolve_scratch
+from hpc.storage import (
+    Database,
+    StorageURL,
+    create_or_load_study,
+    open_database,
+    resolve_storage,
+    write_passfile,
+)
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 
@@ -169,7 +179,8 @@ def prepare(plan: Plan) -> None:
         attrs = {"config": to_dict(plan.cfg), "trials": plan.hpc.trials, "scratch": str(plan.scratch),
                  "objective": plan.hpc.objective, "code_version": code_version(), "incarnation": plan.incarnation,
                  "launch": {k: v for k, v in to_dict(plan.hpc).items() if k != "storage"}}
-        create_or_load_study(db, plan.hpc.study, plan.hpc.direction, attrs)
+        study = create_or_load_study(db, plan.hpc.study, plan.hpc.direction, attrs)
+        adopt_orphans(db, study, plan, [str(a) for a in existing.get("arrays", [])])
     finally:
         db.close()
     plan.logdir.mkdir(parents=True, exist_ok=True)
@@ -200,27 +211,20 @@ def record_submission(plan: Plan, array_id: str) -> None:
         db.close()
 
 
-def adopt_orphans(plan: Plan) -> None:
+def adopt_orphans(db: Database, study: optuna.Study, plan: Plan, arrays: list[str]) -> None:
     """Launching again a study none of whose arrays still runs: its RUNNING trials are orphans; re-queue them
     now (with their parameters and checkpoints) so the new workers continue them at once."""
     from hpc.heal import fail_orphans
 
-    db = open_database(plan.storage, budget_s=60)
-    try:
-        study = db.load_study(plan.hpc.study)
-        arrays = [str(a) for a in study.user_attrs.get("arrays", [])]
-        if arrays and not slurm.any_queued(arrays):
-            n = fail_orphans(db, study, plan.storage, plan.hpc.max_retry)
-            if n:
-                print(f"re-queued {n} trial(s) whose workers are gone; the new workers continue them", flush=True)
-    finally:
-        db.close()
+    if arrays and not slurm.any_queued(arrays):
+        n = fail_orphans(db, study, plan.storage, plan.hpc.max_retry)
+        if n:
+            print(f"re-queued {n} trial(s) whose workers are gone; the new workers continue them", flush=True)
 
 
 def submit_slurm(plan: Plan) -> tuple[str, str | None]:
     res = jobs.check_scripts(plan)  # both scripts judged by SLURM before anything exists
     prepare(plan)
-    adopt_orphans(plan)
     jobs.scrub_environment(plan)
     array_id = jobs.submit_array(plan, plan.hpc.workers)
     record_submission(plan, array_id)

@@ -9,7 +9,6 @@ name (deleted and re-created, or a fresh SQLite file) would otherwise resume the
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -26,7 +25,7 @@ def resolve_scratch(cli: str | None, train_scratch: str | None = None) -> Path:
     return Path(raw).expanduser().resolve()
 
 
-def trial_dir(study_dir: Path, number: int) -> Path:
+def trial_dir(study_dir: str | Path, number: int) -> Path:
     """``<scratch>/<study>/trial-<number>``."""
     return Path(study_dir) / f"trial-{number}"
 
@@ -59,17 +58,3 @@ def check_study_dir(study_dir: Path, incarnation: str | None, study: str) -> Non
     if marker.exists() and marker.read_text().strip() != incarnation:
         raise InputError(f"--scratch: {study_dir} belongs to another incarnation of study {study!r}; refusing "
                          "to resume its trial folders")
-
-
-def code_version() -> str:
-    """``git describe`` of the checkout (for results), else the package version."""
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=REPO_ROOT,
-                             capture_output=True, text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    import dualseg
-
-    return f"dualseg {dualseg.__version__}"

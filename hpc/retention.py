@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from dualseg.config import from_dict
 from dualseg.errors import InputError
+from hpc.paths import trial_dir
 
 log = logging.getLogger("hpc.retention")
 
@@ -52,11 +53,6 @@ def keep_policy(raw: dict[str, Any] | KeepPolicy | None) -> KeepPolicy:
     return from_dict(KeepPolicy, raw or {}, "hpc.keep") if raw else KeepPolicy()
 
 
-def trial_path(study_dir: str | Path, number: int) -> Path:
-    """``<study_dir>/trial-<number>`` (the scratch layout of docs/architecture.md)."""
-    return Path(study_dir) / f"trial-{number}"
-
-
 def _remove(path: Path) -> int:
     try:
         size = path.stat().st_size
@@ -73,7 +69,7 @@ def on_trial_finished(study_dir: str | Path, number: int, state: TrialState,
     policy = policy or KeepPolicy()
     if policy.last or state not in (TrialState.COMPLETE, TrialState.PRUNED):
         return 0
-    return _remove(trial_path(study_dir, number) / LAST) + _remove(trial_path(study_dir, number) / PREV)
+    return _remove(trial_dir(study_dir, number) / LAST) + _remove(trial_dir(study_dir, number) / PREV)
 
 
 def top_k(trials: list[FrozenTrial], direction: optuna.study.StudyDirection, k: int) -> list[int]:
@@ -96,7 +92,7 @@ def on_study_finished(study_dir: str | Path, trials: list[FrozenTrial], directio
     for t in trials:
         if t.state not in FINISHED:
             continue
-        d = trial_path(study_dir, t.number)
+        d = trial_dir(study_dir, t.number)
         if not policy.last:
             freed += _remove(d / LAST) + _remove(d / PREV)
         if t.number not in keep:

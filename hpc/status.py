@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +49,6 @@ def collect(storage: StorageURL, study_name: str) -> dict[str, Any]:
         best = {"number": b.number, "value": b.value, "params": b.params}
     run = [t for t in trials if t.state == TrialState.RUNNING]
     slurm = squeue_states([str(t.user_attrs.get("requeued_job") or t.user_attrs.get("job_id", "?")) for t in run])
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
     running = []
     for t in run:
         job = str(t.user_attrs.get("requeued_job") or t.user_attrs.get("job_id", "?"))
@@ -59,9 +57,7 @@ def collect(storage: StorageURL, study_name: str) -> dict[str, Any]:
                         "requeued": bool(t.user_attrs.get("requeued_job")),
                         "last_step": max(t.intermediate_values) if t.intermediate_values else None,
                         "retry_of": t.system_attrs.get("failed_trial"),
-                        "stale": job[:1].isdigit() and state not in QUEUED_STATES,
-                        "age_s": (now - t.datetime_start.astimezone(timezone.utc).replace(tzinfo=None)).total_seconds()
-                        if t.datetime_start else None})
+                        "stale": job[:1].isdigit() and state not in QUEUED_STATES})
     failed = [{"number": t.number, "error": t.user_attrs.get("error", "no heartbeat (job died)")}
               for t in trials if t.state == TrialState.FAIL]
     scratch = Path(str(attrs.get("scratch") or "")) / study_name if attrs.get("scratch") else None

@@ -294,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
         run_worker(_share_spec(spec), ScontrolRequeue(Path(spec.scratch) / spec.study / "jobs", slurm))
     except DualsegError as exc:
         return report_error(exc, url.scrub if "url" in locals() and url is not None else None)
+    finally:
+        from dualseg.train.distributed import cleanup
+
+        cleanup()  # _share_spec made the process group (run_worker only reused it): destroy it on every path
     return 0
 
 

@@ -13,7 +13,6 @@ as well; both give the same :class:`ModelFile` and therefore the same prediction
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dualseg import code_version
 from dualseg.config import Config, ModelConfig, from_dict, to_dict
 from dualseg.errors import InputError, TrainingError
 from dualseg.io import atomic_torch_save
@@ -62,21 +62,6 @@ class ModelFile:
         net = build_model(self.model, len(self.s1_bands), len(self.s2_bands), self.num_classes)
         load_model_state(net, self.weights, source=f"model {self.source}")
         return net.to(device).eval()
-
-
-def code_version() -> str:
-    """``git describe`` of the source checkout, else the package version."""
-    import dualseg
-
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"],
-                             cwd=Path(dualseg.__file__).resolve().parent, capture_output=True, text=True, timeout=10,
-                             check=False)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return f"dualseg {dualseg.__version__}"
 
 
 def _from_checkpoint(state: dict[str, Any], cfg: Config | None, source: str) -> ModelFile:

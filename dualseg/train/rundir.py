@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from dualseg.config import Config
 from dualseg.errors import InputError
-from dualseg.io import atomic_write_text
+from dualseg.io import atomic_write_text, probe_writable
 
 LAST, PREV, BEST, METRICS = "last.pt", "last.prev.pt", "best.pt", "metrics.jsonl"
 CHECKPOINTS = (LAST, PREV, BEST)  # resume order: the newest state, the one before it, the best epoch's
@@ -36,18 +35,10 @@ def ensure_writable(run_dir: Path) -> None:
     The folder itself appears with the run's first file (metrics.jsonl, written after the data and
     model checks), so a run that fails before its first epoch leaves no empty run folder behind.
     """
-    probe_dir = run_dir
-    while not probe_dir.exists() and probe_dir != probe_dir.parent:
-        probe_dir = probe_dir.parent
-    try:
-        if not probe_dir.is_dir():
-            raise NotADirectoryError(20, "Not a directory")
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=probe_dir)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise InputError(f"scratch: run directory {run_dir} is not writable ({reason})") from None
+    _, error = probe_writable(run_dir)
+    if error is not None:
+        reason = error.strerror or type(error).__name__
+        raise InputError(f"scratch: run directory {run_dir} is not writable ({reason})")
 
 
 def _json_default(obj: Any) -> Any:
