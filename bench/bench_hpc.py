@@ -55,7 +55,7 @@ CHILD = textwrap.dedent("""
             continue
         with coord.heartbeat(job.trial_id):
             x = sum(v for v in job.params.values() if isinstance(v, float))
-        coord.tell(job.trial_id, TrialState.COMPLETE, x, {})
+        coord.tell(job.trial_id, TrialState.COMPLETE, x)
 """)
 
 SEARCH = {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},

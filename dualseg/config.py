@@ -27,6 +27,10 @@ S1_BANDS = ["VV", "VH"]
 S2_BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
 
 
+Monitor = Literal["val_loss", "val_miou", "val_oa"]  # what best.pt, early stopping and a search rank on
+# train.monitor -> direction (loss goes down, accuracy-like metrics go up)
+MONITOR_MODES: dict[str, Literal["min", "max"]] = {"val_loss": "min", "val_miou": "max", "val_oa": "max"}
+
 @dataclass
 class SyntheticConfig:
     """Parameters of the generated benchmark data (used when ``data.root`` holds no tiles)."""
@@ -108,7 +112,7 @@ class TrainConfig:
     scratch: str | None = None  # default: $SCRATCH, else ./runs
     run_name: str = "run"
     log_every: int = 10
-    monitor: Literal["val_loss", "val_miou", "val_oa"] = "val_loss"  # best.pt + early stopping (loss min, others max)
+    monitor: Monitor = "val_loss"  # best.pt + early stopping (loss min, others max)
 
 
 @dataclass

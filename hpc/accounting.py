@@ -1,8 +1,8 @@
 """Allocation efficiency: how much of the compute the workers were given went into training steps.
 
-Each job records its allocated rank-seconds in the study (one user attribute per job run, updated at
-exit: ``alloc:<array>_<task>:<restart>``), each finished trial its seconds in training and validation
-steps (``busy_s``, from the trainer's ``train_time_s`` + ``val_time_s``). Their ratio is what start-up,
+Each job records its allocated rank-seconds in the study (one attribute per job run, updated at exit:
+:func:`hpc.study.allocation_key`), each finished trial its seconds in training and validation steps
+(``busy_s``, from the trainer's ``train_time_s`` + ``val_time_s``). Their ratio is what start-up,
 waiting for the last trials, requeue gaps and evaluation cost the search.
 """
 
@@ -12,18 +12,12 @@ from typing import Any
 
 import optuna
 
-ALLOC_PREFIX = "alloc:"
+from hpc.study import StudyRecord, TrialRecord
 
 
-def allocation_key(label: str, restart: int) -> str:
-    return f"{ALLOC_PREFIX}{label}:{restart}"
-
-
-def allocation_efficiency(trials: list[optuna.trial.FrozenTrial], attrs: dict[str, Any]) -> dict[str, Any]:
+def allocation_efficiency(trials: list[optuna.trial.FrozenTrial], record: StudyRecord) -> dict[str, Any]:
     """Rank-seconds in training/validation steps / rank-seconds allocated to the workers (None until recorded)."""
-    launch = attrs.get("launch", {})
-    world = int(launch.get("nodes", 1)) * max(1, int(launch.get("gpus_per_node", 0)))
-    busy = sum(float(t.user_attrs.get("busy_s", 0.0)) for t in trials) * world
-    allocated = sum(float(v) for k, v in attrs.items() if k.startswith(ALLOC_PREFIX))
+    busy = sum(TrialRecord.of(t).busy_s for t in trials) * record.world_size
+    allocated = sum(record.allocations.values())
     return {"busy_rank_s": round(busy, 1), "allocated_rank_s": round(allocated, 1) or None,
             "efficiency": round(busy / allocated, 3) if allocated else None}

@@ -12,15 +12,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dualseg.config import Config, from_dict
+from dualseg.config import MONITOR_MODES, Config, Monitor, from_dict
 from dualseg.errors import InputError
 from hpc.retention import KeepPolicy
 from hpc.search import ParamSpec, PrunerConfig, SamplerKind, check_param, default_search
 from hpc.slurm import time_to_minutes
 
-Objective = Literal["val_loss", "val_miou", "val_oa"]
+Objective = Monitor  # the study ranks trials on what the trainer monitors
 Executor = Literal["auto", "slurm", "local"]
-OBJECTIVES: dict[str, str] = {"val_loss": "minimize", "val_miou": "maximize", "val_oa": "maximize"}
 
 
 @dataclass
@@ -74,7 +73,7 @@ class HpcConfig:
 
     @property
     def direction(self) -> str:
-        return OBJECTIVES[self.objective]
+        return {"min": "minimize", "max": "maximize"}[MONITOR_MODES[self.objective]]
 
     @property
     def specs(self) -> dict[str, ParamSpec]:

@@ -31,12 +31,14 @@ from dualseg.config import Config, apply_overrides, from_dict
 from dualseg.errors import DualsegError, InputError, report_error
 from dualseg.io import atomic_write_text
 from dualseg.train.export import export_model
+from dualseg.train.rundir import BEST
 from hpc.accounting import allocation_efficiency
-from hpc.paths import trial_dir
+from hpc.paths import study_scratch, trial_dir
 from hpc.report import write_report
 from hpc.retention import keep_policy, on_study_finished, scratch_usage
 from hpc.slurm import SlurmEnv
-from hpc.storage import StorageURL, open_database, resolve_storage
+from hpc.storage import StorageURL, resolve_storage
+from hpc.study import Counts, best, open_study
 
 log = logging.getLogger("hpc.evaluate")
 
@@ -71,38 +73,32 @@ def evaluate_study(storage: StorageURL, study_name: str, scratch: str | Path | N
     from dualseg.train import evaluate_checkpoint
 
     t0 = time.monotonic()
-    db = open_database(storage, budget_s=300)
-    try:
-        study = db.load_study(study_name)
-        trials = study.get_trials(deepcopy=False)
-        attrs = study.user_attrs
-    finally:
-        db.close()
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
-    if not complete:
-        raise InputError(f"--study: {study_name!r} has no COMPLETE trial to evaluate (trials by state: {counts})")
-    best = study.best_trial
-    scratch_dir = Path(scratch or attrs.get("scratch") or os.environ.get("SCRATCH") or "runs")
-    study_dir = scratch_dir / study_name
-    ckpt = trial_dir(study_dir, best.number) / "best.pt"
+    with open_study(storage, study_name, budget_s=300) as opened:
+        study, record, trials = opened.study, opened.record, opened.trials()
+    counts = Counts.of(trials)
+    top = best(trials, study.direction)
+    if top is None:
+        raise InputError(f"--study: {study_name!r} has no COMPLETE trial to evaluate "
+                         f"(trials by state: {counts.by_state()})")
+    study_dir = study_scratch(scratch, record.scratch) / study_name
+    ckpt = trial_dir(study_dir, top.number) / BEST
     if not ckpt.exists():
-        raise InputError(f"best trial {best.number}: checkpoint {ckpt} not found (wrong --scratch?)")
-    cfg_dict = attrs.get("config")
-    cfg = apply_overrides(from_dict(Config, cfg_dict), dict(best.params)) if cfg_dict else None
+        raise InputError(f"best trial {top.number}: checkpoint {ckpt} not found (wrong --scratch?)")
+    cfg_dict = record.config
+    cfg = apply_overrides(from_dict(Config, cfg_dict), dict(top.params)) if cfg_dict else None
     test = evaluate_checkpoint(ckpt, cfg, split="test")
     out = Path(out_dir) if out_dir else study_dir / "results"
-    objective = attrs.get("objective", "val_loss")
+    objective = record.objective
     results = {
         "study": study_name,
         "direction": study.direction.name.lower(),
         "objective": objective,
-        "best_trial": {"number": best.number, "value": best.value, "params": best.params,
-                       "user_attrs": best.user_attrs},
+        "best_trial": {"number": top.number, "value": top.value, "params": top.params,
+                       "user_attrs": top.user_attrs},
         "checkpoint": {"path": str(ckpt), "epoch": test.get("epoch"), "chosen_on": objective},
         "test": {k: test.get(k) for k in ("loss", "oa", "miou", "iou", "f1", "support", "confusion_matrix",
                                           "class_names", "majority_baseline", "epoch", "overlap", "unpredicted")},
-        "trials": {"requested": attrs.get("trials"), "by_state": counts, "resubmits": attrs.get("resubmits", 0)},
+        "trials": {"requested": record.trials, "by_state": counts.by_state(), "resubmits": record.resubmits},
         "config": cfg_dict,
         "timings": {**_timings(trials), "eval_s": time.monotonic() - t0},
         "code_version": code_version(),
@@ -113,10 +109,10 @@ def evaluate_study(storage: StorageURL, study_name: str, scratch: str | Path | N
     policy = keep_policy((cfg_dict or {}).get("hpc", {}).get("keep"))
     results["retention"] = on_study_finished(study_dir, trials, study.direction, policy)
     results["scratch"] = scratch_usage(study_dir)
-    results["allocation"] = allocation_efficiency(trials, attrs)
+    results["allocation"] = allocation_efficiency(trials, record)
     atomic_write_text(out / "results.json", json.dumps(_finite(results), indent=2, sort_keys=True, default=str) + "\n")
     try:
-        results["report"] = str(write_report(study_name, storage, scratch_dir, results_dir=out))
+        results["report"] = str(write_report(study_name, storage, study_dir.parent, results_dir=out))
     except DualsegError as exc:  # a report that cannot be drawn must never cost the results
         log.warning("report not written: %s", exc)
     return results
@@ -144,11 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         if SlurmEnv.read().in_job and not a.no_heal:
             from hpc.heal import heal
 
-            db = open_database(storage, budget_s=300)
-            try:
-                outcome = heal(db, a.study, storage, Path(a.scratch) if a.scratch else None)
-            finally:
-                db.close()
+            with open_study(storage, a.study, budget_s=300) as opened:
+                outcome = heal(opened, storage, Path(a.scratch) if a.scratch else None)
             if outcome in ("waiting", "resubmitted"):
                 return 0
         r = evaluate_study(storage, a.study, a.scratch, a.out)

@@ -15,77 +15,62 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import optuna
-from optuna.trial import TrialState
-from sqlalchemy.orm import Session
-
 from dualseg.config import Config, from_dict
 from hpc import jobs, slurm
 from hpc.config import HpcConfig
 from hpc.jobs import Plan
-from hpc.storage import PASSFILE_ENV, Database, StorageURL, critical_section
-from hpc.trials import count_states, finished
+from hpc.paths import study_scratch
+from hpc.storage import PASSFILE_ENV, StorageURL, critical_section
+from hpc.study import Counts, OpenStudy, StudyRecord, fail_trials, update_record
+from hpc.study.schema import running_ids, study_id
 
 log = logging.getLogger("hpc.heal")
 Outcome = Literal["complete", "waiting", "resubmitted", "exhausted"]
 
 
-def plan_from_study(db: Database, study_name: str, storage: StorageURL, scratch: Path | None) -> Plan:
+def plan_from_record(record: StudyRecord, study_name: str, storage: StorageURL, scratch: Path | None) -> Plan:
     """The launch's plan, rebuilt from what the launcher recorded in the study."""
-    attrs = db.load_study(study_name).user_attrs
-    cfg = from_dict(Config, attrs["config"])
-    hpc = from_dict(HpcConfig, {**attrs.get("launch", {}), "study": study_name})
-    scratch_dir = Path(scratch or attrs.get("scratch") or "runs")
+    cfg = from_dict(Config, record.config or {})
+    hpc = from_dict(HpcConfig, {**record.launch, "study": study_name})
     passfile = os.environ.get(PASSFILE_ENV)
-    return Plan(cfg, hpc, "slurm", scratch_dir, storage, attrs.get("incarnation"),
+    return Plan(cfg, hpc, "slurm", study_scratch(scratch, record.scratch), storage, record.incarnation,
                 Path(passfile) if passfile else None)
 
 
-def fail_orphans(db: Database, study: optuna.Study, storage: StorageURL, max_retry: int) -> int:
+def fail_orphans(opened: OpenStudy, max_retry: int) -> int:
     """No worker of the study remains: fail its RUNNING trials now (not after ``grace_period``) and re-queue
     them with their parameters; returns how many. Under the study lock, like every trial creation."""
-    callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)
-    n = 0
-    with critical_section(db.engine, storage, study.study_name):
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if db.storage.set_trial_state_values(t._trial_id, TrialState.FAIL):  # its job is gone
-                log.warning("trial %d was RUNNING but no worker remains: failed and re-queued", t.number)
-                callback(study, db.storage.get_trial(t._trial_id))
-                n += 1
-    return n
+    db, study = opened.db, opened.study
+    with critical_section(db.engine, db.url, study.study_name) as s:
+        orphans = running_ids(s, study_id(study))
+        return len(fail_trials(db, study, orphans, "was RUNNING but no worker remains", max_retry))
 
 
-def heal(db: Database, study_name: str, storage: StorageURL, scratch: Path | None = None) -> Outcome:
-    study = db.load_study(study_name)
-    attrs = study.user_attrs
-    with Session(db.engine) as s:
-        counts = count_states(s, study._study_id)
-    target = int(attrs.get("trials") or 0)
-    done = finished(counts)
+def heal(opened: OpenStudy, storage: StorageURL, scratch: Path | None = None) -> Outcome:
+    record, name = opened.record, opened.study.study_name
+    counts = Counts.of(opened.trials())
+    target, done = record.trials, counts.finished
     if done >= target:
         return "complete"
-    arrays = [str(a) for a in attrs.get("arrays", [])]
-    plan = plan_from_study(db, study_name, storage, scratch)
+    plan = plan_from_record(record, name, storage, scratch)
     res = jobs.eval_resources(plan, jobs.partition_node(plan))
-    queued = [a for a in arrays if slurm.any_queued([a])]
+    queued = [a for a in record.arrays if slurm.any_queued([a])]
     if queued:
         eval_id = jobs.submit_eval(plan, ":".join(queued), res)
         log.warning("study %s: %d/%d finished and array(s) %s still queued: evaluation job %s waits for them",
-                    study_name, done, target, ",".join(queued), eval_id)
+                    name, done, target, ",".join(queued), eval_id)
         return "waiting"
-    fail_orphans(db, study, storage, plan.hpc.max_retry)
-    resubmits = int(attrs.get("resubmits", 0))
-    if resubmits >= plan.hpc.max_resubmits:
+    fail_orphans(opened, plan.hpc.max_retry)
+    if record.resubmits >= plan.hpc.max_resubmits:
         log.warning("study %s: %d/%d finished, no worker left and hpc.max_resubmits=%d reached: evaluating as is",
-                    study_name, done, target, plan.hpc.max_resubmits)
+                    name, done, target, plan.hpc.max_resubmits)
         return "exhausted"
     workers = max(1, min(plan.hpc.workers, target - done))
     array_id = jobs.submit_array(plan, workers)
-    study.set_user_attr("arrays", arrays + [array_id])
-    study.set_user_attr("resubmits", resubmits + 1)
+    record = update_record(opened, lambda r: {"arrays": [*r.arrays, array_id], "resubmits": r.resubmits + 1})
     eval_id = jobs.submit_eval(plan, array_id, res)
     log.warning("study %s: %d/%d finished and no worker left: resubmitted %d worker(s) as array %s "
-                "(resubmission %d/%d); evaluation job %s follows them", study_name, done, target, workers, array_id,
-                resubmits + 1, plan.hpc.max_resubmits, eval_id)
+                "(resubmission %d/%d); evaluation job %s follows them", name, done, target, workers, array_id,
+                record.resubmits, plan.hpc.max_resubmits, eval_id)
     print(f"resubmitted array {array_id} ({workers} worker(s)); evaluation job {eval_id} follows it", flush=True)
     return "resubmitted"

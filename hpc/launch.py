@@ -24,7 +24,6 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable,
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-import optuna
 
 from dualseg import code_version
 from dualseg.config import Config, load_config, to_dict
@@ -36,13 +35,13 @@ from hpc.config import parse_hpc
 from hpc.jobs import Plan
 from hpc.paths import REPO_ROOT, claim_study_dir, new_incarnation, resolve_scratch
 from hpc.storage import (
-    Database,
     StorageURL,
     create_or_load_study,
     open_database,
     resolve_storage,
     write_passfile,
 )
+from hpc.study import OpenStudy, StudyRecord, open_study, update_record
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 
@@ -171,16 +170,16 @@ def prepare(plan: Plan) -> None:
         ensure_data(plan.cfg)
         check_dataset(plan.cfg.data)  # every split, every tile (generated data too), before any job exists
         try:
-            existing = db.load_study(plan.hpc.study).user_attrs
+            existing = StudyRecord.read(db.load_study(plan.hpc.study))
         except InputError:
-            existing = {}
-        plan.incarnation = existing.get("incarnation") or new_incarnation()
+            existing = StudyRecord()
+        plan.incarnation = existing.incarnation or new_incarnation()
         claim_study_dir(plan.study_dir, plan.incarnation, plan.hpc.study)
-        attrs = {"config": to_dict(plan.cfg), "trials": plan.hpc.trials, "scratch": str(plan.scratch),
-                 "objective": plan.hpc.objective, "code_version": code_version(), "incarnation": plan.incarnation,
-                 "launch": {k: v for k, v in to_dict(plan.hpc).items() if k != "storage"}}
-        study = create_or_load_study(db, plan.hpc.study, plan.hpc.direction, attrs)
-        adopt_orphans(db, study, plan, [str(a) for a in existing.get("arrays", [])])
+        record = StudyRecord(config=to_dict(plan.cfg), trials=plan.hpc.trials, scratch=str(plan.scratch),
+                             objective=plan.hpc.objective, code_version=code_version(), incarnation=plan.incarnation,
+                             launch={k: v for k, v in to_dict(plan.hpc).items() if k != "storage"})
+        study = create_or_load_study(db, plan.hpc.study, plan.hpc.direction, record.launch_attrs())
+        adopt_orphans(OpenStudy(db, study, StudyRecord.read(study)), plan)
     finally:
         db.close()
     plan.logdir.mkdir(parents=True, exist_ok=True)
@@ -203,21 +202,18 @@ def ensure_data(cfg: Config) -> None:
 
 def record_submission(plan: Plan, array_id: str) -> None:
     """The arrays of this study (the evaluation job's self-healing checks whether any still runs)."""
-    db = open_database(plan.storage, budget_s=60)
-    try:
-        study = db.load_study(plan.hpc.study)
-        study.set_user_attr("arrays", list(study.user_attrs.get("arrays", [])) + [array_id])
-    finally:
-        db.close()
+    with open_study(plan.storage, plan.hpc.study, budget_s=60) as opened:
+        update_record(opened, lambda r: {"arrays": [*r.arrays, array_id]})
 
 
-def adopt_orphans(db: Database, study: optuna.Study, plan: Plan, arrays: list[str]) -> None:
+def adopt_orphans(opened: OpenStudy, plan: Plan) -> None:
     """Launching again a study none of whose arrays still runs: its RUNNING trials are orphans; re-queue them
     now (with their parameters and checkpoints) so the new workers continue them at once."""
     from hpc.heal import fail_orphans
 
+    arrays = opened.record.arrays
     if arrays and not slurm.any_queued(arrays):
-        n = fail_orphans(db, study, plan.storage, plan.hpc.max_retry)
+        n = fail_orphans(opened, plan.hpc.max_retry)
         if n:
             print(f"re-queued {n} trial(s) whose workers are gone; the new workers continue them", flush=True)
 

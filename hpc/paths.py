@@ -16,13 +16,19 @@ from dualseg.errors import InputError
 from dualseg.io import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-INCARNATION_ATTR = "dualseg:incarnation"
 
 
 def resolve_scratch(cli: str | None, train_scratch: str | None = None) -> Path:
     """Scratch root: ``--scratch`` / ``hpc.scratch``, then ``train.scratch``, ``$SCRATCH``, ``./runs``."""
     raw = cli or train_scratch or os.environ.get("SCRATCH") or "runs"
     return Path(raw).expanduser().resolve()
+
+
+def study_scratch(cli: str | Path | None, recorded: str | None) -> Path:
+    """Scratch root of an existing study: ``--scratch``, else the one its launcher recorded, else the chain."""
+    if cli is None and recorded:
+        return Path(recorded)
+    return resolve_scratch(str(cli) if cli is not None else None)
 
 
 def trial_dir(study_dir: str | Path, number: int) -> Path:

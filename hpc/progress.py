@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from dualseg.errors import one_line
 from hpc.jobs import Plan
-from hpc.storage import open_database
+from hpc.study import Counts, TrialRecord, best, open_study
 
 
 def _fmt(v: float | None) -> str:
@@ -26,29 +26,22 @@ def follow_local(plan: Plan, workers: list[Any], poll_s: float = 2.0) -> list[st
     """Print finished trials until every worker is done; return one line per failed worker."""
     t0 = time.monotonic()
     seen: set[int] = set()
-    db = open_database(plan.storage, budget_s=60)
-    try:
-        study = db.load_study(plan.hpc.study)
+    with open_study(plan.storage, plan.hpc.study, budget_s=60) as opened:
         while True:
             running = [w for w in workers if not w.done()]
-            trials = study.get_trials(deepcopy=False)
-            best = None
-            for t in sorted(trials, key=lambda t: t.number):
-                if t.state == TrialState.COMPLETE and t.value is not None and (best is None or best.value is None or (
-                        t.value < best.value if plan.hpc.direction == "minimize" else t.value > best.value)):
-                    best = t
+            trials = sorted(opened.trials(), key=lambda t: t.number)
+            done = Counts.of(trials).finished
+            for i, t in enumerate(trials):
                 if t.state.is_finished() and t.number not in seen:
                     seen.add(t.number)
-                    done = sum(x.state in (TrialState.COMPLETE, TrialState.PRUNED) for x in trials)
-                    best_txt = f"best {_fmt(best.value)} (trial {best.number})" if best else "best -"
-                    err = f"  {t.user_attrs.get('error', '')}" if t.state == TrialState.FAIL else ""
+                    top = best(trials[:i + 1], opened.study.direction)  # the best so far, in trial order
+                    best_txt = f"best {_fmt(top.value)} (trial {top.number})" if top else "best -"
+                    err = f"  {TrialRecord.of(t).error or ''}" if t.state == TrialState.FAIL else ""
                     print(f"trial {t.number:>3} {t.state.name.lower():<8} value {_fmt(t.value):>8}  {best_txt}  "
                           f"[{done}/{plan.hpc.trials} finished, {time.monotonic() - t0:.0f}s]{err}", flush=True)
             if not running:
                 break
             time.sleep(poll_s)
-    finally:
-        db.close()
     failures = []
     for w in workers:
         try:

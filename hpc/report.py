@@ -29,13 +29,14 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable,
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
 
 from dualseg.errors import DualsegError, InputError, report_error
 from dualseg.io import atomic_write_bytes, atomic_write_text
+from dualseg.train.rundir import METRICS
 from hpc import figures
-from hpc.paths import resolve_scratch
-from hpc.storage import STORAGE_ENV, StorageURL, open_database, resolve_storage
+from hpc.paths import resolve_scratch, study_scratch, trial_dir
+from hpc.storage import STORAGE_ENV, StorageURL, resolve_storage
+from hpc.study import Counts, best, open_study, ranked
 
 DEFAULT_STUDY = "dualseg-default"
 OPTUNA_PLOTS = {
@@ -46,7 +47,7 @@ OPTUNA_PLOTS = {
 }
 
 
-def open_study(storage: StorageURL | str | None, name: str, scratch: str | Path | None) -> tuple[optuna.Study, Path]:
+def load_study(storage: StorageURL | str | None, name: str, scratch: str | Path | None) -> tuple[optuna.Study, Path]:
     """The study (explicit storage, ``$DUALSEG_STORAGE``, else the local default SQLite file) and the scratch root."""
     root = resolve_scratch(str(scratch) if scratch else None)
     url = storage if isinstance(storage, StorageURL) else resolve_storage(storage, None, root / name / "study.db")
@@ -54,15 +55,9 @@ def open_study(storage: StorageURL | str | None, name: str, scratch: str | Path 
     if url.sqlite_path is not None and not url.sqlite_path.is_file():
         raise InputError(f"--storage: not given, $DUALSEG_STORAGE unset and no local study at {url.sqlite_path} "
                          "(pass --storage or --scratch)")
-    db = open_database(url, budget_s=60)
-    try:
-        study = db.load_study(name)
-        study.get_trials(deepcopy=False)  # read now: the figures are drawn after the engine is closed
-    finally:
-        db.close()
-    if scratch is None and study.user_attrs.get("scratch"):
-        root = Path(study.user_attrs["scratch"])
-    return study, root
+    with open_study(url, name, budget_s=60) as opened:
+        opened.trials()  # read now: the figures are drawn after the engine is closed
+    return opened.study, study_scratch(scratch, opened.record.scratch)
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -106,16 +101,10 @@ def optuna_figures(study: optuna.Study, out: Path) -> dict[str, str]:
     return made
 
 
-def _ranked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and t.value is not None]
-    sign = 1 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1
-    return sorted(done, key=lambda t: (sign * float(t.value or 0.0), t.number))
-
-
 def learning_curve_figure(study: optuna.Study, study_dir: Path, out: Path, top: int = 3) -> dict[str, str]:
     curves, values = {}, {}
-    for t in _ranked(study)[:top]:
-        p = study_dir / f"trial-{t.number}" / "metrics.jsonl"
+    for t in ranked(study.get_trials(deepcopy=False), study.direction)[:top]:
+        p = trial_dir(study_dir, t.number) / METRICS
         if p.is_file():
             curves[t.number] = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
             values[t.number] = t.value
@@ -156,13 +145,13 @@ def tile_figure(results: dict[str, Any], results_dir: Path, out: Path, n: int = 
 
 
 def _summary(study: optuna.Study, results: dict[str, Any] | None) -> str:
-    counts = {s.name: sum(t.state == s for t in study.get_trials(deepcopy=False)) for s in TrialState}
+    trials = study.get_trials(deepcopy=False)
+    counts = Counts.of(trials).by_state()
     rows = [("study", study.study_name), ("direction", study.direction.name.lower()),
             ("trials", ", ".join(f"{k.lower()} {v}" for k, v in counts.items() if v))]
-    ranked = _ranked(study)
-    if ranked:
-        rows += [("best trial", f"{ranked[0].number}: {ranked[0].value:.4g}"),
-                 ("best params", json.dumps(ranked[0].params))]
+    top = best(trials, study.direction)
+    if top is not None:
+        rows += [("best trial", f"{top.number}: {top.value:.4g}"), ("best params", json.dumps(top.params))]
     if results:
         t = results.get("test") or {}
         base = t.get("majority_baseline") or {}
@@ -195,7 +184,7 @@ def write_report(study_name: str = DEFAULT_STUDY, storage: StorageURL | str | No
 
     ``results_dir`` (``results.json``, ``best_model.pth``) defaults to ``<scratch>/<study>/results``.
     """
-    study, root = open_study(storage, study_name, scratch)
+    study, root = load_study(storage, study_name, scratch)
     study_dir = root / study_name
     results_dir = Path(results_dir) if results_dir else study_dir / "results"
     report = Path(out) if out else results_dir / "report"

@@ -25,11 +25,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from dualseg.config import from_dict
 from dualseg.errors import InputError
+from dualseg.train.rundir import BEST, LAST, PREV
 from hpc.paths import trial_dir
 
 log = logging.getLogger("hpc.retention")
 
-LAST, PREV, BEST = "last.pt", "last.prev.pt", "best.pt"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 

@@ -29,9 +29,18 @@ class StopSignals:
 
     def install(self) -> StopSignals:
         for sig in (signal.SIGUSR2, signal.SIGTERM):
-            self.previous[sig] = signal.getsignal(sig)
+            self.previous.setdefault(sig, signal.getsignal(sig))  # installed twice: keep the original
             signal.signal(sig, self._on_signal)
         return self
+
+    def restore(self) -> None:
+        """Put back the handlers :meth:`install` replaced (a process that goes on after the loop — the
+        local executor's, a test's — must not keep ours), and clear the flag."""
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self.previous.clear()
+        self.received.clear()
+        self.event.clear()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name

@@ -26,7 +26,8 @@ from hpc.accounting import allocation_efficiency
 from hpc.paths import resolve_scratch
 from hpc.retention import human, scratch_usage
 from hpc.slurm import QUEUED_STATES, squeue_states
-from hpc.storage import StorageURL, open_database, resolve_storage
+from hpc.storage import StorageURL, resolve_storage
+from hpc.study import Counts, TrialRecord, best, open_study
 
 
 def _fmt(v: Any) -> str:
@@ -35,37 +36,27 @@ def _fmt(v: Any) -> str:
 
 def collect(storage: StorageURL, study_name: str) -> dict[str, Any]:
     """The status as a dict (printed by :func:`render`; used by tests)."""
-    db = open_database(storage, budget_s=30)
-    try:
-        study = db.load_study(study_name)
-        trials = study.get_trials(deepcopy=False)
-        attrs = study.user_attrs
-    finally:
-        db.close()
-    counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
-    best = None
-    if any(t.state == TrialState.COMPLETE for t in trials):
-        b = study.best_trial
-        best = {"number": b.number, "value": b.value, "params": b.params}
-    run = [t for t in trials if t.state == TrialState.RUNNING]
-    slurm = squeue_states([str(t.user_attrs.get("requeued_job") or t.user_attrs.get("job_id", "?")) for t in run])
+    with open_study(storage, study_name, budget_s=30) as opened:
+        study, record, trials = opened.study, opened.record, opened.trials()
+    top = best(trials, study.direction)
+    run = [(t, TrialRecord.of(t)) for t in trials if t.state == TrialState.RUNNING]
+    slurm = squeue_states([r.job or "?" for _, r in run])
     running = []
-    for t in run:
-        job = str(t.user_attrs.get("requeued_job") or t.user_attrs.get("job_id", "?"))
+    for t, r in run:
+        job = r.job or "?"
         state = slurm.get(job, "-")
-        running.append({"number": t.number, "job": job, "slurm": state,
-                        "requeued": bool(t.user_attrs.get("requeued_job")),
+        running.append({"number": t.number, "job": job, "slurm": state, "requeued": bool(r.requeued_job),
                         "last_step": max(t.intermediate_values) if t.intermediate_values else None,
-                        "retry_of": t.system_attrs.get("failed_trial"),
-                        "stale": job[:1].isdigit() and state not in QUEUED_STATES})
-    failed = [{"number": t.number, "error": t.user_attrs.get("error", "no heartbeat (job died)")}
+                        "retry_of": r.retry_of, "stale": job[:1].isdigit() and state not in QUEUED_STATES})
+    failed = [{"number": t.number, "error": TrialRecord.of(t).error or "no heartbeat (job died)"}
               for t in trials if t.state == TrialState.FAIL]
-    scratch = Path(str(attrs.get("scratch") or "")) / study_name if attrs.get("scratch") else None
+    scratch = Path(record.scratch) / study_name if record.scratch else None
     usage = scratch_usage(scratch) if scratch is not None and scratch.is_dir() else None
-    return {"study": study_name, "target": attrs.get("trials"), "counts": counts, "best": best, "running": running,
-            "failed": failed, "direction": study.direction.name.lower(), "resubmits": attrs.get("resubmits", 0),
-            "arrays": attrs.get("arrays", []), "scratch": usage,
-            "allocation": allocation_efficiency(trials, attrs)}
+    return {"study": study_name, "target": record.trials or None, "counts": Counts.of(trials).by_state(),
+            "best": None if top is None else {"number": top.number, "value": top.value, "params": top.params},
+            "running": running, "failed": failed, "direction": study.direction.name.lower(),
+            "resubmits": record.resubmits, "arrays": record.arrays, "scratch": usage,
+            "allocation": allocation_efficiency(trials, record)}
 
 
 def render(s: dict[str, Any]) -> str:

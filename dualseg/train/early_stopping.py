@@ -7,9 +7,6 @@ from typing import Any, Literal
 
 Mode = Literal["min", "max"]
 
-# train.monitor -> direction (loss goes down, accuracy-like metrics go up)
-MONITOR_MODES: dict[str, Mode] = {"val_loss": "min", "val_miou": "max", "val_oa": "max"}
-
 
 class EarlyStopping:
     """Stop after ``patience`` epochs without an improvement larger than ``min_delta``.

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from dualseg.config import Config, apply_overrides, to_dict
+from dualseg.config import MONITOR_MODES, Config, apply_overrides, to_dict
 from dualseg.errors import InputError, TrainingError
 from dualseg.train import rundir
 from dualseg.train.checkpoint import (
@@ -47,7 +47,7 @@ from dualseg.train.distributed import (
     make_gather,
     on_main,
 )
-from dualseg.train.early_stopping import MONITOR_MODES, EarlyStopping
+from dualseg.train.early_stopping import EarlyStopping
 from dualseg.train.loaders import eval_loader, steps_per_epoch, train_loader
 from dualseg.train.log import set_log_context
 from dualseg.train.metrics import metrics_from_confusion

@@ -115,7 +115,7 @@ CHILD = textwrap.dedent(
             continue
         with coord.heartbeat(job.trial_id):
             time.sleep(0.3)
-        coord.tell(job.trial_id, TrialState.COMPLETE, float(job.number), {})
+        coord.tell(job.trial_id, TrialState.COMPLETE, float(job.number))
     """
 )
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import optuna
 
-from hpc.accounting import allocation_efficiency, allocation_key
+from hpc.accounting import allocation_efficiency
+from hpc.study import StudyRecord, allocation_key
 
 
 def test_efficiency_is_busy_over_allocated_rank_seconds() -> None:
@@ -14,6 +15,6 @@ def test_efficiency_is_busy_over_allocated_rank_seconds() -> None:
     attrs = {"launch": {"nodes": 2, "gpus_per_node": 4},  # 8 ranks per trial
              allocation_key("7_0", 0): 400.0, allocation_key("7_0", 1): 100.0, allocation_key("7_1", 0): 300.0,
              "trials": 2}
-    a = allocation_efficiency(trials, attrs)
+    a = allocation_efficiency(trials, StudyRecord.from_attrs(attrs))
     assert a == {"busy_rank_s": 320.0, "allocated_rank_s": 800.0, "efficiency": 0.4}
-    assert allocation_efficiency(trials, {})["efficiency"] is None  # nothing recorded yet
+    assert allocation_efficiency(trials, StudyRecord())["efficiency"] is None  # nothing recorded yet

@@ -7,6 +7,7 @@ import pytest
 
 from hpc.heal import fail_orphans
 from hpc.storage import StorageURL, create_or_load_study, open_database
+from hpc.study import OpenStudy, StudyRecord
 
 
 @pytest.mark.postgres
@@ -20,8 +21,9 @@ def test_orphans_are_requeued_with_their_parameters(pg_db_url: str) -> None:
     done = study.ask()
     done.suggest_float("train.lr", 1e-4, 1e-2, log=True)
     study.tell(done, 0.3)
-    assert fail_orphans(db, study, url, max_retry=2) == 1
-    assert fail_orphans(db, study, url, max_retry=2) == 0  # nothing RUNNING any more
+    opened = OpenStudy(db, study, StudyRecord.read(study))
+    assert fail_orphans(opened, max_retry=2) == 1
+    assert fail_orphans(opened, max_retry=2) == 0  # nothing RUNNING any more
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "WAITING"]
     retry = trials[2]

@@ -18,8 +18,7 @@ from hpc.slurm import SlurmEnv
 def signals():
     s = StopSignals().install()
     yield s
-    for sig, handler in s.previous.items():
-        signal.signal(sig, handler)
+    s.restore()
 
 
 def _deliver(sig: int) -> None:
@@ -32,6 +31,22 @@ def test_usr2_asks_for_a_requeue(signals: StopSignals) -> None:
     _deliver(signal.SIGUSR2)
     _deliver(signal.SIGUSR2)  # twice in a row: still one stop, nothing raised
     assert signals.requested() and signals.requeue_wanted and signals.received == ["SIGUSR2", "SIGUSR2"]
+
+
+def test_restore_puts_back_the_original_handlers_and_clears_the_flag() -> None:
+    mine = []
+    original = signal.signal(signal.SIGUSR2, lambda *_: mine.append("usr2"))
+    try:
+        s = StopSignals().install()
+        s.install()  # installed twice (Worker, then the plain main): the original is still what comes back
+        _deliver(signal.SIGUSR2)
+        assert s.requested() and mine == []
+        s.restore()
+        assert not s.requested() and s.received == []
+        _deliver(signal.SIGUSR2)
+        assert mine == ["usr2"] and not s.requested()
+    finally:
+        signal.signal(signal.SIGUSR2, original)
 
 
 def test_sigterm_stops_and_leaves_the_requeue_to_slurm(signals: StopSignals) -> None:

@@ -47,7 +47,7 @@ CHILD = textwrap.dedent(
             os._exit(9)
         with coord.heartbeat(job.trial_id):
             time.sleep(0.2)
-        coord.tell(job.trial_id, TrialState.COMPLETE, float(job.number), {})
+        coord.tell(job.trial_id, TrialState.COMPLETE, float(job.number))
     """
 )
 
@@ -119,7 +119,7 @@ def _run_one_worker(url: str, tmp_path: Path) -> list[float]:
     lrs = []
     while (job := coord.next(None)).action == "train":
         lrs.append(job.params["train.lr"])
-        coord.tell(job.trial_id, optuna.trial.TrialState.COMPLETE, job.params["train.lr"], {})
+        coord.tell(job.trial_id, optuna.trial.TrialState.COMPLETE, job.params["train.lr"])
     assert job.action == "stop"
     return lrs
 
@@ -136,7 +136,7 @@ def test_a_requeued_job_never_replays_earlier_draws(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     first = _coordinator(url, tmp_path, trials=6)
     job = first.next(None)
-    first.tell(job.trial_id, optuna.trial.TrialState.COMPLETE, 1.0, {})
+    first.tell(job.trial_id, optuna.trial.TrialState.COMPLETE, 1.0)
     again = _coordinator(url, tmp_path, trials=6)  # the "requeued job": new process, same settings
     job2 = again.next(None)
     assert job2.number == 1 and job2.params != job.params
@@ -147,13 +147,13 @@ def test_lost_commit_reply_does_not_create_a_second_trial(tmp_path: Path) -> Non
     a = coord._decide("token-1", retried=False)
     b = coord._decide("token-1", retried=True)  # the retry after a commit whose reply never came
     assert (a.action, b.action) == ("train", "train") and a.trial_id == b.trial_id
-    assert coord.counts()["RUNNING"] == 1
+    assert coord.counts().running == 1
 
 
 def test_signal_during_the_ask_hands_the_trial_back(tmp_path: Path) -> None:
     coord = _coordinator(f"sqlite:///{tmp_path / 's.db'}", tmp_path)
     job = coord.next(None, stop_requested=lambda: True)
-    assert job.action == "stop" and coord.counts()["WAITING"] == 1 and coord.counts()["RUNNING"] == 0
+    assert job.action == "stop" and coord.counts().waiting == 1 and coord.counts().running == 0
     job = coord.next(None)
     assert job.action == "train" and job.number == 0 and job.reason == "handed back"
 
@@ -184,5 +184,5 @@ def test_tell_on_a_trial_someone_else_failed_drops_it(pg_db_url: str, tmp_path: 
 
     with pytest.raises(TrialLost):
         coord.report(job.trial_id, 0, 0.5)
-    assert coord.tell(job.trial_id, optuna.trial.TrialState.COMPLETE, 0.5, {}) is False
+    assert coord.tell(job.trial_id, optuna.trial.TrialState.COMPLETE, 0.5) is False
     coord.db.close()

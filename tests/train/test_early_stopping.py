@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from dualseg.train.early_stopping import MONITOR_MODES, EarlyStopping
+from dualseg.config import MONITOR_MODES
+from dualseg.train.early_stopping import EarlyStopping
 
 
 def test_stops_after_patience_without_improvement() -> None:

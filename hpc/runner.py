@@ -1,0 +1,191 @@
+"""The loop every rank of a worker job runs: ask (rank 0) -> broadcast -> train on every rank -> tell.
+
+Rank 0 alone talks to the database (:class:`hpc.trials.Coordinator`); it decides what the whole job
+does next (train trial N / wait / stop) and broadcasts that, so every rank trains the same
+hyperparameters and stops together. A trial that raises (out of memory, disk quota, NaN, bad data)
+fails *that trial* with its error recorded and the job goes on; only errors that leave the process
+unusable end the job, after failing the trial. After a signal the running trial is marked and the job
+requeues itself (USR2) or exits (SIGTERM: SLURM requeues if it means to).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from optuna.trial import TrialState
+
+from dualseg.config import Config, apply_overrides
+from dualseg.errors import TrainingError
+from hpc.config import HpcConfig
+from hpc.paths import trial_dir
+from hpc.requeue import RequeueStrategy
+from hpc.retention import on_trial_finished
+from hpc.signals import SIGNALS
+from hpc.study import NullHeartbeat, TrialOutcome
+from hpc.trials import Assignment, Coordinator, TrialLost, WorkerSpec
+
+if TYPE_CHECKING:
+    from dualseg.train import DistInfo, FitResult
+
+log = logging.getLogger("hpc.worker")
+
+
+def broadcast(obj: Any, world: int) -> Any:
+    if world == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def objective_value(history: list[dict[str, Any]], objective: str, direction: str) -> float:
+    values = [float(h[objective]) for h in history if objective in h]
+    if not values:
+        raise TrainingError(f"trainer reported no {objective!r} values")
+    return min(values) if direction == "minimize" else max(values)
+
+
+def _fail_trial(coord: Coordinator | None, job: Assignment, exc: BaseException, fatal: bool) -> None:
+    from dualseg.train.failures import describe, is_oom
+
+    what = describe(exc)
+    if is_oom(exc):
+        log.error("trial %d ran out of memory with %s", job.number, job.params)
+    else:
+        log.error("trial %d failed: %s", job.number, what)
+    if coord is not None:
+        coord.tell(job.trial_id, TrialState.FAIL, None, TrialOutcome(error=what[:500], fatal=fatal))
+
+
+class TrialRunner:
+    """One job's loop: ask (rank 0) -> broadcast -> train on every rank -> tell, until told to stop.
+
+    Rank 0 holds the :class:`Coordinator`; the other ranks hold ``None`` and follow the broadcasts.
+    """
+
+    def __init__(self, spec: WorkerSpec, cfg: Config, hpc: HpcConfig, info: DistInfo, coord: Coordinator | None,
+                 requeue: RequeueStrategy) -> None:
+        self.spec, self.cfg, self.hpc, self.coord, self.requeue = spec, cfg, hpc, coord, requeue
+        self.rank, self.world = info.rank, info.world_size
+        self.study_dir = Path(spec.scratch) / spec.study
+        self.done: dict[str, int] = {"completed": 0, "pruned": 0, "failed": 0}
+
+    def run(self) -> None:
+        resume = self.requeue.resume_trial_id if self.rank == 0 else None
+        while True:
+            job = broadcast(self._ask(resume), self.world)
+            resume = None
+            if job.action == "requeue" or (job.action == "stop" and SIGNALS.requested()):
+                self._after_signal(None)
+            if job.action == "stop":
+                log.info("stopping: %s", job.reason)
+                return
+            if job.action == "wait":
+                log.info("waiting for running trials (%s)", job.reason)
+                deadline = time.monotonic() + self.hpc.poll_interval
+                while time.monotonic() < deadline and not SIGNALS.requested():
+                    time.sleep(0.2)
+                continue
+            self._train(job)
+
+    def _ask(self, resume: int | None) -> Assignment | None:
+        if self.coord is None:
+            return None  # the other ranks: rank 0's decision arrives by broadcast
+        if SIGNALS.requested():
+            return Assignment("requeue", reason="signal between trials")
+        try:
+            return self.coord.next(resume, SIGNALS.requested)
+        except BaseException:
+            broadcast(Assignment("stop", reason="rank 0 failed"), self.world)
+            raise
+
+    def _after_signal(self, trial_id: int | None) -> NoReturn:
+        """Stop after a signal: the running trial is marked (kept alive while requeued), then requeue or exit."""
+        wants = SIGNALS.requeue_wanted
+        if self.coord is not None:
+            if trial_id is not None:
+                self.coord.mark_requeued(trial_id)
+            elif wants:  # between trials: requeue only if the study can still give this job work
+                counts = self.coord.counts()
+                wants = counts.finished + counts.running < self.hpc.trials
+        decision = broadcast("requeue" if wants else "exit", self.world)
+        if decision == "requeue" and self.rank == 0:
+            self.requeue.resume_trial_id = trial_id
+            self.requeue.requeue()
+        if decision == "requeue":  # other ranks: wait until the requeue ends the step
+            broadcast(None, self.world)
+        log.info("stopping after %s", "/".join(SIGNALS.received) or "a signal")
+        raise SystemExit(0 if decision == "exit" else 3)
+
+    def _train(self, job: Assignment) -> None:
+        from dualseg.train import fit
+        from dualseg.train.failures import classify, release_resources
+        from dualseg.train.log import set_log_context
+
+        self.requeue.resume_trial_id = job.trial_id if self.rank == 0 else None
+        set_log_context(trial=job.number, epoch=None)
+        log.info("trial %d (%s): %s", job.number, job.reason, job.params)
+        trial_cfg = apply_overrides(self.cfg, {**job.params, "train.run_name": f"trial-{job.number}",
+                                               "train.monitor": self.hpc.objective})  # best.pt = what the study ranks
+        run_dir = trial_dir(self.study_dir, job.number)
+        lost: list[str] = []
+
+        def callback(epoch: int, metrics: dict[str, float]) -> bool:
+            if self.coord is None:
+                return False
+            try:
+                return self.coord.report(job.trial_id, epoch, float(metrics[self.hpc.objective]))
+            except TrialLost as exc:  # stop all ranks through the normal prune path, then drop it
+                lost.append(str(exc))
+                return True
+
+        heartbeat = self.coord.heartbeat(job.trial_id) if self.coord is not None else NullHeartbeat()
+        try:
+            with heartbeat:
+                result = fit(trial_cfg, run_dir=run_dir, callback=callback, resume=True,
+                             should_stop=SIGNALS.requested)
+        except Exception as exc:
+            fatal = classify(exc) == "fatal"
+            _fail_trial(self.coord, job, exc, fatal)
+            self.done["failed"] += 1
+            self.requeue.resume_trial_id = None
+            release_resources(exc)
+            if fatal:
+                raise
+            return
+        set_log_context(epoch=None)
+        if result.stopped == "interrupted":
+            self._after_signal(job.trial_id)
+        if lost:
+            log.warning("trial %d dropped: %s; going on with the next trial", job.number, lost[0])
+        elif self.coord is not None:
+            self._tell(job, result, run_dir)
+        self.requeue.resume_trial_id = None
+        set_log_context(trial=None)
+
+    def _tell(self, job: Assignment, result: FitResult, run_dir: Path) -> None:
+        assert self.coord is not None
+        outcome = TrialOutcome(best_epoch=result.best_epoch, monitor=result.monitor, epochs_run=result.epochs_run,
+                               stopped=result.stopped, run_dir=str(run_dir), busy_s=_busy_seconds(result.history))
+        if result.stopped == "callback":
+            state, value = TrialState.PRUNED, None
+        else:
+            state = TrialState.COMPLETE
+            value = result.best_value if result.monitor == self.hpc.objective and math.isfinite(result.best_value) \
+                else objective_value(result.history, self.hpc.objective, self.hpc.direction)
+        ok = self.coord.tell(job.trial_id, state, value, outcome)
+        self.done["pruned" if state == TrialState.PRUNED else "completed"] += ok
+        log.info("trial %d %s", job.number, result.stopped)
+        if ok:  # a finished trial never resumes: its last.pt is dead weight (hpc.keep)
+            on_trial_finished(run_dir.parent, job.number, state, self.hpc.keep)
+
+
+def _busy_seconds(history: list[dict[str, Any]]) -> float:
+    """Seconds this trial spent in training and validation steps (for allocation efficiency)."""
+    return float(sum(float(h.get("train_time_s", 0.0)) + float(h.get("val_time_s", 0.0)) for h in history))

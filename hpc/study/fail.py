@@ -1,0 +1,48 @@
+"""Failing trials whose workers are gone: one function for the ask (stale heartbeats) and the healing
+(every worker gone), so both re-queue alike.
+
+A failed trial is re-queued as WAITING with its parameters and intermediate values by Optuna's
+``RetryHeartbeatStaleTrialCallback`` (at most ``max_retry`` retries per chain); the next ask pops it and
+:func:`hpc.trials.seed_from_retry` hands it the dead trial's checkpoint. The caller holds the study lock
+(:func:`hpc.storage.critical_section`): every trial of a study is created under it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import optuna
+from optuna.trial import TrialState
+
+from hpc.storage import Database
+
+log = logging.getLogger("hpc.study")
+
+
+def retry_callback(max_retry: int | None) -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+    return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)
+
+
+def fail_trials(db: Database, study: optuna.Study, trial_ids: Iterable[int], why: str,
+                max_retry: int | None) -> list[int]:
+    """Fail the RUNNING trials among ``trial_ids`` and re-queue each; returns the numbers failed.
+
+    A trial finished meanwhile by its own worker (``tell`` takes no lock) is left as it is.
+    """
+    callback = retry_callback(max_retry)
+    failed = []
+    for tid in trial_ids:
+        try:
+            if not db.storage.set_trial_state_values(tid, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        frozen = db.storage.get_trial(tid)
+        retried = max_retry is None or len(optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(frozen)) \
+            < max_retry
+        log.warning("trial %d %s: failed%s", frozen.number, why,
+                    "; re-queued with its parameters" if retried else f" (hpc.max_retry={max_retry} reached)")
+        callback(study, frozen)
+        failed.append(frozen.number)
+    return failed

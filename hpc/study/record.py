@@ -1,0 +1,133 @@
+"""What a study records: the one typed schema of the attributes the launcher, workers, healing,
+evaluation, status and report share.
+
+Optuna stores study and trial attributes as free-form JSON under string keys; seven modules used to
+read and write them by hand, and the copies drifted. Every key lives here now, read through
+:meth:`StudyRecord.read` / :meth:`TrialRecord.of` and written through the helpers below, with a
+``record_version`` so that a study written by a newer dualseg is refused instead of misread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import optuna
+
+from dualseg.errors import InputError
+
+RECORD_VERSION = 1
+VERSION_KEY = "record_version"
+ALLOC_PREFIX = "alloc:"  # one study attribute per job run: alloc:<array>_<task>:<restart> -> rank-seconds
+RETRY_OF = "failed_trial"  # system attribute set by Optuna's RetryHeartbeatStaleTrialCallback on a retry
+
+
+@dataclass
+class StudyRecord:
+    """The study's own attributes (``study.user_attrs``), typed.
+
+    ``launch`` is the launcher's resolved ``hpc:`` section (no storage URL): the self-healing rebuilds
+    the submission from it. ``arrays`` and ``resubmits`` change while the search runs (self-healing).
+    """
+
+    config: dict[str, Any] | None = None
+    trials: int = 0
+    scratch: str | None = None
+    objective: str = "val_loss"
+    code_version: str | None = None
+    incarnation: str | None = None
+    launch: dict[str, Any] = field(default_factory=dict)
+    arrays: list[str] = field(default_factory=list)
+    resubmits: int = 0
+    allocations: dict[str, float] = field(default_factory=dict)  # job-run key -> allocated rank-seconds
+    record_version: int = RECORD_VERSION
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> StudyRecord:
+        version = int(attrs.get(VERSION_KEY, RECORD_VERSION))
+        if version > RECORD_VERSION:
+            raise InputError(f"--study: recorded by a newer dualseg (study record version {version}, "
+                             f"this one reads up to {RECORD_VERSION}); update dualseg")
+        known = {f.name for f in fields(cls)} - {"allocations", VERSION_KEY}
+        values: dict[str, Any] = {k: attrs[k] for k in known if attrs.get(k) is not None}
+        values["arrays"] = [str(a) for a in values.get("arrays", [])]
+        values["trials"] = int(values.get("trials", 0))
+        values["resubmits"] = int(values.get("resubmits", 0))
+        allocations = {k: float(v) for k, v in attrs.items() if k.startswith(ALLOC_PREFIX)}
+        return cls(**values, allocations=allocations, record_version=version)
+
+    @classmethod
+    def read(cls, study: optuna.Study) -> StudyRecord:
+        return cls.from_attrs(study.user_attrs)
+
+    def launch_attrs(self) -> dict[str, Any]:
+        """The attributes the launcher writes when it creates or resumes the study."""
+        return {"config": self.config, "trials": self.trials, "scratch": self.scratch, "objective": self.objective,
+                "code_version": self.code_version, "incarnation": self.incarnation, "launch": self.launch,
+                VERSION_KEY: RECORD_VERSION}
+
+    @property
+    def world_size(self) -> int:
+        """Ranks of one worker job, as launched."""
+        return int(self.launch.get("nodes", 1)) * max(1, int(self.launch.get("gpus_per_node", 0)))
+
+
+def allocation_key(label: str, restart: int) -> str:
+    return f"{ALLOC_PREFIX}{label}:{restart}"
+
+
+@dataclass
+class TrialRecord:
+    """A trial's own attributes (``trial.user_attrs``) that dualseg writes, typed.
+
+    ``job_id`` is the array task that trains it, ``requeued_job`` the task that will continue it once
+    SLURM starts it again (kept alive meanwhile); the rest is written when the trial ends.
+    """
+
+    job_id: str | None = None
+    requeued_job: str | None = None
+    error: str | None = None
+    fatal: bool | None = None
+    best_epoch: int | None = None
+    monitor: str | None = None
+    epochs_run: int | None = None
+    stopped: str | None = None
+    run_dir: str | None = None
+    busy_s: float = 0.0
+    retry_of: int | None = None  # the failed trial this one retries (Optuna's system attribute)
+
+    @classmethod
+    def of(cls, trial: optuna.trial.FrozenTrial) -> TrialRecord:
+        known = {f.name for f in fields(cls)} - {"retry_of"}
+        values = {k: v for k, v in trial.user_attrs.items() if k in known and v is not None}
+        retry = trial.system_attrs.get(RETRY_OF)
+        return cls(**values, retry_of=None if retry is None else int(retry))
+
+    @property
+    def job(self) -> str | None:
+        """The SLURM job that owns the trial now: the requeued one if it was requeued."""
+        return self.requeued_job or self.job_id
+
+
+# Keys other modules write by name (trial attributes set one at a time during a run).
+JOB_ID = "job_id"
+REQUEUED_JOB = "requeued_job"
+for _key in (JOB_ID, REQUEUED_JOB):
+    assert _key in {f.name for f in fields(TrialRecord)}
+
+
+@dataclass
+class TrialOutcome:
+    """What a worker records when a trial ends (complete, pruned or failed)."""
+
+    best_epoch: int | None = None
+    monitor: str | None = None
+    epochs_run: int | None = None
+    stopped: str | None = None
+    run_dir: str | None = None
+    busy_s: float | None = None
+    error: str | None = None
+    fatal: bool | None = None
+
+    def attrs(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
