@@ -24,7 +24,7 @@ from hpc.study.record import (
 )
 
 __all__ = [
-    "JOB_ID", "RECORD_VERSION", "REQUEUED_JOB", "RETRY_OF", "Counts", "Decision", "Heartbeat", "NullHeartbeat", "OpenStudy",
-    "StudyRecord", "TrialOutcome", "TrialRecord", "allocation_key", "best", "decide", "fail_trials", "open_study",
-    "ranked", "retry_callback", "update_record",
+    "JOB_ID", "RECORD_VERSION", "REQUEUED_JOB", "RETRY_OF", "Counts", "Decision", "Heartbeat", "NullHeartbeat",
+    "OpenStudy", "StudyRecord", "TrialOutcome", "TrialRecord", "allocation_key", "best", "decide", "fail_trials",
+    "open_study", "ranked", "retry_callback", "update_record",
 ]
