@@ -20,10 +20,11 @@ from optuna.trial import TrialState
 from sqlalchemy.orm import Session
 
 from dualseg.config import Config, from_dict
-from hpc import jobs, slurm
+from hpc import slurm
 from hpc.config import HpcConfig
-from hpc.jobs import Plan
 from hpc.storage import PASSFILE_ENV, Database, StorageURL, critical_section
+from hpc.submit import jobs
+from hpc.submit.jobs import Plan
 from hpc.trials import count_states, finished
 
 log = logging.getLogger("hpc.heal")
