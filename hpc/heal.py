@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Literal
 
 from dualseg.config import Config, from_dict
-from hpc import jobs, slurm
+from hpc import slurm
 from hpc.config import HpcConfig
-from hpc.jobs import Plan
 from hpc.paths import study_scratch
 from hpc.storage import PASSFILE_ENV, StorageURL, critical_section
 from hpc.study import Counts, OpenStudy, StudyRecord, fail_trials, update_record
 from hpc.study.schema import running_ids, study_id
+from hpc.submit import jobs
+from hpc.submit.jobs import Plan
 
 log = logging.getLogger("hpc.heal")
 Outcome = Literal["complete", "waiting", "resubmitted", "exhausted"]

@@ -30,9 +30,8 @@ from dualseg.config import Config, load_config, to_dict
 from dualseg.data.preflight import check_dataset
 from dualseg.errors import DualsegError, InputError, report_error
 from dualseg.io import check_writable_dir
-from hpc import jobs, slurm
+from hpc import slurm
 from hpc.config import parse_hpc
-from hpc.jobs import Plan
 from hpc.paths import REPO_ROOT, claim_study_dir, new_incarnation, resolve_scratch
 from hpc.storage import (
     StorageURL,
@@ -42,6 +41,8 @@ from hpc.storage import (
     write_passfile,
 )
 from hpc.study import OpenStudy, StudyRecord, open_study, update_record
+from hpc.submit import SlurmBackend, jobs
+from hpc.submit.jobs import Plan
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 
@@ -130,10 +131,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     executor = hpc.executor
     if executor == "auto":
         executor = "slurm" if slurm.available() else "local"
-    if executor == "slurm" and hpc.partition is not None and slurm.available():
-        have = slurm.partitions()
-        if hpc.partition not in have:
-            raise InputError(f"--partition: unknown partition {hpc.partition!r} (have: {', '.join(have)})")
+    if executor == "slurm":
+        SlurmBackend().check_partition(hpc.partition)
     if executor == "local" and hpc.nodes > 1:
         raise InputError(f"--nodes: the local executor runs on one machine (got {hpc.nodes}); use --executor slurm")
     scratch = resolve_scratch(hpc.scratch, cfg.train.scratch)

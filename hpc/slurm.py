@@ -153,11 +153,16 @@ def test_only(script: str, what: str) -> None:
                          f"--cpus-per-task): {reason}")
 
 
-def submit(script_path: str, cwd: str | None = None) -> str:
+def refused(what: str, message: str) -> InputError:
+    """The one error line of a refused submission: ``sbatch refused the <what>: <its last line>``."""
+    return InputError(f"sbatch refused the {what}: {_last_line(message).removeprefix('sbatch: error: ')}")
+
+
+def submit(script_path: str, what: str, cwd: str | None = None) -> str:
     """``sbatch --parsable``: the job id, or one InputError line."""
     out = subprocess.run(["sbatch", "--parsable", script_path], capture_output=True, text=True, cwd=cwd, timeout=60)
     if out.returncode != 0:
-        raise InputError(f"sbatch refused {script_path}: {_last_line(out.stderr)}")
+        raise refused(what, out.stderr)
     return out.stdout.strip().split(";")[0]
 
 
