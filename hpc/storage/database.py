@@ -50,7 +50,10 @@ def engine_kwargs(storage: StorageURL) -> dict[str, Any]:
         "connect_args": {
             "connect_timeout": 10, "application_name": "dualseg",
             "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
-            "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
+            # UTC sessions: Optuna stores heartbeats as now() in the session's zone, and a zone with daylight
+            # saving would make every trial look stale (or immortal) for an hour at the change.
+            "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS} -c timezone=UTC",
+            "target_session_attrs": "read-write",  # after a failover a floating IP may point at a standby
         },
     }
 

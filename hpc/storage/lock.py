@@ -21,8 +21,10 @@ from pathlib import Path
 import sqlalchemy
 from sqlalchemy.orm import Session
 
+from hpc.storage.retry import sqlstate
 from hpc.storage.url import StorageURL
 
+LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired (the server's words are translated; its code is not)
 LOCK_HELD_S: list[float] = []  # one entry per critical section of this process (bench/bench_hpc.py)
 
 
@@ -70,7 +72,7 @@ def critical_section(engine: sqlalchemy.engine.Engine, storage: StorageURL, stud
             try:
                 session.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(study_name)})
             except sqlalchemy.exc.OperationalError as exc:
-                if "lock timeout" in str(exc).lower():
+                if exc.orig is not None and sqlstate(exc.orig) == LOCK_NOT_AVAILABLE:
                     raise LockTimeout("study lock busy") from None
                 raise
             t0 = time.monotonic()
