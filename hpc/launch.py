@@ -43,6 +43,7 @@ from hpc.storage import (
 from hpc.study import OpenStudy, StudyRecord, open_study, update_record
 from hpc.submit import SlurmBackend, jobs
 from hpc.submit.jobs import Plan
+from hpc.submit.resources import worker_job_name
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 
@@ -211,8 +212,11 @@ def adopt_orphans(opened: OpenStudy, plan: Plan) -> None:
     from hpc.heal import fail_orphans
 
     arrays = opened.record.arrays
-    if arrays and not slurm.any_queued(arrays):
-        n = fail_orphans(opened, plan.hpc.max_retry)
+    listed = slurm.squeue_listing([worker_job_name(plan.hpc.study)], 0) if arrays else None
+    if arrays and listed is None:
+        print("warning: squeue does not answer; trials of earlier workers are left to the self-healing", flush=True)
+    elif arrays and listed is not None and not any(j.split("_")[0] in arrays for j in listed):
+        n = fail_orphans(opened, plan.hpc.max_retry, listed)
         if n:
             print(f"re-queued {n} trial(s) whose workers are gone; the new workers continue them", flush=True)
 

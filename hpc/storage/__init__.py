@@ -13,7 +13,7 @@ from hpc.storage.database import (
     engine_kwargs,
     open_database,
 )
-from hpc.storage.lock import LOCK_HELD_S, LockTimeout, critical_section
+from hpc.storage.lock import LOCK_HELD_S, LockTimeout, critical_section, exclusive
 from hpc.storage.retry import OUTAGE, DatabaseUnavailable, RetryingStorage, call, is_connection_error
 from hpc.storage.url import (
     PASSFILE_ENV,
@@ -28,6 +28,6 @@ from hpc.storage.url import (
 __all__ = [
     "CONNECTIONS_PER_JOB", "LOCK_HELD_S", "OUTAGE", "PASSFILE_ENV", "PASSWORD_ENV", "STORAGE_ENV", "Database",
     "DatabaseUnavailable", "LockTimeout", "RetryingStorage", "StorageURL", "call", "connection_budget",
-    "create_or_load_study", "critical_section", "engine_kwargs", "is_connection_error", "job_storage", "open_database",
-    "resolve_storage", "write_passfile",
+    "create_or_load_study", "critical_section", "engine_kwargs", "exclusive", "is_connection_error", "job_storage",
+    "open_database", "resolve_storage", "write_passfile",
 ]

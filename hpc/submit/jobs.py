@@ -24,7 +24,7 @@ from hpc.config import HpcConfig
 from hpc.paths import REPO_ROOT
 from hpc.storage import PASSFILE_ENV, StorageURL
 from hpc.submit.local import LocalBackend
-from hpc.submit.resources import Resources
+from hpc.submit.resources import Resources, eval_job_name, worker_job_name
 from hpc.submit.slurm import SlurmBackend, directives
 from hpc.trials import WorkerSpec
 
@@ -80,7 +80,7 @@ def worker_resources(plan: Plan) -> Resources:
     """Every worker: ``nodes`` x one task per GPU (one CPU task without GPUs), requeued on timeout."""
     h = plan.hpc
     return Resources(
-        job_name=f"dualseg-{h.study}", log_folder=plan.logdir, time_min=slurm.time_to_minutes(h.time),
+        job_name=worker_job_name(h.study), log_folder=plan.logdir, time_min=slurm.time_to_minutes(h.time),
         nodes=h.nodes, tasks_per_node=max(1, h.gpus_per_node), gpus_per_node=h.gpus_per_node,
         cpus_per_task=h.cpus_per_task, mem=h.mem, partition=h.partition, account=h.account, qos=h.qos,
         parallelism=h.parallel, signal_delay_s=h.signal_delay_s, setup=tuple(h.setup),
@@ -100,10 +100,10 @@ def eval_resources(plan: Plan, node: slurm.NodeResources | None) -> Resources:
     gpus = h.eval_gpus if h.eval_gpus is not None else (1 if h.gpus_per_node else 0)
     if node is not None and h.eval_cpus is None:
         cpus = max(1, min(cpus, node.cpus))
-    return Resources(job_name=f"dualseg-eval-{h.study}", log_folder=plan.logdir,
+    return Resources(job_name=eval_job_name(h.study), log_folder=plan.logdir,
                      time_min=slurm.time_to_minutes(h.eval_time, "--eval-time"), cpus_per_task=cpus,
                      gpus_per_node=gpus, mem=h.eval_mem, partition=h.partition, account=h.account, qos=h.qos,
-                     requeue=False, setup=tuple(h.setup))
+                     setup=tuple(h.setup))  # requeued after a node failure or preemption: it heals or evaluates again
 
 
 def eval_script(plan: Plan, dependency: str | None, res: Resources) -> str:
@@ -117,7 +117,7 @@ def eval_script(plan: Plan, dependency: str | None, res: Resources) -> str:
             continue
         out.append(line)
         if line.startswith("#!"):
-            out += [f"#SBATCH --{k}={v}" for k, v in sbatch.items()]
+            out += [f"#SBATCH --{k}={v}" if v else f"#SBATCH --{k}" for k, v in sbatch.items()]
         if line.strip() == "# dualseg: launcher settings":
             env = {"DUALSEG_STUDY": h.study, "DUALSEG_STORAGE_URL": plan.storage.public,
                    "DUALSEG_SCRATCH": str(plan.scratch), "DUALSEG_REPO": str(REPO_ROOT),

@@ -16,6 +16,15 @@ from dualseg.errors import InputError
 MAX_REQUEUES = 100  # time-limit requeues per array task, cluster and local alike
 
 
+def worker_job_name(study: str) -> str:
+    """The SLURM job name of a study's workers (squeue asks for this study's jobs by name)."""
+    return f"dualseg-{study}"
+
+
+def eval_job_name(study: str) -> str:
+    return f"dualseg-eval-{study}"
+
+
 @dataclass(frozen=True)
 class Resources:
     """Per task: ``nodes`` x ``tasks_per_node`` processes, ``gpus_per_node`` GPUs per node.

@@ -61,7 +61,7 @@ def render_array(res: Resources, n: int) -> str:
 
 
 def directives(res: Resources, dependency: str | None = None) -> dict[str, str]:
-    """``#SBATCH`` options of a plain one-step script (no srun, no requeue): ``{option: value}`` in order."""
+    """``#SBATCH`` options of a plain one-step script (no srun): ``{option: value}`` in order ("" = a flag)."""
     out = {"job-name": res.job_name, "time": str(res.time_min), "nodes": str(res.nodes),
            "ntasks": str(res.nodes * res.tasks_per_node)}
     if res.cpus_per_task is not None:
@@ -75,6 +75,8 @@ def directives(res: Resources, dependency: str | None = None) -> dict[str, str]:
         out["gpus-per-node"] = str(res.gpus_per_node)
     if dependency:
         out["dependency"] = f"afterany:{dependency}"
+    if res.requeue:
+        out["requeue"] = ""
     return out
 
 
