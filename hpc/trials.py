@@ -147,9 +147,12 @@ class Coordinator:
             self.release(job.trial_id)
             return Assignment("stop", reason="signal received while asking; trial handed back")
         job.params = self._sample(job.trial_id, job.number)
-        self._retry(lambda: self.db.storage.set_trial_user_attr(job.trial_id, JOB_ID, self.label), "set job id")
-        seed_from_retry(self.study_dir, self._retry(lambda: self.db.storage.get_trial(job.trial_id), "get trial"))
+        self._set_attr(job.trial_id, JOB_ID, self.label)
         return job
+
+    def seed(self, job: Assignment) -> None:
+        """Hand a retry its predecessor's checkpoint (the caller's heartbeat runs: copies can take minutes)."""
+        seed_from_retry(self.study_dir, self._retry(lambda: self.db.storage.get_trial(job.trial_id), "get trial"))
 
     def _decide(self, token: str, retried: bool) -> Assignment:
         """The decision, in one transaction that holds the study lock for a handful of statements."""
@@ -189,14 +192,14 @@ class Coordinator:
 
         return dict(self._retry(go, "suggest"))
 
-    def release(self, trial_id: int) -> None:
-        """Hand a RUNNING trial back as WAITING (a signal arrived during the ask): the next ask takes it."""
+    def release(self, trial_id: int, why: str = "signal received while asking") -> None:
+        """Hand a RUNNING trial back as WAITING, never failed: the next ask takes it (and its checkpoint)."""
         def go() -> None:
             with Session(self.db.engine) as s, s.begin():
                 schema.release(s, trial_id)
 
         self._retry(go, "hand trial back")
-        log.warning("signal received while asking: trial handed back to the study, not started")
+        log.warning("%s: trial handed back to the study", why)
 
     # ---- requeued jobs ---------------------------------------------------------------------
     def _requeued_here(self) -> int | None:

@@ -10,6 +10,7 @@ the trial). Unknown errors count as the trial's: the next trial shows whether th
 
 from __future__ import annotations
 
+import errno
 import gc
 from typing import Literal
 
@@ -104,3 +105,23 @@ def release_resources(exc: BaseException | None = None) -> None:
 
 
 __all__ = ["Kind", "classify", "describe", "is_oom", "release_resources"]
+
+
+# A full or broken file system is the cluster's fault, not the trial's: the same trial succeeds once
+# space (or the file server) is back, so it must neither be failed nor counted towards hpc.max_failed.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ESTALE, errno.EROFS})
+
+
+def environment_error(exc: BaseException) -> OSError | None:
+    """The disk-full / quota / I/O / stale-handle / read-only error anywhere in ``exc``'s cause chain, if any."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+            return e
+        todo += [e.__cause__, e.__context__]
+    return None
