@@ -168,7 +168,7 @@ class _Fit:
 
         validate_model_config(cfg.model)  # bad model options fail before any data is read
         check_patch_size(cfg.model, cfg.data.patch_size)
-        self.bundle = build_data(cfg.data, splits=("train", "val"), gather=make_gather(info.device))
+        self.bundle = build_data(cfg.data, splits=("train", "val"), gather=make_gather(info.device), device=info.device)
         for split in ("train", "val"):
             ds = self.bundle.datasets.get(split)
             if ds is None or len(ds) == 0:
