@@ -71,6 +71,11 @@ def _check_options(cfg: DataConfig) -> None:
         raise InputError(f"data.samples_per_tile must be >= 1, got {cfg.samples_per_tile}")
     if cfg.max_t is not None and cfg.max_t < 1:
         raise InputError(f"data.max_t must be >= 1, got {cfg.max_t}")
+    if cfg.time_buckets is not None and cfg.time_buckets < 1:
+        raise InputError(f"data.time_buckets must be >= 1, got {cfg.time_buckets}")
+    if cfg.time_buckets is not None and cfg.max_t is not None:
+        raise InputError("data.time_buckets and data.max_t both set: max_t pads every batch to one length "
+                         "already; set one of them")
     if cfg.cache_mb < 0 or cfg.num_workers < 0 or cfg.buffer_mb < 0:
         raise InputError("data.cache_mb, data.buffer_mb and data.num_workers must be >= 0")
     for key, bands in (("s1", cfg.s1_bands), ("s2", cfg.s2_bands)):
@@ -252,7 +257,7 @@ def build_data(
         s2_channels=len(cfg.s2_bands),
         class_weights=weights,
         stats=stats,
-        collate_fn=functools.partial(collate, max_t=cfg.max_t),
+        collate_fn=functools.partial(collate, max_t=cfg.max_t, time_buckets=cfg.time_buckets),
         tiles={s: list(lists[s]) for s in splits},
         max_t=max_t,
     )

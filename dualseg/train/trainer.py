@@ -198,11 +198,12 @@ class _Fit:
         self.loader, self.sampler, self.generator = train_loader(
             self.bundle.datasets["train"], collate, batch_size=t.batch_size, rank=info.rank,
             world_size=info.world_size, seed=t.seed, num_workers=cfg.data.num_workers, pin_memory=pin,
-            max_t=cfg.data.max_t,
+            max_t=cfg.data.max_t, time_buckets=cfg.data.time_buckets,
         )
         self.val_loader = eval_loader(
             self.bundle.datasets["val"], collate, batch_size=t.batch_size, rank=info.rank,
             world_size=info.world_size, num_workers=cfg.data.num_workers, pin_memory=pin, max_t=cfg.data.max_t,
+            time_buckets=cfg.data.time_buckets,
         )
         self.steps_per_epoch = steps_per_epoch(len(self.bundle.datasets["train"]), t.batch_size, info.world_size)
         total = t.epochs * self.steps_per_epoch
