@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from dualseg.config import Config, apply_overrides
 from dualseg.errors import TrainingError
+from hpc import slurm
 from hpc.config import HpcConfig
 from hpc.paths import trial_dir
 from hpc.requeue import RequeueStrategy
@@ -108,6 +109,9 @@ class TrialRunner:
     def _after_signal(self, trial_id: int | None) -> NoReturn:
         """Stop after a signal: the running trial is marked (kept alive while requeued), then requeue or exit."""
         wants = SIGNALS.requeue_wanted
+        if self.coord is not None and not wants and slurm.preempted(slurm.SlurmEnv.read().job_id):
+            log.warning("this job is being preempted: requeueing it (SLURM would record it COMPLETED and drop it)")
+            wants = True
         if self.coord is not None:
             if trial_id is not None:
                 self.coord.mark_requeued(trial_id)

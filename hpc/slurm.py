@@ -232,6 +232,20 @@ def squeue_states(job_ids: list[str], max_age_s: float = 5.0, names: Sequence[st
     return states
 
 
+def preempted(job_id: str | None) -> bool:
+    """True when SLURM is preempting this job (``PreemptTime`` set). On partitions with ``PreemptMode=REQUEUE``
+    and a ``GraceTime`` a job that saves and exits within its grace time is recorded COMPLETED and *not*
+    requeued, so a preempted worker must requeue itself; ``scancel`` and node failures leave it unset."""
+    if not job_id or shutil.which("scontrol") is None:
+        return False
+    try:
+        out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    fields = dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
+    return out.returncode == 0 and fields.get("PreemptTime", "None") not in ("None", "Unknown", "")
+
+
 def any_queued(job_ids: list[str], names: Sequence[str] = ()) -> bool | None:
     """True while one of ``job_ids`` (array ids match their tasks) may still run; None when squeue cannot tell."""
     states = squeue_states(job_ids, max_age_s=0, names=names)

@@ -13,7 +13,7 @@ import os
 import re
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ class Plan:
     storage: StorageURL
     incarnation: str | None = None
     passfile: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    allow_change: bool = False  # --allow-change: a relaunch may change the target, objective or search space
 
     @property
     def study_dir(self) -> Path:
