@@ -69,6 +69,7 @@ class HpcConfig:
     collective_timeout_s: float = 1800.0  # a collective of a trial's ranks; above db_outage_s (rank 0 waits there)
     lock_timeout_s: float = 10.0
     poll_interval: float = 5.0
+    max_wait_s: float = 600.0  # a job with nothing to train (the last trials run elsewhere) gives its allocation back
     signal_delay_s: int = 90
     setup: list[str] = field(default_factory=list)
     keep: KeepPolicy = field(default_factory=KeepPolicy)
@@ -115,6 +116,7 @@ def parse_hpc(cfg: Config, overrides: dict[str, Any] | None = None) -> HpcConfig
          f"hpc.collective_timeout_s: must exceed hpc.db_outage_s ({hpc.db_outage_s:g} s): while rank 0 waits out a "
          f"database outage the other ranks wait in a collective (got {hpc.collective_timeout_s:g})"),
         (hpc.lock_timeout_s > 0, "hpc.lock_timeout_s: must be > 0"),
+        (hpc.max_wait_s >= 0, "hpc.max_wait_s: must be >= 0"),
         (re.fullmatch(r"[A-Za-z0-9_.-]+", hpc.study) is not None,
          f"--study: {hpc.study!r} may only contain letters, digits, '_', '-', '.'"),
         (hpc.mem is None or _MEM.fullmatch(hpc.mem) is not None, f"--mem: cannot parse {hpc.mem!r} (use e.g. 16G)"),
