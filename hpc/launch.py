@@ -97,7 +97,10 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise InputError(f"--set: expected KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise InputError(f"--set: {item}: not a YAML value ({str(exc).splitlines()[0]})") from None
     return out
 
 
@@ -277,6 +280,12 @@ def run_local(plan: Plan) -> int:
 
 
 def _dry_run(plan: Plan) -> int:
+    if not plan.storage.is_sqlite:  # the real launch would fail there: a wrong database name, host or port
+        db = open_database(plan.storage)
+        try:
+            check_connection_budget(db, plan.hpc.workers)
+        finally:
+            db.close()
     check_dataset(plan.cfg.data, missing_ok=True)
     masked = plan.storage.masked
     if plan.executor == "local":
