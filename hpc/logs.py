@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from dualseg.errors import InputError, report_error
 from hpc.paths import resolve_scratch
@@ -98,7 +99,7 @@ def _merge(chunks: list[list[str]]) -> list[str]:
 
 
 def show(logdir: Path, job: str, rank: int | None = None, err: bool = False, follow: bool = False,
-         poll: float = 0.5, out=sys.stdout, max_polls: int | None = None) -> int:
+         poll: float = 0.5, out: TextIO = sys.stdout, max_polls: int | None = None) -> int:
     """Print the merged logs; with ``follow`` keep polling (``max_polls`` bounds it, for tests)."""
     files: dict[Path, LogFile] = {}
     polls = 0

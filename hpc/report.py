@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+from matplotlib.figure import Figure
 from optuna.trial import TrialState
 
 from dualseg.errors import DualsegError, InputError, report_error
@@ -66,7 +67,7 @@ def open_study(storage: StorageURL | str | None, name: str, scratch: str | Path 
     return study, root
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     import io
 
     import matplotlib.pyplot as plt
@@ -77,7 +78,7 @@ def _save(fig: Any, path: Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def _message(text: str) -> Any:
+def _message(text: str) -> Figure:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 2.5))
