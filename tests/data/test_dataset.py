@@ -39,7 +39,8 @@ def test_item_contract_and_normalisation(tmp_path, data):
 
 
 def test_day_of_year():
-    days = (np.array(["2021-01-01", "2021-12-31", "2020-12-31", "2022-03-01"], dtype="datetime64[D]") - np.datetime64("1970-01-01")).astype(int)
+    days = (np.array(["2021-01-01", "2021-12-31", "2020-12-31", "2022-03-01"], dtype="datetime64[D]")
+            - np.datetime64("1970-01-01")).astype(int)
     assert day_of_year(days).tolist() == [1, 365, 366, 60]
 
 
@@ -96,7 +97,7 @@ def test_augmentation_is_identical_across_streams_and_labels(tmp_path, data):
         seen.add((k, f))
         p, q = plain[i], aug[i]
 
-        def tf(t):
+        def tf(t, k=k, f=f):  # bound now: called in this iteration only
             t = torch.rot90(t, k, dims=(-2, -1))
             return torch.flip(t, dims=(-1,)) if f else t
 

@@ -48,7 +48,8 @@ def _alloc_error() -> RuntimeError:
      "RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer"),
     (RuntimeError("CUDA error: an illegal memory access was encountered"), "fatal",
      "RuntimeError: CUDA error: an illegal memory access was encountered"),
-    (RuntimeError("CUDA error: device-side assert triggered"), "fatal", "RuntimeError: CUDA error: device-side assert triggered"),
+    (RuntimeError("CUDA error: device-side assert triggered"), "fatal",
+     "RuntimeError: CUDA error: device-side assert triggered"),
     (KeyboardInterrupt(), "fatal", "KeyboardInterrupt"),
 ])
 def test_classify_and_describe(exc: BaseException, kind: str, line: str) -> None:
@@ -84,7 +85,8 @@ def test_out_of_memory_in_fit_then_next_trial_runs(
     before = _live_models()
     seen: list[int] = []
     real_validate = trainer_mod._Fit._validate
-    monkeypatch.setattr(trainer_mod._Fit, "_validate", lambda self, s: seen.append(_live_models()) or real_validate(self, s))
+    monkeypatch.setattr(trainer_mod._Fit, "_validate",
+                        lambda self, s: seen.append(_live_models()) or real_validate(self, s))
     try:
         fit(make_cfg(run_name="oom", epochs=2))
         raise AssertionError("fit did not raise")
