@@ -10,6 +10,12 @@ The counting rules live in :mod:`hpc.trials`, signals in :mod:`hpc.signals`, req
 
 from __future__ import annotations
 
+if not __package__:  # run as a file: re-run as `python -m hpc.<name>` (hpc/_script.py)
+    import os
+    import runpy
+
+    runpy.run_path(os.path.join(os.path.dirname(__file__), "_script.py"))
+
 import argparse
 import logging
 import os

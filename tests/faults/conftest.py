@@ -115,7 +115,7 @@ def private_pg() -> Iterator[PrivatePostgres]:
         pg.destroy()
 
 
-def wait_for(predicate, timeout: float, what: str, poll: float = 0.5) -> None:  # noqa: ANN001
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.5) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -127,7 +127,7 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.5) -> None:  
 class Search:
     """A search launched with ``hpc/launch.py`` on the real bed, and what a fault test asks of it."""
 
-    def __init__(self, tools, scratch: Path, study: str, url: str, stdout: str) -> None:  # noqa: ANN001
+    def __init__(self, tools, scratch: Path, study: str, url: str, stdout: str) -> None:
         self.tools, self.scratch, self.study, self.url = tools, scratch, study, url
         self.array, self.eval_id = tools.job_ids_from(stdout)
 
@@ -150,7 +150,7 @@ class Search:
         wait_for(lambda: path.exists() and needle in path.read_text(errors="replace"), timeout,
                  f"{needle!r} in {path.name}")
 
-    def trials(self) -> list:  # noqa: ANN201
+    def trials(self) -> list:
         import optuna
 
         return optuna.load_study(study_name=self.study, storage=self.url).get_trials()
@@ -159,7 +159,8 @@ class Search:
         """Until no job of this search is queued: the array, the evaluation job and whatever they resubmitted."""
         deadline = time.monotonic() + timeout
         while True:
-            ids = sorted(self.tools.jobs_named(f"dualseg-{self.study}") | self.tools.jobs_named(f"dualseg-eval-{self.study}"))
+            ids = sorted(self.tools.jobs_named(f"dualseg-{self.study}")
+                         | self.tools.jobs_named(f"dualseg-eval-{self.study}"))
             if not ids:
                 return
             self.tools.wait_gone(ids, timeout=max(1.0, deadline - time.monotonic()))
@@ -171,15 +172,15 @@ class Search:
         return [json.loads(line)["epoch"] for line in path.read_text().splitlines() if line]
 
 
-def launch_search(tools, tiny_args: list[str], url: str, study: str, *extra: str) -> Search:  # noqa: ANN001
-    r = tools.run_cli("launch.py", *tiny_args, "--study", study, "--partition", os.environ["DUALSEG_TEST_PARTITION"],
+def launch_search(tools, args: list[str], url: str, study: str, *extra: str) -> Search:
+    r = tools.run_cli("launch.py", *args, "--study", study, "--partition", os.environ["DUALSEG_TEST_PARTITION"],
                       "--storage", url, *extra, env={"DUALSEG_STORAGE": ""}, timeout=180)
     assert r.returncode == 0, r.stderr
-    scratch = Path(tiny_args[tiny_args.index("--scratch") + 1])
+    scratch = Path(args[args.index("--scratch") + 1])
     return Search(tools, scratch, study, url, r.stdout)
 
 
-def assert_exact(search: Search, n: int, epochs: int | None = None) -> list:  # noqa: ANN201
+def assert_exact(search: Search, n: int, epochs: int | None = None) -> list:
     """The invariant every scenario proves: exactly ``n`` finished, nothing left running, no epoch twice."""
     trials = search.trials()
     states = [(t.number, t.state.name) for t in trials]
@@ -198,7 +199,7 @@ def assert_exact(search: Search, n: int, epochs: int | None = None) -> list:  # 
 
 
 @pytest.fixture()
-def faults(hpc_tools):  # noqa: ANN001, ANN201
+def faults(hpc_tools):  # noqa: F811 - the shared fixture imported above
     from types import SimpleNamespace
 
     return SimpleNamespace(launch=lambda *a, **k: launch_search(hpc_tools, *a, **k), exact=assert_exact,

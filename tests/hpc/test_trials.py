@@ -54,7 +54,8 @@ CHILD = textwrap.dedent(
 def _race(url: str, tmp_path: Path, n_procs: int, trials: int, die: list[bool]) -> optuna.Study:
     hpc = {"trials": trials, "heartbeat_interval": 1, "grace_period": 3, "poll_interval": 0.2, "search": SEARCH,
            "study": "race"}
-    create_or_load_study(open_database(StorageURL.parse(url), create_tables=True), "race", "minimize", {"trials": trials})
+    create_or_load_study(open_database(StorageURL.parse(url), create_tables=True), "race", "minimize",
+                         {"trials": trials})
     procs = [subprocess.Popen([sys.executable, "-c", CHILD, url, "race", str(tmp_path), json.dumps(hpc),
                                "1" if die[i] else "0"], env={**os.environ, "PYTHONWARNINGS": "ignore"})
              for i in range(n_procs)]
@@ -91,7 +92,8 @@ def test_retry_copies_the_failed_trials_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "trial-3").mkdir()
     (tmp_path / "trial-3" / "last.pt").write_bytes(b"epoch-2-state")
     (tmp_path / "trial-3" / "metrics.jsonl").write_text('{"epoch": 0}\n')
-    frozen = optuna.create_trial(state=optuna.trial.TrialState.WAITING, system_attrs={"failed_trial": 1, "retry_history": [1, 3]})
+    frozen = optuna.create_trial(state=optuna.trial.TrialState.WAITING,
+                                 system_attrs={"failed_trial": 1, "retry_history": [1, 3]})
     frozen.number = 5
     assert seed_from_retry(tmp_path, frozen) == tmp_path / "trial-3"
     assert (tmp_path / "trial-5" / "last.pt").read_bytes() == b"epoch-2-state"

@@ -17,7 +17,6 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-
 # ---------------------------------------------------------------- the real test bed: SLURM + PostgreSQL
 
 
