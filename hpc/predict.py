@@ -80,8 +80,8 @@ class PredictTask(submitit.helpers.Checkpointable):
         self.spec, self.index = spec, index
 
     def __call__(self) -> list[str]:
+        from dualseg.infer import load_exported
         from dualseg.predict import predict_tiles
-        from dualseg.train.export import load_exported
 
         s = self.spec
         mine = s.tiles[self.index :: s.tasks]
@@ -97,9 +97,9 @@ class PredictTask(submitit.helpers.Checkpointable):
 
 def plan(a: argparse.Namespace) -> tuple[PredictSpec, list[str], str]:
     """Validate everything; returns (spec of the tiles still to map, tiles already mapped, executor)."""
+    from dualseg.infer import load_exported
     from dualseg.predict import list_tiles, map_path
     from dualseg.predict.maps import open_inputs
-    from dualseg.train.export import load_exported
 
     for opt, v, low in (("--tasks", a.tasks, 1), ("--gpus", a.gpus, 0), ("--batch-size", a.batch_size, 1)):
         if v < low:

@@ -38,8 +38,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from dualseg.infer.modelfile import load_exported
     from dualseg.predict.maps import list_tiles, predict_tiles
-    from dualseg.train.export import load_exported
 
     try:
         model = load_exported(a.model)

@@ -14,9 +14,9 @@ import torch
 from dualseg.data.splits import read_splits
 from dualseg.data.tile import TileInfo, open_tile, tile_path
 from dualseg.errors import InputError
-from dualseg.predict.window import InputSpec, check_uint8, load_input, tile_logits, to_map, windows
+from dualseg.infer.modelfile import ModelFile, spec_of
+from dualseg.infer.window import check_uint8, load_input, tile_logits, to_map, windows
 from dualseg.predict.writers import geotiff_path, map_path, write_geotiff, write_zarr
-from dualseg.train.export import ModelFile
 
 log = logging.getLogger("dualseg.predict")
 
@@ -73,11 +73,6 @@ def open_inputs(model: ModelFile, root: str | Path, names: list[str]) -> list[Ti
                 raise InputError(f"tile {info.name}: {key} has T={info.streams[key].t} > the model's "
                                  f"max_t={model.max_t}")
     return infos
-
-
-def spec_of(model: ModelFile) -> InputSpec:
-    return InputSpec(mean=model.mean, std=model.std, date_encoding=model.date_encoding, max_t=model.max_t,
-                     streams=model.model.streams)
 
 
 def predict_tiles(

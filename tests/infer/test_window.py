@@ -11,8 +11,7 @@ from torch import nn
 
 from dualseg.data.tile import Stream, Tile, open_tile, write_tile
 from dualseg.errors import InputError
-from dualseg.predict import InputSpec, blend_weight, load_input, spec_of, tile_logits, to_map, windows
-from dualseg.train.export import load_exported
+from dualseg.infer import InputSpec, blend_weight, load_exported, load_input, spec_of, tile_logits, to_map, windows
 
 
 def constant_tile(model_bands: tuple[list[str], list[str]], h: int = 80, w: int = 72, value: float = 0.3,
@@ -69,7 +68,8 @@ def test_blending_reproduces_a_position_independent_model_exactly(tmp_path: Path
     for b in s2b:
         tile.s2.bands[b] = rng.uniform(0, 2000, tile.s2.bands[b].shape).astype(np.float32)
     info = open_tile(write_tile(tmp_path / "r.zarr", tile))
-    spec = InputSpec(mean={"s1": np.zeros(1), "s2": np.full(3, 1000.0)}, std={"s1": np.ones(1), "s2": np.full(3, 500.0)})
+    spec = InputSpec(mean={"s1": np.zeros(1), "s2": np.full(3, 1000.0)},
+                     std={"s1": np.ones(1), "s2": np.full(3, 500.0)})
     inp = load_input(info, spec)
     net = Pointwise(3, 5).eval()
     with torch.no_grad():
