@@ -22,14 +22,14 @@ PKG = REPO / "dualseg"
 LAYER = {"": 0, "config": 0, "errors": 0, "io": 0, "data": 1, "model": 2, "infer": 3, "train": 4, "predict": 4}
 
 
-def _module(path: Path) -> str:
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
+def _module(path: Path, root: Path = REPO) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path) -> list[tuple[int, str]]:
-    """(line, absolute module name) of every ``dualseg`` import in ``path``."""
-    mod = _module(path)
+def _imports(path: Path, root: Path = REPO) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every ``dualseg`` import in ``path`` (a file under ``root``)."""
+    mod = _module(path, root)
     package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
     out = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -71,12 +71,7 @@ def test_the_walk_sees_lazy_and_relative_imports(tmp_path: Path) -> None:
     f = tmp_path / "dualseg" / "predict" / "x.py"
     f.parent.mkdir(parents=True)
     f.write_text("def g():\n    from dualseg.train.export import export_model\n    from ..train import fit\n")
-    global REPO
-    saved, REPO = REPO, tmp_path
-    try:
-        assert [m for _, m in _imports(f)] == ["dualseg.train.export", "dualseg.train"]
-    finally:
-        REPO = saved
+    assert [m for _, m in _imports(f, tmp_path)] == ["dualseg.train.export", "dualseg.train"]
 
 
 def _loaded_after(statement: str) -> list[str]:
