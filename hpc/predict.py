@@ -98,8 +98,9 @@ class PredictTask(submitit.helpers.Checkpointable):
 def plan(a: argparse.Namespace) -> tuple[PredictSpec, list[str], str]:
     """Validate everything; returns (spec of the tiles still to map, tiles already mapped, executor)."""
     from dualseg.infer import load_exported
-    from dualseg.predict import list_tiles, map_path
+    from dualseg.predict import list_tiles
     from dualseg.predict.maps import open_inputs
+    from dualseg.predict.outputs import check_out, pending
 
     for opt, v, low in (("--tasks", a.tasks, 1), ("--gpus", a.gpus, 0), ("--batch-size", a.batch_size, 1)):
         if v < low:
@@ -111,15 +112,10 @@ def plan(a: argparse.Namespace) -> tuple[PredictSpec, list[str], str]:
     slurm.time_to_minutes(a.time)
     model = load_exported(a.model)
     names = list_tiles(a.tiles, a.split, a.tile)
-    open_inputs(model, a.tiles, names)  # every tile checked before anything is submitted
-    out = a.out.expanduser().resolve()
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        raise InputError(f"--out: {out} is not writable")
-    done = [n for n in names if map_path(out, n).exists()]
-    todo = [n for n in names if n not in done]
+    infos = open_inputs(model, a.tiles, names)  # every tile checked before anything is submitted
+    out = check_out(a.out, a.tiles, a.model)  # never an input; writable
+    todo = [i.name for i in pending(out, infos)]  # only maps of ours count as done
+    done = [n for n in names if n not in todo]
     executor = a.executor
     if executor == "auto":
         executor = "slurm" if slurm.available() else "local"
