@@ -107,7 +107,8 @@ def test_a_job_with_nothing_to_train_gives_its_allocation_back(tmp_path: Path, t
     """Two workers, one trial: the idle one leaves after hpc.max_wait_s instead of polling to the end."""
     db = tmp_path / "s.db"
     r = subprocess.run([sys.executable, "hpc/launch.py", "--config", str(hpc_tools.tiny), "--scratch",
-                        str(tmp_path / "scratch"), "--storage", f"sqlite:///{db}", "--study", "idle", "--trials", "1", "--executor", "local",
+                        str(tmp_path / "scratch"), "--storage", f"sqlite:///{db}", "--study", "idle", "--trials", "1",
+                        "--executor", "local",
                         "--workers", "2", "--no-eval", "--set", f"data.root={tiny_data}", "--set", "train.epochs=3",
                         "--set", "data.samples_per_tile=8", "--set", "hpc.max_wait_s=1"],
                        cwd=hpc_tools.repo, capture_output=True, text=True, timeout=300)
