@@ -110,7 +110,8 @@ def make_dataset(root: Path, tiles: int, *, size: int, s1_dates: int, s2_dates: 
 
     from dualseg.config import SyntheticConfig
     from dualseg.data.synthetic import make_tile
-    from dualseg.data.tile import Stream, write_tile
+    from dualseg.data.tile import Stream
+    from dualseg.data.write import write_tile
 
     cfg = SyntheticConfig(tiles=tiles, size=size, s1_dates=s1_dates, s2_dates=s2_dates)
     names = [f"tile_{i:03d}" for i in range(tiles + 2)]  # + one val and one test tile

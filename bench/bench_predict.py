@@ -25,7 +25,8 @@ import torch
 
 from dualseg.config import load_config
 from dualseg.data.dataset import collate
-from dualseg.data.tile import Stream, Tile, open_tile, write_tile
+from dualseg.data.tile import Stream, Tile, open_tile
+from dualseg.data.write import write_tile
 from dualseg.model import build_model
 from dualseg.predict import load_input, predict_tiles, spec_of, windows
 from dualseg.predict.window import _item

@@ -17,7 +17,8 @@ _EXPORTS = {
     "stats": ["BandStats", "Moments", "Partial", "compute_partial", "moments_xp"],
     "synthetic": ["ensure_synthetic", "generate", "make_tile"],
     "pastis": ["import_pastis"],
-    "tile": ["Stream", "Tile", "TileInfo", "open_tile", "tile_path", "write_tile"],
+    "tile": ["Stream", "Tile", "TileInfo", "open_tile", "tile_path"],
+    "write": ["write_tile"],
     "read": ["read_tile"],
     "preflight": ["check_dataset"],
     "validate": ["validate_root", "validate_tile"],
@@ -35,9 +36,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from dualseg.data.splits import read_splits, resolve_splits, write_splits
     from dualseg.data.stats import BandStats, Moments, Partial, compute_partial, moments_xp
     from dualseg.data.synthetic import ensure_synthetic, generate, make_tile
-    from dualseg.data.tile import Stream, Tile, TileInfo, open_tile, tile_path, write_tile
+    from dualseg.data.tile import Stream, Tile, TileInfo, open_tile, tile_path
     from dualseg.data.validate import validate_root, validate_tile
     from dualseg.data.weights import compute_class_weights
+    from dualseg.data.write import write_tile
 
 
 def __getattr__(name: str) -> Any:

@@ -8,7 +8,8 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from dualseg.data.dataset import TileDataset, collate, date_features, day_of_year
-from dualseg.data.tile import open_tile, write_tile
+from dualseg.data.tile import open_tile
+from dualseg.data.write import write_tile
 from dualseg.errors import InputError
 
 MEAN = {"s1": np.array([-12.0, -15.0]), "s2": np.full(10, 1500.0)}

@@ -15,7 +15,8 @@ from dualseg.data.stats import (
     tile_partial,
     unpack,
 )
-from dualseg.data.tile import open_tile, write_tile
+from dualseg.data.tile import open_tile
+from dualseg.data.write import write_tile
 from dualseg.errors import InputError
 
 

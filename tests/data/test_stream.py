@@ -17,7 +17,8 @@ from dualseg.data.stream import (
     lane_sizes,
     rank_order,
 )
-from dualseg.data.tile import open_tile, write_tile
+from dualseg.data.tile import open_tile
+from dualseg.data.write import write_tile
 from dualseg.errors import InputError
 from dualseg.train.loaders import train_loader
 

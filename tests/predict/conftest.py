@@ -11,7 +11,7 @@ import zarr
 
 from dualseg.config import Config, apply_overrides, load_config
 from dualseg.data import generate
-from dualseg.data.tile import consolidate
+from dualseg.data.write import consolidate
 from dualseg.train import fit
 from dualseg.train.export import export_model
 

@@ -11,7 +11,7 @@ import rasterio  # the geo extra; part of the test extra, so CI has it
 
 from dualseg.config import Config
 from dualseg.data.read import read_tile
-from dualseg.data.tile import write_tile
+from dualseg.data.write import write_tile
 from dualseg.predict import class_colours, read_map
 from dualseg.predict.__main__ import main
 from dualseg.train.export import load_exported
