@@ -245,7 +245,7 @@ def bench_padding(
     decoding), on distinct synthetic tiles whose series lengths vary as the generator draws them."""
     from dualseg.config import DataConfig, SyntheticConfig
     from dualseg.data import build_data, collate, generate
-    from dualseg.data.dataset import padded_length
+    from dualseg.data.batch import padded_length
     from dualseg.data.tile import STREAMS
     from dualseg.train.loaders import train_loader
 

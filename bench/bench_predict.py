@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from dualseg.config import load_config
-from dualseg.data.dataset import collate
+from dualseg.data.batch import collate
 from dualseg.data.tile import Stream, Tile, open_tile
 from dualseg.data.write import write_tile
 from dualseg.model import build_model

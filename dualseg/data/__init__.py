@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "build": ["DataBundle", "build_data"],
-    "dataset": ["TileDataset", "collate", "date_features", "day_of_year", "normalise"],
+    "batch": ["collate"],
+    "dataset": ["TileDataset"],
+    "inputs": ["date_features", "day_of_year", "normalise"],
     "splits": ["read_splits", "resolve_splits", "write_splits"],
     "stats": ["BandStats", "Moments", "Partial", "compute_partial", "moments_xp"],
     "synthetic": ["ensure_synthetic", "generate", "make_tile"],
@@ -28,8 +30,10 @@ _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from dualseg.data.batch import collate
     from dualseg.data.build import DataBundle, build_data
-    from dualseg.data.dataset import TileDataset, collate, date_features, day_of_year, normalise
+    from dualseg.data.dataset import TileDataset
+    from dualseg.data.inputs import date_features, day_of_year, normalise
     from dualseg.data.pastis import import_pastis
     from dualseg.data.preflight import check_dataset
     from dualseg.data.read import read_tile

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dualseg.data.dataset import TileDataset, collate
+from dualseg.data.batch import collate
+from dualseg.data.dataset import TileDataset
 from dualseg.data.stream import (
     StreamSampler,
     UnitBuffer,
