@@ -34,7 +34,7 @@ import numpy as np
 
 def bench_stats(mb: int, repeat: int) -> list[tuple[str, float, str]]:
     from dualseg.data import fused
-    from dualseg.data.stats import moments_xp
+    from dualseg.data.moments import moments_xp
 
     rng = np.random.default_rng(0)
     n = mb * 2**20 // 4 // 10

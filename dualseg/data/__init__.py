@@ -16,7 +16,8 @@ _EXPORTS = {
     "dataset": ["TileDataset"],
     "inputs": ["date_features", "day_of_year", "normalise"],
     "splits": ["read_splits", "resolve_splits", "write_splits"],
-    "stats": ["BandStats", "Moments", "Partial", "compute_partial", "moments_xp"],
+    "moments": ["Moments", "moments_xp"],
+    "stats": ["BandStats", "Partial", "compute_partial"],
     "synthetic": ["ensure_synthetic", "generate", "make_tile"],
     "pastis": ["import_pastis"],
     "tile": ["Stream", "Tile", "TileInfo", "open_tile", "tile_path"],
@@ -34,11 +35,12 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from dualseg.data.build import DataBundle, build_data
     from dualseg.data.dataset import TileDataset
     from dualseg.data.inputs import date_features, day_of_year, normalise
+    from dualseg.data.moments import Moments, moments_xp
     from dualseg.data.pastis import import_pastis
     from dualseg.data.preflight import check_dataset
     from dualseg.data.read import read_tile
     from dualseg.data.splits import read_splits, resolve_splits, write_splits
-    from dualseg.data.stats import BandStats, Moments, Partial, compute_partial, moments_xp
+    from dualseg.data.stats import BandStats, Partial, compute_partial
     from dualseg.data.synthetic import ensure_synthetic, generate, make_tile
     from dualseg.data.tile import Stream, Tile, TileInfo, open_tile, tile_path
     from dualseg.data.validate import validate_root, validate_tile

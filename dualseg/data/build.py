@@ -25,12 +25,12 @@ from dualseg.config import DataConfig
 from dualseg.data.backend import get_xp, run_stats
 from dualseg.data.batch import collate
 from dualseg.data.dataset import TileDataset
+from dualseg.data.moments import Moments
 from dualseg.data.read import read_labels
 from dualseg.data.splits import resolve_splits
 from dualseg.data.stats import (
     BandStats,
     Gather,
-    Moments,
     Partial,
     cache_path,
     compute_partial,
