@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from dualseg.config import load_config
-from dualseg.data.dataset import collate
-from dualseg.data.tile import Stream, Tile, open_tile, write_tile
+from dualseg.data.batch import collate
+from dualseg.data.tile import Stream, Tile, open_tile
+from dualseg.data.write import write_tile
 from dualseg.infer import ModelFile, autocast_ctx, forward, load_input, spec_of, to_device, windows
 from dualseg.infer.window import _item
 from dualseg.model import build_model

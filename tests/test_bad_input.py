@@ -29,7 +29,7 @@ import zarr
 from dualseg.config import SyntheticConfig
 from dualseg.data import pastis, synthetic, validate
 from dualseg.data.synthetic import generate
-from dualseg.data.tile import rewrite_manifest
+from dualseg.data.write import rewrite_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"

@@ -23,7 +23,8 @@ import numpy as np
 
 from dualseg.config import S2_BANDS
 from dualseg.data.splits import describe_splits, write_splits
-from dualseg.data.tile import Stream, Tile, tile_path, write_tile
+from dualseg.data.tile import Stream, Tile, tile_path
+from dualseg.data.write import write_tile
 from dualseg.errors import InputError, report_error
 from dualseg.io import atomic_write_text, read_json, staged_dir
 

@@ -22,7 +22,8 @@ import numpy as np
 
 from dualseg.config import S1_BANDS, S2_BANDS, SyntheticConfig
 from dualseg.data.splits import describe_splits, write_splits
-from dualseg.data.tile import Stream, Tile, tile_path, write_tile
+from dualseg.data.tile import Stream, Tile, tile_path
+from dualseg.data.write import write_tile
 from dualseg.errors import InputError, report_error
 from dualseg.io import atomic_write_text, staged_dir
 

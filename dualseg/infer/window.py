@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dualseg.data.dataset import collate, date_features, normalise
+from dualseg.data.batch import collate
+from dualseg.data.inputs import date_features, normalise
 from dualseg.data.read import read_stream
 from dualseg.data.tile import STREAMS, TileInfo, open_group
 from dualseg.errors import InputError

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from dualseg.data.tile import Stream, Tile, open_tile, write_tile
+from dualseg.data.tile import Stream, Tile, open_tile
+from dualseg.data.write import write_tile
 from dualseg.errors import InputError
 from dualseg.infer import InputSpec, blend_weight, load_exported, load_input, spec_of, tile_logits, to_map, windows
 

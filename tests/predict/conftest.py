@@ -9,7 +9,7 @@ import pytest
 import torch
 import zarr
 
-from dualseg.data.tile import consolidate
+from dualseg.data.write import consolidate
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import zarr
 
 from dualseg.config import Config
 from dualseg.data.read import read_tile
-from dualseg.data.tile import write_tile
+from dualseg.data.write import write_tile
 from dualseg.predict import class_colours, read_map
 from dualseg.predict.__main__ import main
 from dualseg.predict.writers import is_map, is_map_geotiff, write_geotiff, write_zarr
