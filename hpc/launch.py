@@ -139,7 +139,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
         cfg.train.monitor = hpc.objective  # best.pt is chosen on what the study optimises
     if configured_storage or args.storage:
         cfg.hpc["storage"] = storage.public  # the config travels into pickles and results: never a password
-    return Plan(cfg, hpc, executor, scratch, storage, allow_change=args.allow_change)
+    plan = Plan(cfg, hpc, executor, scratch, storage, allow_change=args.allow_change)
+    if executor == "slurm":
+        jobs.fit_cpus(plan, jobs.partition_node(plan))
+    return plan
 
 
 def prepare(plan: Plan) -> None:
