@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -96,6 +97,41 @@ class PrivatePostgres:
         who = f"AND usename = '{user or self.user}'"
         return int(self.sql(f"SELECT count(*) FROM pg_stat_activity WHERE datname IS NOT NULL {who};").strip())
 
+    def crash_backend(self, timeout: float = 60) -> int:
+        """SIGKILL one backend (a worker's if one is connected, else a session of ours): the postmaster ends
+        every backend, says "the database system is in recovery mode" for a moment and recovers. Returns
+        once it accepts connections again; returns the killed pid."""
+        def backends(who: str) -> list[int]:
+            out = self.sql(f"SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND {who};")
+            return [int(p) for p in out.split()]
+
+        crashes = self.log.read_text(errors="replace").count("all server processes terminated; reinitializing")
+        deadline = time.monotonic() + 5
+        pids = backends(f"usename = '{self.user}'")
+        while not pids and time.monotonic() < deadline:
+            time.sleep(0.1)
+            pids = backends(f"usename = '{self.user}'")
+        sleeper = None
+        if not pids:
+            sleeper = subprocess.Popen(["runuser", "-u", "postgres", "--", str(self.bin / "psql"), "-X", "-q", "-h",
+                                        str(self.run), "-p", str(self.port), "-d", "postgres", "-c",
+                                        "SELECT pg_sleep(60) AS dualseg_crash"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_for(lambda: pids.extend(backends("query LIKE '%dualseg_crash%' AND pid <> pg_backend_pid()"))
+                     or pids, 30, "a backend to kill")
+        os.kill(pids[0], signal.SIGKILL)
+
+        def recovered() -> bool:
+            text = self.log.read_text(errors="replace")
+            done = text.count("all server processes terminated; reinitializing") > crashes
+            return done and self._pg(str(self.bin / "pg_isready"), "-h", str(self.run), "-p", str(self.port),
+                                     timeout=10).returncode == 0
+
+        wait_for(recovered, timeout, "PostgreSQL crash recovery")
+        if sleeper is not None:
+            sleeper.wait(timeout=30)
+        return pids[0]
+
     def destroy(self) -> None:
         self._pg(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop", timeout=60)
         shutil.rmtree(self.root, ignore_errors=True)
@@ -115,7 +151,7 @@ def private_pg() -> Iterator[PrivatePostgres]:
         pg.destroy()
 
 
-def wait_for(predicate, timeout: float, what: str, poll: float = 0.5) -> None:  # noqa: ANN001
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.5) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -127,7 +163,7 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.5) -> None:  
 class Search:
     """A search launched with ``hpc/launch.py`` on the real bed, and what a fault test asks of it."""
 
-    def __init__(self, tools, scratch: Path, study: str, url: str, stdout: str) -> None:  # noqa: ANN001
+    def __init__(self, tools, scratch: Path, study: str, url: str, stdout: str) -> None:
         self.tools, self.scratch, self.study, self.url = tools, scratch, study, url
         self.array, self.eval_id = tools.job_ids_from(stdout)
 
@@ -150,7 +186,7 @@ class Search:
         wait_for(lambda: path.exists() and needle in path.read_text(errors="replace"), timeout,
                  f"{needle!r} in {path.name}")
 
-    def trials(self) -> list:  # noqa: ANN201
+    def trials(self) -> list:
         import optuna
 
         return optuna.load_study(study_name=self.study, storage=self.url).get_trials()
@@ -159,10 +195,25 @@ class Search:
         """Until no job of this search is queued: the array, the evaluation job and whatever they resubmitted."""
         deadline = time.monotonic() + timeout
         while True:
-            ids = sorted(self.tools.jobs_named(f"dualseg-{self.study}") | self.tools.jobs_named(f"dualseg-eval-{self.study}"))
+            ids = sorted(self.tools.jobs_named(f"dualseg-{self.study}")
+                         | self.tools.jobs_named(f"dualseg-eval-{self.study}"))
             if not ids:
                 return
             self.tools.wait_gone(ids, timeout=max(1.0, deadline - time.monotonic()))
+
+    @property
+    def job_names(self) -> tuple[str, str]:
+        return f"dualseg-{self.study}", f"dualseg-eval-{self.study}"
+
+    def jobs(self) -> list[str]:
+        """``id name`` of every queued job of this study: workers (resubmitted ones too) and evaluation jobs."""
+        out = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, timeout=30).stdout
+        return [line for line in out.splitlines() if len(line.split()) == 2 and line.split()[1] in self.job_names]
+
+    def cancel(self) -> None:
+        """Cancel every job of this study (a test's teardown: nothing it started outlives it)."""
+        for name in self.job_names:
+            subprocess.run(["scancel", f"--name={name}"], capture_output=True, timeout=30)
 
     def epochs(self, number: int) -> list[int]:
         import json
@@ -171,16 +222,18 @@ class Search:
         return [json.loads(line)["epoch"] for line in path.read_text().splitlines() if line]
 
 
-def launch_search(tools, tiny_args: list[str], url: str, study: str, *extra: str) -> Search:  # noqa: ANN001
-    r = tools.run_cli("launch.py", *tiny_args, "--study", study, "--partition", os.environ["DUALSEG_TEST_PARTITION"],
+def launch_search(tools, args: list[str], url: str, study: str, *extra: str) -> Search:
+    r = tools.run_cli("launch.py", *args, "--study", study, "--partition", os.environ["DUALSEG_TEST_PARTITION"],
                       "--storage", url, *extra, env={"DUALSEG_STORAGE": ""}, timeout=180)
     assert r.returncode == 0, r.stderr
-    scratch = Path(tiny_args[tiny_args.index("--scratch") + 1])
+    scratch = Path(args[args.index("--scratch") + 1])
     return Search(tools, scratch, study, url, r.stdout)
 
 
-def assert_exact(search: Search, n: int, epochs: int | None = None) -> list:  # noqa: ANN201
-    """The invariant every scenario proves: exactly ``n`` finished, nothing left running, no epoch twice."""
+def assert_exact(search: Search, n: int, epochs: int | None = None) -> list:
+    """The invariant every scenario proves: exactly ``n`` finished, nothing left running, no epoch twice,
+    results written when the evaluation job was submitted, and no job of the study left in the queue."""
+    assert not search.jobs(), f"jobs of study {search.study} still queued: {search.jobs()}"
     trials = search.trials()
     states = [(t.number, t.state.name) for t in trials]
     done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
@@ -198,8 +251,16 @@ def assert_exact(search: Search, n: int, epochs: int | None = None) -> list:  # 
 
 
 @pytest.fixture()
-def faults(hpc_tools):  # noqa: ANN001, ANN201
+def faults(hpc_tools):  # noqa: F811 - the imported fixture, requested by name
+    """``launch``, ``exact``, ``wait_for``; every search launched through it is cancelled at teardown."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(launch=lambda *a, **k: launch_search(hpc_tools, *a, **k), exact=assert_exact,
-                           wait_for=wait_for)
+    launched: list[Search] = []
+
+    def launch(*a, **k) -> Search:
+        launched.append(launch_search(hpc_tools, *a, **k))
+        return launched[-1]
+
+    yield SimpleNamespace(launch=launch, exact=assert_exact, wait_for=wait_for)
+    for search in launched:
+        search.cancel()
