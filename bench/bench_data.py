@@ -13,8 +13,10 @@
    Also the decode time of one tile and the bound it sets on the ratio, and the old per-patch read
    (``buffer_mb=0``) at the quickstart's shapes.
 4. Synthetic generator wall time for the HPC tests' 6 tiles of 32x32.
+5. Padding cost of ``data.time_buckets`` (and of ``data.max_t``): padded frames over real ones in one
+   epoch of the trainer's own batches on 4 ranks, and how many distinct batch shapes the GPU sees.
 
-``--quick`` shrinks everything for a smoke run; ``--skip stats,disk,quickstart,pastis,generate``.
+``--quick`` shrinks everything for a smoke run; ``--skip stats,disk,quickstart,pastis,generate,padding``.
 """
 
 from __future__ import annotations
@@ -235,6 +237,45 @@ def bench_stats_disk(root: Path, s1_bands: list[str] | None, repeat: int) -> lis
     ]
 
 
+def bench_padding(
+    label: str, root: Path, *, dates: tuple[int, int], batch: int, tiles: int, world: int = 4
+) -> list[tuple[str, float, str]]:
+    """Frames the padding adds, per policy, over one epoch of every rank's batches (indices only, no
+    decoding), on distinct synthetic tiles whose series lengths vary as the generator draws them."""
+    from dualseg.config import DataConfig, SyntheticConfig
+    from dualseg.data import build_data, collate, generate
+    from dualseg.data.dataset import padded_length
+    from dualseg.data.tile import STREAMS
+    from dualseg.train.loaders import train_loader
+
+    generate(root, SyntheticConfig(tiles=tiles, size=32, s1_dates=dates[0], s2_dates=dates[1]))
+    spt = 8
+    cfg = DataConfig(root=str(root), patch_size=16, samples_per_tile=spt)
+    ds = build_data(cfg, splits=("train",)).datasets["train"]
+    lengths = [{k: info.streams[k].t for k in STREAMS} for info in ds.tiles]
+    batches = []
+    for rank in range(world):
+        loader, sampler, _ = train_loader(ds, collate, batch_size=batch, rank=rank, world_size=world, seed=0,
+                                          num_workers=0, pin_memory=False, max_t=None)
+        sampler.set_epoch(0)
+        keys = list(loader.batch_sampler)  # type: ignore[arg-type]  # an index, or a streaming key (index, ...)
+        batches += [[lengths[(k[0] if isinstance(k, tuple) else k) // spt] for k in idx] for idx in keys]
+    real = sum(t[k] for b in batches for t in b for k in STREAMS)
+    top = {k: max(t[k] for t in lengths) for k in STREAMS}
+    rows = []
+    for name, buckets, max_t in (("batch maximum (default)", None, None), ("time_buckets=4", 4, None),
+                                 ("time_buckets=8", 8, None), ("max_t = longest series", None, top)):
+        shapes = set()
+        padded = 0
+        for b in batches:
+            shape = tuple(padded_length(max(t[k] for t in b), max_t[k] if max_t else None, buckets) for k in STREAMS)
+            shapes.add(shape)
+            padded += len(b) * sum(shape)
+        rows.append((f"[{label}] {name}: extra frames, {len(shapes)} batch shapes", 100 * (padded - real) / real,
+                     "% of real frames"))
+    return rows
+
+
 def bench_generate(tmp: Path, repeat: int) -> list[tuple[str, float, str]]:
     from dualseg.config import SyntheticConfig
     from dualseg.data.synthetic import generate
@@ -250,7 +291,8 @@ def bench_generate(tmp: Path, repeat: int) -> list[tuple[str, float, str]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: stats,disk,quickstart,pastis,generate")
+    ap.add_argument("--skip", default="",
+                    help="comma list of parts to skip: stats,disk,quickstart,pastis,generate,padding")
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
     q = a.quick
@@ -268,6 +310,7 @@ def main() -> None:
             if "quickstart" not in skip:
                 rows += bench_loader("quickstart", root, patch=32, spt=16, batch=8, workers=0,
                                      buffer_mb=4 if q else 128, epochs=1 if q else 2, baseline=True)
+
         if "pastis" not in skip:
             # PASTIS-R shapes: 128x128 tiles, ~70 S1 x 3 / ~40 S2 x 10 dates, 64 px patches, 4 workers
             root = make_dataset(Path(tmp) / "pastis", 4 if q else 64, size=64 if q else 128, s1_dates=70,
@@ -276,6 +319,10 @@ def main() -> None:
                                  buffer_mb=8 if q else 256, epochs=1, s1_bands=["VV", "VH", "ratio"])
         if "generate" not in skip:
             rows += bench_generate(Path(tmp), 3 if not q else 1)
+        if "padding" not in skip:  # distinct tiles (the loader sets above copy 4), 4 ranks
+            n = 16 if q else 64
+            rows += bench_padding("quickstart", Path(tmp) / "pad-q", dates=(30, 24), batch=8, tiles=n)
+            rows += bench_padding("PASTIS", Path(tmp) / "pad-p", dates=(70, 40), batch=4, tiles=n)
     width = max(len(r[0]) for r in rows)
     print(f"{'measurement':<{width}}  {'value':>10}  unit")
     for name, value, unit in rows:

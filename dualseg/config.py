@@ -61,6 +61,9 @@ class DataConfig:
     patch_size: int = 32
     samples_per_tile: int = 8  # random training patches per tile per epoch
     max_t: int | None = None  # pad every batch to this T (None: batch maximum)
+    # pad each batch's T up to a multiple of this (None: the batch maximum): a few shapes instead of one
+    # per batch maximum, so the CUDA allocator reuses its blocks; data.max_t pads all to one size
+    time_buckets: int | None = None
     s1_bands: list[str] = field(default_factory=lambda: list(S1_BANDS))
     s2_bands: list[str] = field(default_factory=lambda: list(S2_BANDS))
     augment: bool = True

@@ -65,6 +65,8 @@ class HpcConfig:
     max_failed: int = 10
     max_resubmits: int = 2
     db_outage_s: float = 300.0
+    env_outage_s: float = 900.0  # a full/failing scratch: how long a trial waits before it is handed back
+    collective_timeout_s: float = 1800.0  # a collective of a trial's ranks; above db_outage_s (rank 0 waits there)
     lock_timeout_s: float = 10.0
     poll_interval: float = 5.0
     signal_delay_s: int = 90
@@ -108,6 +110,10 @@ def parse_hpc(cfg: Config, overrides: dict[str, Any] | None = None) -> HpcConfig
         (hpc.max_retry >= 0, "hpc.max_retry: must be >= 0"),
         (hpc.max_resubmits >= 0, "hpc.max_resubmits: must be >= 0"),
         (hpc.db_outage_s >= 0, "hpc.db_outage_s: must be >= 0"),
+        (hpc.env_outage_s >= 0, "hpc.env_outage_s: must be >= 0"),
+        (hpc.collective_timeout_s > hpc.db_outage_s,
+         f"hpc.collective_timeout_s: must exceed hpc.db_outage_s ({hpc.db_outage_s:g} s): while rank 0 waits out a "
+         f"database outage the other ranks wait in a collective (got {hpc.collective_timeout_s:g})"),
         (hpc.lock_timeout_s > 0, "hpc.lock_timeout_s: must be > 0"),
         (re.fullmatch(r"[A-Za-z0-9_.-]+", hpc.study) is not None,
          f"--study: {hpc.study!r} may only contain letters, digits, '_', '-', '.'"),

@@ -30,18 +30,22 @@ from dualseg.config import Config, load_config, to_dict
 from dualseg.data.preflight import check_dataset
 from dualseg.errors import DualsegError, InputError, report_error
 from dualseg.io import check_writable_dir
-from hpc import jobs, slurm
+from hpc import slurm
 from hpc.config import parse_hpc
-from hpc.jobs import Plan
 from hpc.paths import REPO_ROOT, claim_study_dir, new_incarnation, resolve_scratch
+from hpc.relaunch import check_relaunch
 from hpc.storage import (
     StorageURL,
+    check_connection_budget,
     create_or_load_study,
     open_database,
     resolve_storage,
     write_passfile,
 )
-from hpc.study import OpenStudy, StudyRecord, open_study, update_record
+from hpc.study import Counts, OpenStudy, StudyRecord, open_study, update_record
+from hpc.submit import SlurmBackend, jobs
+from hpc.submit.jobs import Plan
+from hpc.submit.resources import eval_job_name, worker_job_name
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 
@@ -78,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--executor", choices=["auto", "slurm", "local"], help="auto: slurm when sinfo works, else local")
     a("--dry-run", action="store_true", help="print every sbatch script that would be submitted; submit nothing")
     a("--no-eval", action="store_true", help="do not submit the evaluation job")
+    a("--allow-change", action="store_true", help="let a relaunch change --trials, the objective or the search space "
+      "of an existing study (or extend a complete one)")
     a("--prepare-only", action="store_true", help="validate, generate data, create/resume the study; submit nothing "
       "(then submit sbatch/train.sbatch yourself)")
     return p
@@ -130,10 +136,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     executor = hpc.executor
     if executor == "auto":
         executor = "slurm" if slurm.available() else "local"
-    if executor == "slurm" and hpc.partition is not None and slurm.available():
-        have = slurm.partitions()
-        if hpc.partition not in have:
-            raise InputError(f"--partition: unknown partition {hpc.partition!r} (have: {', '.join(have)})")
+    if executor == "slurm":
+        SlurmBackend().check_partition(hpc.partition)
     if executor == "local" and hpc.nodes > 1:
         raise InputError(f"--nodes: the local executor runs on one machine (got {hpc.nodes}); use --executor slurm")
     scratch = resolve_scratch(hpc.scratch, cfg.train.scratch)
@@ -153,7 +157,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         cfg.train.monitor = hpc.objective  # best.pt is chosen on what the study optimises
     if configured_storage or args.storage:
         cfg.hpc["storage"] = storage.public  # the config travels into pickles and results: never a password
-    return Plan(cfg, hpc, executor, scratch, storage)
+    return Plan(cfg, hpc, executor, scratch, storage, allow_change=args.allow_change)
 
 
 def prepare(plan: Plan) -> None:
@@ -170,14 +174,17 @@ def prepare(plan: Plan) -> None:
         ensure_data(plan.cfg)
         check_dataset(plan.cfg.data)  # every split, every tile (generated data too), before any job exists
         try:
-            existing = StudyRecord.read(db.load_study(plan.hpc.study))
+            before = db.load_study(plan.hpc.study)
+            existing, finished = StudyRecord.read(before), Counts.of(before.get_trials(deepcopy=False)).finished
         except InputError:
-            existing = StudyRecord()
-        plan.incarnation = existing.incarnation or new_incarnation()
-        claim_study_dir(plan.study_dir, plan.incarnation, plan.hpc.study)
+            existing, finished = StudyRecord(), 0
         record = StudyRecord(config=to_dict(plan.cfg), trials=plan.hpc.trials, scratch=str(plan.scratch),
-                             objective=plan.hpc.objective, code_version=code_version(), incarnation=plan.incarnation,
+                             objective=plan.hpc.objective, code_version=code_version(), incarnation=None,
                              launch={k: v for k, v in to_dict(plan.hpc).items() if k != "storage"})
+        check_relaunch(plan.hpc.study, existing, record, finished, plan.allow_change)
+        check_connection_budget(db, plan.hpc.workers)
+        plan.incarnation = record.incarnation = existing.incarnation or new_incarnation()
+        claim_study_dir(plan.study_dir, plan.incarnation, plan.hpc.study)
         study = create_or_load_study(db, plan.hpc.study, plan.hpc.direction, record.launch_attrs())
         adopt_orphans(OpenStudy(db, study, StudyRecord.read(study)), plan)
     finally:
@@ -212,8 +219,11 @@ def adopt_orphans(opened: OpenStudy, plan: Plan) -> None:
     from hpc.heal import fail_orphans
 
     arrays = opened.record.arrays
-    if arrays and not slurm.any_queued(arrays):
-        n = fail_orphans(opened, plan.hpc.max_retry)
+    listed = slurm.squeue_listing([worker_job_name(plan.hpc.study)], 0) if arrays else None
+    if arrays and listed is None:
+        print("warning: squeue does not answer; trials of earlier workers are left to the self-healing", flush=True)
+    elif arrays and listed is not None and not any(j.split("_")[0] in arrays for j in listed):
+        n = fail_orphans(opened, plan.hpc.max_retry, listed)
         if n:
             print(f"re-queued {n} trial(s) whose workers are gone; the new workers continue them", flush=True)
 
@@ -225,7 +235,11 @@ def submit_slurm(plan: Plan) -> tuple[str, str | None]:
     array_id = jobs.submit_array(plan, plan.hpc.workers)
     record_submission(plan, array_id)
     eval_id = None
-    if plan.hpc.eval:
+    waiting = slurm.squeue_listing([eval_job_name(plan.hpc.study)], 0) if plan.hpc.eval else None
+    if waiting:  # a relaunch of a running study: its evaluation job heals, then follows the new workers too
+        print(f"evaluation job {next(iter(waiting))} of study {plan.hpc.study!r} is already queued; "
+              "it follows the new workers", flush=True)
+    elif plan.hpc.eval:
         try:
             eval_id = jobs.submit_eval(plan, array_id, res)
         except InputError as exc:

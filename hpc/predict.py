@@ -13,9 +13,7 @@ Without SLURM (``--executor local``) the tasks run through submitit's local exec
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +27,13 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable,
 import submitit
 
 from dualseg.errors import DualsegError, InputError, report_error
+from dualseg.io import check_writable_dir
 from hpc import slurm
+from hpc.slurm import SlurmEnv
+from hpc.submit import Backend, LocalBackend, Resources, SlurmBackend, array_id
+
+WHAT = "prediction array (--partition/--account/--qos/--time/--mem/--gpus)"
+MAX_REQUEUES = 20  # a requeued task skips the tiles it already wrote
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,9 +89,9 @@ class PredictTask(submitit.helpers.Checkpointable):
 
         s = self.spec
         mine = s.tiles[self.index :: s.tasks]
-        label = os.environ.get("SLURM_ARRAY_JOB_ID", "local") + f"_{self.index}"
-        node = os.environ.get("SLURMD_NODENAME", "localhost")
-        print(f"task {self.index}/{s.tasks} ({label}) on {node}: {len(mine)} tile(s)", flush=True)
+        env = SlurmEnv.read()
+        print(f"task {self.index}/{s.tasks} ({env.label}) on {env.nodename or 'localhost'}: {len(mine)} tile(s)",
+              flush=True)
         res = predict_tiles(load_exported(s.model), s.root, mine, s.out, overlap=s.overlap, batch_size=s.batch_size,
                             device="auto", probabilities=s.probabilities, progress=False)
         for r in res:
@@ -112,45 +116,25 @@ def plan(a: argparse.Namespace) -> tuple[PredictSpec, list[str], str]:
     model = load_exported(a.model)
     names = list_tiles(a.tiles, a.split, a.tile)
     open_inputs(model, a.tiles, names)  # every tile checked before anything is submitted
-    out = a.out.expanduser().resolve()
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        raise InputError(f"--out: {out} is not writable")
+    out = check_writable_dir(a.out.expanduser().resolve(), "--out")
     done = [n for n in names if map_path(out, n).exists()]
     todo = [n for n in names if n not in done]
     executor = a.executor
     if executor == "auto":
         executor = "slurm" if slurm.available() else "local"
-    if executor == "slurm" and a.partition is not None:
-        have = slurm.partitions()
-        if a.partition not in have:
-            raise InputError(f"--partition: unknown partition {a.partition!r} (have: {', '.join(have)})")
+    if executor == "slurm":
+        SlurmBackend().check_partition(a.partition)
     spec = PredictSpec(str(a.model.expanduser().resolve()), str(a.tiles.expanduser().resolve()), todo, str(out),
                        max(1, min(a.tasks, len(todo))), a.overlap, a.batch_size, a.probabilities)
     return spec, done, executor
 
 
-def slurm_executor(a: argparse.Namespace, spec: PredictSpec) -> submitit.SlurmExecutor:
-    ex = submitit.SlurmExecutor(folder=Path(spec.out) / "logs", max_num_timeout=20)
-    params: dict[str, Any] = {"job_name": "dualseg-predict", "nodes": 1, "ntasks_per_node": 1,
-                              "time": slurm.time_to_minutes(a.time), "array_parallelism": a.parallel or spec.tasks,
-                              "additional_parameters": {"requeue": True}}
-    if a.gpus:
-        params["gpus_per_node"] = a.gpus
-    for key in ("partition", "account", "qos", "mem", "cpus_per_task"):
-        if getattr(a, key) is not None:
-            params[key] = getattr(a, key)
-    ex.update_parameters(**params)
-    return ex
-
-
-def array_script(ex: submitit.SlurmExecutor, spec: PredictSpec) -> str:
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    return _make_sbatch_string(command=ex._submitit_command_str, folder=ex.folder,
-                               map_count=spec.tasks if spec.tasks > 1 else None, **ex.parameters)
+def resources(a: argparse.Namespace, spec: PredictSpec) -> Resources:
+    """Every task: one process on one node, ``--gpus`` GPUs, requeued on timeout."""
+    return Resources(job_name="dualseg-predict", log_folder=Path(spec.out) / "logs",
+                     time_min=slurm.time_to_minutes(a.time), gpus_per_node=a.gpus, cpus_per_task=a.cpus_per_task,
+                     mem=a.mem, partition=a.partition, account=a.account, qos=a.qos, parallelism=a.parallel,
+                     max_requeues=MAX_REQUEUES)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,34 +146,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"all {len(done)} tile(s) already mapped in {spec.out}; nothing to submit")
             return 0
         head = f"{n} tile(s) to map in {spec.tasks} task(s)" + (f", {len(done)} already mapped" if done else "")
-        if executor == "local":
-            if a.dry_run:
-                print(f"# local executor: {head}; maps -> {spec.out}; nothing run")
-                return 0
-            local = submitit.LocalExecutor(folder=Path(spec.out) / "logs")
-            local.update_parameters(timeout_min=slurm.time_to_minutes(a.time), gpus_per_node=a.gpus)
-            jobs = local.submit_array([PredictTask(spec, i) for i in range(spec.tasks)])
-            written = sum(len(j.result()) for j in jobs)
-            print(f"{written} map(s) written -> {spec.out}")
-            return 0
-        ex = slurm_executor(a, spec)
-        script = array_script(ex, spec)
-        slurm.test_only(script, "prediction array (--partition/--account/--qos/--time/--mem/--gpus)")
+        res = resources(a, spec)
+        backend: Backend = SlurmBackend() if executor == "slurm" else LocalBackend()
+        what = WHAT if executor == "slurm" else "prediction array (--tasks x --gpus)"
+        backend.check(spec.tasks, res, what)
         if a.dry_run:
-            print(f"# array of {spec.tasks} task(s): {head}; maps -> {spec.out}")
-            print(script)
+            if isinstance(backend, SlurmBackend):
+                print(f"# array of {spec.tasks} task(s): {head}; maps -> {spec.out}")
+                print(backend.render(spec.tasks, res))
+            else:
+                print(f"# local executor: {head}; maps -> {spec.out}; nothing run")
             return 0
-        try:
-            jobs = ex.submit_array([PredictTask(spec, i) for i in range(spec.tasks)])
-        except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as exc:
-            raise InputError(f"sbatch refused the array: {str(exc).strip().splitlines()[-1]}") from None
+        jobs = backend.submit_array([PredictTask(spec, i) for i in range(spec.tasks)], res, what)
+        if executor == "local":
+            print(f"{sum(len(j.result()) for j in jobs)} map(s) written -> {spec.out}")
+            return 0
     except DualsegError as exc:
         return report_error(exc)
-    array_id = str(jobs[0].job_id).split("_")[0]
-    print(f"submitted array {array_id}: {head}")
+    print(f"submitted array {array_id(jobs)}: {head}")
     print(f"maps:  {spec.out}/<tile>.zarr (+ <tile>.tif for georeferenced tiles)")
     print(f"logs:  {Path(spec.out) / 'logs'}")
-    print(f"follow: squeue -j {array_id}; rerun the same command to resubmit only tiles not yet mapped")
+    print(f"follow: squeue -j {array_id(jobs)}; rerun the same command to resubmit only tiles not yet mapped")
     print(f"  {shlex.quote(sys.executable)} -m dualseg.predict --help  # the same on one machine")
     return 0
 

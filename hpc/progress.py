@@ -14,8 +14,8 @@ from typing import Any
 from optuna.trial import TrialState
 
 from dualseg.errors import one_line
-from hpc.jobs import Plan
 from hpc.study import Counts, TrialRecord, best, open_study
+from hpc.submit.jobs import Plan
 
 
 def _fmt(v: float | None) -> str:

@@ -77,6 +77,7 @@ class ScontrolRequeue:
         if self.resume_trial_id is not None:
             atomic_write_text(self.state_file, str(self.resume_trial_id))
         if self._slurm.job_id:
-            log.warning("requeueing job %s; it continues storage trial %s", self._slurm.job_id, self.resume_trial_id)
-            subprocess.run(["scontrol", "requeue", self._slurm.job_id], check=False, timeout=60)
+            log.warning("requeueing job %s; it continues storage trial %s", self._slurm.label, self.resume_trial_id)
+            # <array>_<task>: for task 0 of an array $SLURM_JOB_ID alone would requeue every task of it
+            subprocess.run(["scontrol", "requeue", self._slurm.label], check=False, timeout=60)
         raise SystemExit(REQUEUE_EXIT)

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from dualseg.config import Config, apply_overrides
 from dualseg.errors import TrainingError
+from hpc import slurm
 from hpc.config import HpcConfig
 from hpc.paths import trial_dir
 from hpc.requeue import RequeueStrategy
@@ -108,6 +109,9 @@ class TrialRunner:
     def _after_signal(self, trial_id: int | None) -> NoReturn:
         """Stop after a signal: the running trial is marked (kept alive while requeued), then requeue or exit."""
         wants = SIGNALS.requeue_wanted
+        if self.coord is not None and not wants and slurm.preempted(slurm.SlurmEnv.read().job_id):
+            log.warning("this job is being preempted: requeueing it (SLURM would record it COMPLETED and drop it)")
+            wants = True
         if self.coord is not None:
             if trial_id is not None:
                 self.coord.mark_requeued(trial_id)
@@ -125,7 +129,7 @@ class TrialRunner:
 
     def _train(self, job: Assignment) -> None:
         from dualseg.train import fit
-        from dualseg.train.failures import classify, release_resources
+        from dualseg.train.failures import release_resources
         from dualseg.train.log import set_log_context
 
         self.requeue.resume_trial_id = job.trial_id if self.rank == 0 else None
@@ -146,19 +150,29 @@ class TrialRunner:
                 return True
 
         heartbeat = self.coord.heartbeat(job.trial_id) if self.coord is not None else NullHeartbeat()
-        try:
-            with heartbeat:
-                result = fit(trial_cfg, run_dir=run_dir, callback=callback, resume=True,
-                             should_stop=SIGNALS.requested)
-        except Exception as exc:
-            fatal = classify(exc) == "fatal"
-            _fail_trial(self.coord, job, exc, fatal)
-            self.done["failed"] += 1
-            self.requeue.resume_trial_id = None
-            release_resources(exc)
-            if fatal:
-                raise
-            return
+        with heartbeat:  # beats through checkpoint seeding and environment pauses too
+            if self.coord is not None:
+                self.coord.seed(job)  # a retry starts from its predecessor's checkpoint
+            outage = EnvironmentOutage(self.hpc.env_outage_s)
+            while True:
+                try:
+                    result = fit(trial_cfg, run_dir=run_dir, callback=callback, resume=True,
+                                 should_stop=SIGNALS.requested)
+                    break
+                except Exception as exc:
+                    judged = broadcast(_judge(exc) if self.rank == 0 else None, self.world)  # rank 0 decides
+                    release_resources(exc)
+                    if judged == "environment":
+                        self._pause(job, exc, outage)
+                        continue
+                    _fail_trial(self.coord, job, exc, judged == "fatal")
+                    self.done["failed"] += 1
+                    self.requeue.resume_trial_id = None
+                    if judged == "fatal":
+                        raise
+                    return
+        if outage.since is not None:
+            log.warning("trial %d: the file system works again after %.0f s", job.number, outage.lasted())
         set_log_context(epoch=None)
         if result.stopped == "interrupted":
             self._after_signal(job.trial_id)
@@ -168,6 +182,26 @@ class TrialRunner:
             self._tell(job, result, run_dir)
         self.requeue.resume_trial_id = None
         set_log_context(trial=None)
+
+    def _pause(self, job: Assignment, exc: BaseException, outage: EnvironmentOutage) -> None:
+        """The scratch is full (or read-only, stale, failing): wait with backoff, keeping the trial's state;
+        past ``hpc.env_outage_s`` hand the trial back (WAITING, resumable) and end this job cleanly."""
+        delay = broadcast(outage.failed() if self.rank == 0 else None, self.world)  # rank 0's clock decides
+        if delay is None:
+            log.error("trial %d: %s for %.0f s (hpc.env_outage_s=%.0f): handing the trial back and stopping; "
+                      "it resumes from its checkpoint", job.number, _env_line(exc), outage.lasted(), outage.budget_s)
+            if self.coord is not None:
+                self.coord.release(job.trial_id, "the file system failed for longer than hpc.env_outage_s")
+            self.requeue.resume_trial_id = None
+            raise SystemExit(0)
+        if outage.attempts == 1:
+            log.warning("trial %d: %s — the file system's fault, not the trial's: it keeps its state; retrying "
+                        "for up to %.0f s", job.number, _env_line(exc), outage.budget_s)
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and not SIGNALS.requested():
+            time.sleep(0.5)
+        if broadcast(SIGNALS.requested() if self.rank == 0 else None, self.world):
+            self._after_signal(job.trial_id)
 
     def _tell(self, job: Assignment, result: FitResult, run_dir: Path) -> None:
         assert self.coord is not None
@@ -184,6 +218,40 @@ class TrialRunner:
         log.info("trial %d %s", job.number, result.stopped)
         if ok:  # a finished trial never resumes: its last.pt is dead weight (hpc.keep)
             on_trial_finished(run_dir.parent, job.number, state, self.hpc.keep)
+
+
+class EnvironmentOutage:
+    """One trial's run of environment errors: backoff delays until ``budget_s`` has passed since the first."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s, self.attempts = budget_s, 0
+        self.since: float | None = None
+
+    def failed(self) -> float | None:
+        """The next delay, or None when the budget is spent."""
+        now = time.monotonic()
+        self.since = self.since if self.since is not None else now
+        self.attempts += 1
+        if now - self.since >= self.budget_s:
+            return None
+        return min(60.0, 2.0 * 2 ** min(self.attempts - 1, 5), max(1.0, self.since + self.budget_s - now))
+
+    def lasted(self) -> float:
+        return 0.0 if self.since is None else time.monotonic() - self.since
+
+
+def _judge(exc: BaseException) -> str:
+    """``environment`` (retry, the trial keeps its state), ``trial`` (fail it, go on) or ``fatal`` (end the job)."""
+    from dualseg.train.failures import classify, environment_error
+
+    return "environment" if environment_error(exc) is not None else classify(exc)
+
+
+def _env_line(exc: BaseException) -> str:
+    from dualseg.train.failures import environment_error
+
+    err = environment_error(exc)
+    return f"{err.strerror or err} ({err.filename})" if err is not None and err.filename else str(err or exc)
 
 
 def _busy_seconds(history: list[dict[str, Any]]) -> float:

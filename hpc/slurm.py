@@ -8,6 +8,7 @@ are cached for a few seconds: many workers polling the study must not hammer slu
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -15,11 +16,16 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from dualseg.errors import InputError
 
+log = logging.getLogger("hpc.slurm")
+
 # squeue states in which a job will still run (or run again): its trial is not dead.
+# Queued but not running: a trial whose requeued job waits in one of these is kept alive by the others.
+WAITING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED"})
 QUEUED_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RUNNING",
                            "SUSPENDED", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT"})
 
@@ -153,11 +159,16 @@ def test_only(script: str, what: str) -> None:
                          f"--cpus-per-task): {reason}")
 
 
-def submit(script_path: str, cwd: str | None = None) -> str:
+def refused(what: str, message: str) -> InputError:
+    """The one error line of a refused submission: ``sbatch refused the <what>: <its last line>``."""
+    return InputError(f"sbatch refused the {what}: {_last_line(message).removeprefix('sbatch: error: ')}")
+
+
+def submit(script_path: str, what: str, cwd: str | None = None) -> str:
     """``sbatch --parsable``: the job id, or one InputError line."""
     out = subprocess.run(["sbatch", "--parsable", script_path], capture_output=True, text=True, cwd=cwd, timeout=60)
     if out.returncode != 0:
-        raise InputError(f"sbatch refused {script_path}: {_last_line(out.stderr)}")
+        raise refused(what, out.stderr)
     return out.stdout.strip().split(";")[0]
 
 
@@ -169,25 +180,47 @@ _cache: dict[str, tuple[float, dict[str, str]]] = {}
 _cache_lock = threading.Lock()
 
 
-def squeue_states(job_ids: list[str], max_age_s: float = 5.0) -> dict[str, str]:
-    """``{job: state}`` for jobs squeue still lists (``<array>_<task>`` or plain ids); one call, cached.
+def squeue_listing(names: Sequence[str] = (), max_age_s: float = 5.0) -> dict[str, str] | None:
+    """``{job: state}`` of every job squeue lists (array tasks as ``<array>_<task>``), one call, cached.
 
-    Asks for the whole queue of the involved job ids' owners in a single ``squeue`` call and filters
-    here, because ``squeue -j a,b`` fails as a whole once one id has left the queue.
+    ``None`` means *unknown* — squeue failed or timed out (slurmctld busy or restarting) — which is not
+    "nothing queued": callers must neither fail a live trial nor keep a dead one alive for long on it.
+    ``names`` (job names, e.g. ``dualseg-<study>``) keep the query to this study's jobs instead of the
+    whole cluster.
     """
-    wanted = sorted(set(j for j in job_ids if j and j[:1].isdigit()))
-    if not wanted or shutil.which("squeue") is None:
+    if shutil.which("squeue") is None:
         return {}
-    key = ",".join(wanted)
+    key = ",".join(names)
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None and time.monotonic() - hit[0] < max_age_s:
             return hit[1]
+    cmd = ["squeue", "-h", "-r", "-o", "%i %T", *(["--name", ",".join(names)] if names else [])]
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
-        return {}
+        return None
+    if out.returncode != 0:
+        log.warning("squeue failed (%s): job states unknown for now", _last_line(out.stderr) or out.returncode)
+        return None
     listed = dict(line.split()[:2] for line in out.stdout.splitlines() if len(line.split()) >= 2)
+    with _cache_lock:
+        _cache[key] = (time.monotonic(), listed)
+    return listed
+
+
+def squeue_states(job_ids: list[str], max_age_s: float = 5.0, names: Sequence[str] = ()) -> dict[str, str] | None:
+    """``{job: state}`` for those of ``job_ids`` squeue still lists (``<array>_<task>``, plain or array ids).
+
+    Filtered here from one listing, because ``squeue -j a,b`` fails as a whole once one id has left the
+    queue; ``None`` when squeue cannot tell (see :func:`squeue_listing`).
+    """
+    wanted = sorted(set(j for j in job_ids if j and j[:1].isdigit()))
+    if not wanted:
+        return {}
+    listed = squeue_listing(names, max_age_s)
+    if listed is None:
+        return None
     states: dict[str, str] = {}
     for job in wanted:
         if job in listed:
@@ -196,14 +229,27 @@ def squeue_states(job_ids: list[str], max_age_s: float = 5.0) -> dict[str, str]:
             tasks = [s for j, s in listed.items() if j.split("_")[0] == job]
             if tasks:
                 states[job] = "RUNNING" if "RUNNING" in tasks else tasks[0]
-    with _cache_lock:
-        _cache[key] = (time.monotonic(), states)
     return states
 
 
-def any_queued(job_ids: list[str]) -> bool:
-    """True while one of ``job_ids`` (array ids match their tasks) may still run."""
-    return any(s in QUEUED_STATES for s in squeue_states(job_ids, max_age_s=0).values())
+def preempted(job_id: str | None) -> bool:
+    """True when SLURM is preempting this job (``PreemptTime`` set). On partitions with ``PreemptMode=REQUEUE``
+    and a ``GraceTime`` a job that saves and exits within its grace time is recorded COMPLETED and *not*
+    requeued, so a preempted worker must requeue itself; ``scancel`` and node failures leave it unset."""
+    if not job_id or shutil.which("scontrol") is None:
+        return False
+    try:
+        out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    fields = dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
+    return out.returncode == 0 and fields.get("PreemptTime", "None") not in ("None", "Unknown", "")
+
+
+def any_queued(job_ids: list[str], names: Sequence[str] = ()) -> bool | None:
+    """True while one of ``job_ids`` (array ids match their tasks) may still run; None when squeue cannot tell."""
+    states = squeue_states(job_ids, max_age_s=0, names=names)
+    return None if states is None else any(s in QUEUED_STATES for s in states.values())
 
 
 _TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")

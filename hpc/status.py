@@ -28,6 +28,7 @@ from hpc.retention import human, scratch_usage
 from hpc.slurm import QUEUED_STATES, squeue_states
 from hpc.storage import StorageURL, resolve_storage
 from hpc.study import Counts, TrialRecord, best, open_study
+from hpc.submit.resources import worker_job_name
 
 
 def _fmt(v: Any) -> str:
@@ -40,14 +41,15 @@ def collect(storage: StorageURL, study_name: str) -> dict[str, Any]:
         study, record, trials = opened.study, opened.record, opened.trials()
     top = best(trials, study.direction)
     run = [(t, TrialRecord.of(t)) for t in trials if t.state == TrialState.RUNNING]
-    slurm = squeue_states([r.job or "?" for _, r in run])
+    slurm = squeue_states([r.job or "?" for _, r in run], names=[worker_job_name(study_name)])
     running = []
     for t, r in run:
         job = r.job or "?"
-        state = slurm.get(job, "-")
+        state = "?" if slurm is None else slurm.get(job, "-")  # "?": squeue cannot tell right now
         running.append({"number": t.number, "job": job, "slurm": state, "requeued": bool(r.requeued_job),
                         "last_step": max(t.intermediate_values) if t.intermediate_values else None,
-                        "retry_of": r.retry_of, "stale": job[:1].isdigit() and state not in QUEUED_STATES})
+                        "retry_of": r.retry_of,
+                        "stale": slurm is not None and job[:1].isdigit() and state not in QUEUED_STATES})
     failed = [{"number": t.number, "error": TrialRecord.of(t).error or "no heartbeat (job died)"}
               for t in trials if t.state == TrialState.FAIL]
     scratch = Path(record.scratch) / study_name if record.scratch else None

@@ -31,9 +31,10 @@ from dualseg.train.rundir import CHECKPOINTS, METRICS, has_checkpoint
 from hpc.config import HpcConfig
 from hpc.paths import trial_dir
 from hpc.search import build_pruner, build_sampler, suggest
-from hpc.slurm import QUEUED_STATES, SlurmEnv, squeue_states
+from hpc.slurm import WAITING_STATES, SlurmEnv, squeue_states
 from hpc.storage import OUTAGE, Database, LockTimeout, call, critical_section, job_storage, open_database
 from hpc.study import JOB_ID, REQUEUED_JOB, Counts, Heartbeat, TrialOutcome, allocation_key, decide, fail_trials, schema
+from hpc.submit.resources import worker_job_name
 
 log = logging.getLogger("hpc.trials")
 R = TypeVar("R")
@@ -99,6 +100,7 @@ class Coordinator:
         self.study_dir = Path(spec.scratch) / spec.study
         self.label = SlurmEnv.read().label
         self._last_keepalive = 0.0
+        self._squeue_ok_at = time.monotonic()
         self._adopted = False
 
     def _retry(self, fn: Callable[[], R], what: str) -> R:
@@ -115,8 +117,12 @@ class Coordinator:
     # ---- the ask ---------------------------------------------------------------------------
     def next(self, resume_trial_id: int | None, stop_requested: Callable[[], bool] = lambda: False) -> Assignment:
         """The job's next step; a stop requested while asking hands a fresh trial back (never trains it)."""
-        if resume_trial_id is None and not self._adopted:
-            resume_trial_id = self._requeued_here()  # SLURM requeued us itself (preemption, node failure)
+        if not self._adopted:  # the study, not the pickle, knows what this task trained last
+            marked = self._requeued_here()
+            if marked is not None and resume_trial_id not in (None, marked):
+                log.warning("this task was requeued again after training another trial: continuing storage trial %d "
+                            "(its own requeue mark), not %d", marked, resume_trial_id)
+            resume_trial_id = marked if marked is not None else resume_trial_id
         self._adopted = True
         if resume_trial_id is not None:
             resumed = self._resume(resume_trial_id)
@@ -141,9 +147,12 @@ class Coordinator:
             self.release(job.trial_id)
             return Assignment("stop", reason="signal received while asking; trial handed back")
         job.params = self._sample(job.trial_id, job.number)
-        self._retry(lambda: self.db.storage.set_trial_user_attr(job.trial_id, JOB_ID, self.label), "set job id")
-        seed_from_retry(self.study_dir, self._retry(lambda: self.db.storage.get_trial(job.trial_id), "get trial"))
+        self._set_attr(job.trial_id, JOB_ID, self.label)
         return job
+
+    def seed(self, job: Assignment) -> None:
+        """Hand a retry its predecessor's checkpoint (the caller's heartbeat runs: copies can take minutes)."""
+        seed_from_retry(self.study_dir, self._retry(lambda: self.db.storage.get_trial(job.trial_id), "get trial"))
 
     def _decide(self, token: str, retried: bool) -> Assignment:
         """The decision, in one transaction that holds the study lock for a handful of statements."""
@@ -183,20 +192,25 @@ class Coordinator:
 
         return dict(self._retry(go, "suggest"))
 
-    def release(self, trial_id: int) -> None:
-        """Hand a RUNNING trial back as WAITING (a signal arrived during the ask): the next ask takes it."""
+    def release(self, trial_id: int, why: str = "signal received while asking") -> None:
+        """Hand a RUNNING trial back as WAITING, never failed: the next ask takes it (and its checkpoint)."""
         def go() -> None:
             with Session(self.db.engine) as s, s.begin():
                 schema.release(s, trial_id)
 
         self._retry(go, "hand trial back")
-        log.warning("signal received while asking: trial handed back to the study, not started")
+        log.warning("%s: trial handed back to the study", why)
 
     # ---- requeued jobs ---------------------------------------------------------------------
     def _requeued_here(self) -> int | None:
-        """The RUNNING trial this array task was running when SLURM requeued it (marked before it exited)."""
+        """The RUNNING trial this array task was training when it was requeued, whichever path requeued it
+        (USR2, SIGTERM of preemption or ``scancel``, a node failure): marked before it exited. A stale
+        second mark (an earlier requeue's) is cleared, so nobody keeps that trial alive for this task."""
         marked = self._read(lambda s: schema.running_with_attr(s, self.study_id, REQUEUED_JOB), "find requeued trial")
-        return next((tid for tid, job in marked.items() if job == self.label), None)
+        mine = sorted(tid for tid, job in marked.items() if job == self.label)
+        for old in mine[:-1]:
+            self._set_attr(old, REQUEUED_JOB, None)
+        return mine[-1] if mine else None
 
     def _resume(self, trial_id: int) -> Assignment | None:
         frozen = self._retry(lambda: self.db.storage.get_trial(trial_id), "get trial")
@@ -205,7 +219,7 @@ class Coordinator:
                         frozen.number, frozen.state.name)
             return None
         self._beat(trial_id)
-        self._retry(lambda: self.db.storage.set_trial_user_attr(trial_id, REQUEUED_JOB, None), "clear requeued")
+        self._set_attr(trial_id, REQUEUED_JOB, None)
         return Assignment("train", trial_id, frozen.number, self._sample(trial_id, frozen.number), "resumed")
 
     def _keep_queued_alive(self) -> None:
@@ -220,9 +234,16 @@ class Coordinator:
         queued = self._read(lambda s: schema.running_with_attr(s, self.study_id, REQUEUED_JOB), "list requeued")
         if not queued:
             return
-        states = squeue_states([str(j) for j in queued.values()])
+        states = squeue_states([str(j) for j in queued.values()], names=[worker_job_name(self.spec.study)])
+        now = time.monotonic()
+        if states is not None:
+            self._squeue_ok_at = now
+        elif now - self._squeue_ok_at > self.hpc.grace_period:
+            return  # squeue unknown for a whole grace period: stop vouching; dead trials go stale in bounded time
         for trial_id, job in queued.items():
-            if states.get(str(job)) in QUEUED_STATES:
+            # a job RUNNING again adopts its trial within seconds; one RUNNING but training something else
+            # must not keep this trial alive for ever
+            if states is None or states.get(str(job)) in WAITING_STATES:
                 self._beat(trial_id)
 
     def _beat(self, trial_id: int) -> None:

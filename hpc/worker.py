@@ -79,7 +79,9 @@ def run_worker(spec: WorkerSpec, requeue: RequeueStrategy | None = None) -> dict
     set_log_context(node=slurm.nodename or socket.gethostname().split(".")[0])
     cfg = from_dict(Config, spec.config)
     hpc = parse_hpc(cfg, spec.hpc_overrides)
-    info = init_distributed(cfg.train.device)  # kept for the whole loop; fit reuses it
+    # kept for the whole loop (fit reuses it); a collective waits at most hpc.collective_timeout_s
+    info = init_distributed(cfg.train.device, hpc.collective_timeout_s,
+                            trace_dir=Path(spec.scratch) / spec.study / "logs" / "nccl")
     coord: Coordinator | None = None
     started = time.monotonic()
     runner: TrialRunner | None = None
@@ -171,7 +173,9 @@ def _share_spec(spec: WorkerSpec) -> WorkerSpec:
     from dualseg.train import init_distributed
 
     cfg_device = spec.config.get("train", {}).get("device", "auto") if spec.config else "auto"
-    info = init_distributed(os.environ.get("DUALSEG_DEVICE", cfg_device))
+    # the other ranks learn the config only through this group: its timeout comes from the job's environment
+    info = init_distributed(os.environ.get("DUALSEG_DEVICE", cfg_device),
+                            float(os.environ.get("DUALSEG_COLLECTIVE_TIMEOUT_S", "1800")))
     if info.world_size > 1:
         box = [spec]
         dist.broadcast_object_list(box, src=0)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from dualseg.config import DataConfig
+from dualseg.data.backend import get_xp, run_stats
 from dualseg.data.dataset import TileDataset, collate
 from dualseg.data.read import read_labels
 from dualseg.data.splits import resolve_splits
@@ -33,7 +34,6 @@ from dualseg.data.stats import (
     cache_path,
     compute_partial,
     fingerprint,
-    get_xp,
     load_cached,
     pack,
     save_cached,
@@ -71,6 +71,11 @@ def _check_options(cfg: DataConfig) -> None:
         raise InputError(f"data.samples_per_tile must be >= 1, got {cfg.samples_per_tile}")
     if cfg.max_t is not None and cfg.max_t < 1:
         raise InputError(f"data.max_t must be >= 1, got {cfg.max_t}")
+    if cfg.time_buckets is not None and cfg.time_buckets < 1:
+        raise InputError(f"data.time_buckets must be >= 1, got {cfg.time_buckets}")
+    if cfg.time_buckets is not None and cfg.max_t is not None:
+        raise InputError("data.time_buckets and data.max_t both set: max_t pads every batch to one length "
+                         "already; set one of them")
     if cfg.cache_mb < 0 or cfg.num_workers < 0 or cfg.buffer_mb < 0:
         raise InputError("data.cache_mb, data.buffer_mb and data.num_workers must be >= 0")
     for key, bands in (("s1", cfg.s1_bands), ("s2", cfg.s2_bands)):
@@ -128,10 +133,12 @@ def _check_consistent(infos: list[TileInfo], cfg: DataConfig) -> None:
 
 
 def _stats(
-    cfg: DataConfig, train: list[TileInfo], num_classes: int, gather: Gather | None, cache: bool, rank: int, world: int
+    cfg: DataConfig, train: list[TileInfo], num_classes: int, gather: Gather | None, cache: bool, rank: int, world: int,
+    device: torch.device | None,
 ) -> BandStats:
     """``data.stats_cache``: read (a valid entry, else compute and write), rebuild (compute and
-    overwrite), off (compute only); ``cache=False`` means off."""
+    overwrite), off (compute only); ``cache=False`` means off. ``device``: the trainer's; the pass
+    runs on its GPU (CuPy, ``data.stats_backend``), or on numpy when the trainer is on the CPU."""
     mode = cfg.stats_cache if cache else "off"
     bands = {"s1": list(cfg.s1_bands), "s2": list(cfg.s2_bands)}
     channels = {k: len(v) for k, v in bands.items()}
@@ -144,11 +151,13 @@ def _stats(
     if cached is not None:
         log.info("band statistics loaded from %s (data.stats_cache=rebuild recomputes them)", path)
         return BandStats.from_partial(cached, bands)
-    xp = get_xp(cfg.stats_backend)
+    on_cpu = device is not None and device.type == "cpu" and cfg.stats_backend == "auto"
+    gpu = device.index if device is not None and device.type == "cuda" else None
+    xp = get_xp("numpy" if on_cpu else cfg.stats_backend, gpu)
     if gather is None:
-        total = compute_partial(train, num_classes, channels, xp, progress=len(train) > 20)
+        total = run_stats(xp, lambda m: compute_partial(train, num_classes, channels, m, progress=len(train) > 20), gpu)
     else:
-        total = _gathered(train[rank::world], num_classes, channels, xp, gather, rank)
+        total = _gathered(train[rank::world], num_classes, channels, xp, gpu, gather, rank)
     result = BandStats.from_partial(total, bands)  # raises on zero variance before caching
     if path is not None and rank == 0:
         save_cached(path, total, bands)
@@ -156,7 +165,8 @@ def _stats(
 
 
 def _gathered(
-    shard: list[TileInfo], num_classes: int, channels: dict[str, int], xp: Any, gather: Gather, rank: int
+    shard: list[TileInfo], num_classes: int, channels: dict[str, int], xp: Any, gpu: int | None, gather: Gather,
+    rank: int,
 ) -> Partial:
     """This rank's partial, merged with all others in one all-gather.
 
@@ -166,7 +176,8 @@ def _gathered(
     empty = Partial({k: Moments.zeros(channels[k]) for k in STREAMS}, np.zeros(num_classes))
     error: BaseException | None = None
     try:
-        mine = compute_partial(shard, num_classes, channels, xp, progress=rank == 0 and len(shard) > 20)
+        progress = rank == 0 and len(shard) > 20
+        mine = run_stats(xp, lambda m: compute_partial(shard, num_classes, channels, m, progress=progress), gpu)
     except Exception as exc:  # noqa: BLE001 - re-raised below, after the collective
         error, mine = exc, empty
     gathered = gather(np.append(pack(mine), 1.0 if error is not None else 0.0))
@@ -189,11 +200,13 @@ def build_data(
     *,
     rank: int | None = None,
     world_size: int | None = None,
+    device: torch.device | None = None,
 ) -> DataBundle:
     """Datasets for ``splits`` plus stats/class weights from the train tiles (see module doc).
 
     ``gather`` all-gathers a 1-D float64 array across ranks; with it each rank reads only its
-    shard of the train tiles (``rank``/``world_size`` default to torch.distributed's).
+    shard of the train tiles (``rank``/``world_size`` default to torch.distributed's). ``device``
+    is the trainer's: the statistics pass uses the same GPU (None: CuPy's current device, if any).
     """
     _check_options(cfg)
     explicit = cfg.train_tiles is not None and all(
@@ -214,7 +227,7 @@ def build_data(
     ref = infos[names[0]]
     rank, world = _rank_world(rank, world_size, gather)
     train = [infos[n] for n in lists["train"]]
-    stats = _stats(cfg, train, ref.num_classes, gather, cache, rank, world)
+    stats = _stats(cfg, train, ref.num_classes, gather, cache, rank, world, device)
     weights = compute_class_weights(stats.class_counts, cfg.class_weighting, ref.class_names)
     datasets = {}
     for split in splits:
@@ -244,7 +257,7 @@ def build_data(
         s2_channels=len(cfg.s2_bands),
         class_weights=weights,
         stats=stats,
-        collate_fn=functools.partial(collate, max_t=cfg.max_t),
+        collate_fn=functools.partial(collate, max_t=cfg.max_t, time_buckets=cfg.time_buckets),
         tiles={s: list(lists[s]) for s in splits},
         max_t=max_t,
     )

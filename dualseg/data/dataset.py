@@ -355,8 +355,21 @@ def _to_tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
 
 
-def collate(batch: list[dict[str, torch.Tensor]], max_t: int | None = None) -> dict[str, torch.Tensor]:
-    """Stack items, padding each stream along time to the batch max (or ``max_t``).
+def padded_length(t: int, max_t: int | None = None, time_buckets: int | None = None) -> int:
+    """The time length a batch whose longest series has ``t`` dates is padded to: ``max_t``, else
+    ``t`` rounded up to a multiple of ``time_buckets``, else ``t``."""
+    if max_t is not None:
+        return max_t
+    if time_buckets is not None:
+        return -(-t // time_buckets) * time_buckets
+    return t
+
+
+def collate(
+    batch: list[dict[str, torch.Tensor]], max_t: int | None = None, time_buckets: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Stack items, padding each stream along time to the batch max, rounded up to a multiple of
+    ``time_buckets`` (``data.time_buckets``), or to ``max_t`` (``data.max_t``).
 
     Adds ``s1_pad``/``s2_pad`` (B,T) bool, True where the date is padding or invalid in the patch.
     Padded values and day-of-year are 0.
@@ -368,10 +381,9 @@ def collate(batch: list[dict[str, torch.Tensor]], max_t: int | None = None) -> d
     for key in STREAMS:
         ts = [item[key].shape[1] for item in batch]
         t = max(ts)
-        if max_t is not None:
-            if t > max_t:
-                raise InputError(f"data.max_t={max_t} is smaller than a {key} series of T={t}")
-            t = max_t
+        if max_t is not None and t > max_t:
+            raise InputError(f"data.max_t={max_t} is smaller than a {key} series of T={t}")
+        t = padded_length(t, max_t, time_buckets)
         c, h, w = batch[0][key].shape[0], *batch[0][key].shape[2:]
         x = torch.zeros((b, c, t, h, w), dtype=batch[0][key].dtype)
         doy = torch.zeros((b, t), dtype=torch.int64)

@@ -6,7 +6,7 @@ tile the moments come from shifted float64 sums (``sum(x-K)``, ``sum((x-K)^2)``)
 blocks: one streaming read of the float32 data from memory (the block's second and third passes
 hit L2), float64 accuracy, and a NaN-free fast path. The
 block kernel (:func:`moments_xp`) is generic in the array module ``xp`` so the same code runs on
-numpy or, when available, CuPy on a GPU.
+numpy or, when it works there, CuPy on a GPU (:mod:`dualseg.data.backend` chooses).
 
 The pass also counts training labels per class (for class weights), so one collective merges
 everything: :func:`pack` / :func:`unpack` turn a :class:`Partial` into one float64 vector.
@@ -66,21 +66,6 @@ class Moments:
     def std(self) -> np.ndarray:
         """Population standard deviation."""
         return np.sqrt(self.m2 / np.where(self.count > 0, self.count, 1.0))
-
-
-def get_xp(backend: str = "auto") -> ModuleType:
-    """``numpy``, or ``cupy`` when requested/available on a GPU ("auto" | "numpy" | "cupy")."""
-    if backend == "numpy":  # the config's Literal: "numpy", else CuPy when there ("auto") or required ("cupy")
-        return np
-    try:
-        import cupy
-
-        if cupy.cuda.runtime.getDeviceCount() > 0:
-            return cupy
-    except Exception:  # noqa: BLE001 - not installed, no driver, no device
-        if backend == "cupy":
-            raise InputError("data.stats_backend=cupy but CuPy with a GPU is not available") from None
-    return np
 
 
 def _host(v: Any) -> np.ndarray:

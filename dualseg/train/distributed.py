@@ -4,15 +4,19 @@ The HPC layer exports SLURM state as ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MA
 ``MASTER_PORT`` (submitit's TorchDistributedEnvironment); torchrun sets the same. Without them we run
 as a single process with no process group, so notebooks and tests need no launcher. Every helper is
 a no-op (or identity) without a process group, which keeps the trainer free of ``if world > 1``.
+Which GPU a rank takes is :mod:`dualseg.train.device`'s decision; how NCCL reports a failed
+collective (an exception on the trial, a flight-recorder dump) is set by :func:`nccl_environment`.
 """
 
 from __future__ import annotations
 
 import datetime
 import gc
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +24,9 @@ import torch
 import torch.distributed as dist
 
 from dualseg.errors import InputError
+from dualseg.train.device import DeviceChoice, choose_device, visible_device_count
+
+log = logging.getLogger(__name__)
 
 _REQUIRED = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -51,55 +58,98 @@ def _int_env(name: str) -> int:
         raise InputError(f"distributed: environment variable {name}={raw!r} is not an integer") from None
 
 
-def resolve_device(device: str, local_rank: int) -> torch.device:
-    """``auto`` -> cuda:LOCAL_RANK when a GPU is visible, else cpu (one process per GPU)."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise InputError(f"config: train.device must be auto, cpu or cuda, got {device!r}")
-    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise InputError("config: train.device=cuda but no CUDA device is available")
-    n = torch.cuda.device_count()
-    if local_rank >= n:
-        raise InputError(f"distributed: LOCAL_RANK={local_rank} but only {n} CUDA device(s) visible")
-    torch.cuda.set_device(local_rank)
-    return torch.device("cuda", local_rank)
+# What dualseg sets for NCCL unless the user set it (under any of its names: torch reads the first
+# one set). Names, values and defaults are PyTorch 2.13's (c10d/ProcessGroupNCCL.hpp, FlightRecorder.hpp):
+# - ASYNC_ERROR_HANDLING 2 (CleanUpOnly; torch's default is 3, SkipCleanUp): on a failed or timed-out
+#   collective the watchdog aborts the communicators instead of killing the process, so the waiting
+#   Python call raises DistBackendError ("Watchdog caught collective operation timeout", then "NCCL
+#   communicator was aborted") and the search records the trial's failure. The heartbeat monitor still
+#   ends a process that does not get there (TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC, 8 min, after the dump)
+#   unless it destroyed its process group.
+# - DUMP_ON_TIMEOUT 1 with a flight-recorder buffer: every rank dumps its last collectives (which
+#   one hung, on which rank) on a timeout or error; TORCH_FR_DUMP_TEMP_FILE puts the dumps in
+#   ``trace_dir`` instead of the node-local /tmp.
+# TORCH_NCCL_BLOCKING_WAIT stays unset: it turns the watchdog (and those dumps) off.
+NCCL_SETTINGS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("TORCH_NCCL_ASYNC_ERROR_HANDLING", "NCCL_ASYNC_ERROR_HANDLING"), "2"),
+    (("TORCH_NCCL_DUMP_ON_TIMEOUT",), "1"),
+    (("TORCH_FR_BUFFER_SIZE", "TORCH_NCCL_TRACE_BUFFER_SIZE"), "2000"),
+)
+TRACE_FILE_VARS = ("TORCH_FR_DUMP_TEMP_FILE", "TORCH_NCCL_DEBUG_INFO_TEMP_FILE")
+TRACE_FILE_PREFIX = "nccl_trace_rank_"  # torch appends the global rank
 
 
-def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
+def nccl_environment(env: Mapping[str, str], trace_dir: str | Path | None = None) -> dict[str, str]:
+    """The variables to add to ``env`` before an NCCL process group is made (see ``NCCL_SETTINGS``).
+
+    Pure: a variable the user set, under any of its names, is left out, so the user's choice wins.
+    With ``trace_dir``, flight-recorder dumps go to ``<trace_dir>/nccl_trace_rank_<rank>``.
+    """
+    add: dict[str, str] = {}
+    for names, value in NCCL_SETTINGS:
+        if not any(n in env for n in names):
+            add[names[0]] = value
+    if trace_dir is not None and not any(n in env for n in TRACE_FILE_VARS):
+        prefix = str(Path(trace_dir) / TRACE_FILE_PREFIX)
+        add.update(dict.fromkeys(TRACE_FILE_VARS, prefix))  # both names, one value: no order question
+    return add
+
+
+def _place(requested: str, world: int) -> DeviceChoice:
+    choice = choose_device(os.environ, visible_device_count(), world, requested)
+    if choice.index is not None:
+        torch.cuda.set_device(choice.index)
+    return choice
+
+
+def init_distributed(
+    device: str = "auto", timeout_s: float = 1800.0, *, trace_dir: str | Path | None = None
+) -> DistInfo:
     """Join (or reuse) the process group described by the environment.
 
     An already initialised group (the caller did it) is reused and left alone. With no torchrun
-    variables, or ``WORLD_SIZE=1``, we stay a single process. Backend: nccl on CUDA, gloo on CPU.
+    variables, or ``WORLD_SIZE=1``, we stay a single process. The device comes from
+    :func:`~dualseg.train.device.choose_device`; backend nccl on CUDA (after :func:`nccl_environment`,
+    its flight-recorder dumps in ``trace_dir``), gloo on CPU. ``timeout_s`` bounds every collective:
+    past it a rank waiting on a dead or stalled peer fails instead of hanging.
     """
+    if timeout_s <= 0:
+        raise InputError(f"distributed: the collective timeout must be > 0 s, got {timeout_s:g}")
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
-        local_rank = _int_env("LOCAL_RANK") if "LOCAL_RANK" in os.environ else 0
-        return DistInfo(rank, world, local_rank, resolve_device(device, local_rank), owns_group=False)
+        choice = _place(device, world)
+        return DistInfo(rank, world, choice.local_rank, choice.device, owns_group=False)
     present = [k for k in _REQUIRED if k in os.environ]
     world = _int_env("WORLD_SIZE") if "WORLD_SIZE" in os.environ else 1
     if world <= 1:
-        local_rank = _int_env("LOCAL_RANK") if "LOCAL_RANK" in os.environ else 0
-        return DistInfo(0, 1, local_rank, resolve_device(device, local_rank), owns_group=False)
+        choice = _place(device, 1)
+        return DistInfo(0, 1, choice.local_rank, choice.device, owns_group=False)
     missing = [k for k in _REQUIRED if k not in present]
     if missing:
         raise InputError(f"distributed: WORLD_SIZE={world} but {', '.join(missing)} not set in the environment")
     rank = _int_env("RANK")
     if not 0 <= rank < world:
         raise InputError(f"distributed: RANK={rank} outside [0, WORLD_SIZE={world})")
-    local_rank = _int_env("LOCAL_RANK") if "LOCAL_RANK" in os.environ else 0
-    dev = resolve_device(device, local_rank)
-    backend = "nccl" if dev.type == "cuda" else "gloo"
-    kwargs: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
+    choice = _place(device, world)
+    log.info("rank %d/%d on %s (%s), %s backend", rank, world, choice.device, choice.why, choice.backend)
+    kwargs: dict[str, Any] = {}
+    if choice.backend == "nccl":
+        added = nccl_environment(os.environ, trace_dir)
+        if trace_dir is not None and TRACE_FILE_VARS[0] in added:
+            Path(trace_dir).mkdir(parents=True, exist_ok=True)
+        os.environ.update(added)
+        if added:
+            log.info("NCCL settings (export one to override): %s", " ".join(f"{k}={v}" for k, v in added.items()))
+        kwargs["device_id"] = choice.device
     dist.init_process_group(
-        backend=backend,
+        backend=choice.backend,
         init_method="env://",
         rank=rank,
         world_size=world,
         timeout=datetime.timedelta(seconds=timeout_s),
         **kwargs,
     )
-    return DistInfo(rank, world, local_rank, dev, owns_group=True)
+    return DistInfo(rank, world, choice.local_rank, choice.device, owns_group=True)
 
 
 def cleanup(info: DistInfo | None = None) -> None:

@@ -79,7 +79,7 @@ def evaluate_checkpoint(
     info = init_distributed(cfg.train.device)
     k = 0
     try:
-        bundle = build_data(cfg.data, splits=(split,), gather=None)
+        bundle = build_data(cfg.data, splits=(split,), gather=None, device=info.device)
         meta = state.get("data", {})
         _check_compatible(meta, bundle, path, split)
         _check_stats(meta, bundle, path)

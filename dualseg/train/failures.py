@@ -10,7 +10,10 @@ the trial). Unknown errors count as the trial's: the next trial shows whether th
 
 from __future__ import annotations
 
+import errno
 import gc
+import re
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -35,18 +38,40 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXT)
 
 
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from or while handling (each once)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        yield cur
+        cur = cur.__cause__ or cur.__context__
+
+
+def _poisoned(exc: BaseException) -> BaseException | None:
+    """What left the process unusable, in ``exc``'s chain: a ``DistError``, or a RuntimeError naming
+    NCCL/gloo or a poisoned CUDA context; None when nothing did."""
+    for e in _chain(exc):
+        if isinstance(e, torch.distributed.DistError):
+            return e
+        if isinstance(e, RuntimeError) and not isinstance(e, (torch.OutOfMemoryError, DualsegError)) and \
+                any(t in str(e).lower() for t in _FATAL_TEXT):
+            return e
+    return None
+
+
 def classify(exc: BaseException) -> Kind:
-    """``"trial"``: fail this trial and go on; ``"fatal"``: fail it, then end the process."""
+    """``"trial"``: fail this trial and go on; ``"fatal"``: fail it, then end the process.
+
+    A broken communicator or CUDA context anywhere in the chain (an error raised while handling
+    one, or ``from`` one) is fatal: whatever wrapped it, the next collective would fail too.
+    """
+    if _poisoned(exc) is not None:
+        return "fatal"
     if isinstance(exc, DualsegError):
         return "trial"  # our own one-line errors (NaN loss, bad data, a damaged checkpoint)
     if isinstance(exc, (ImportError, SyntaxError)):
         return "fatal"  # the code itself is broken: every trial would fail the same way
-    if isinstance(exc, torch.distributed.DistError):
-        return "fatal"  # DistBackendError / DistNetworkError / DistStoreError: the communicator is gone
-    text = str(exc).lower()
-    if isinstance(exc, RuntimeError) and not isinstance(exc, torch.OutOfMemoryError) and \
-            any(t in text for t in _FATAL_TEXT):
-        return "fatal"
     if is_oom(exc) or isinstance(exc, OSError):
         return "trial"  # an OOM (CUDA's allocator recovers), disk quota, a vanished file
     if not isinstance(exc, Exception):
@@ -63,8 +88,41 @@ def _line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+# ProcessGroupNCCL's messages (PyTorch 2.13): the watchdog's timeout, raised in the waiting call with
+# TORCH_NCCL_ASYNC_ERROR_HANDLING=2 (dualseg.train.distributed.nccl_environment), then every later
+# collective on the aborted communicator.
+_TIMEOUT = re.compile(r"watchdog caught collective operation timeout", re.I)
+_WORK = re.compile(r"SeqNum=(\d+), OpType=(\w+).*?Timeout\(ms\)=(\d+)\).*?ran for (\d+) milliseconds", re.S)
+_RANK = re.compile(r"\bRank (\d+)\]")
+_ABORTED = re.compile(r"NCCL communicator was aborted on rank (\d+)", re.I)
+_PEER_HINT = "a peer rank died, hung or fell behind: its log and the nccl_trace_rank_* dumps name it"
+
+
+def _collective_line(exc: BaseException) -> str | None:
+    """What a failed collective means, in one line, or None when ``exc`` is not one we know."""
+    text = str(exc)
+    if _TIMEOUT.search(text):
+        work, rank = _WORK.search(text), _RANK.search(text)
+        where = f" on rank {rank.group(1)}" if rank else ""
+        if work is None:
+            return f"collective timeout (NCCL){where}: {_PEER_HINT}"
+        seq, op, limit_ms, ran_ms = work.groups()
+        return (f"collective timeout (NCCL): {op} #{seq}{where} waited {int(ran_ms) / 1000:.0f} s "
+                f"(timeout {int(limit_ms) / 1000:.0f} s); {_PEER_HINT}")
+    aborted = _ABORTED.search(text)
+    if aborted:
+        return (f"collective failed (NCCL): communicator aborted on rank {aborted.group(1)} after an earlier "
+                "collective failed or timed out; the process cannot run collectives any more")
+    return None
+
+
 def describe(exc: BaseException) -> str:
-    """One line for the trial's recorded error and the job log (``out of memory (CUDA): ...``, ``OSError: ...``)."""
+    """One line for the trial's recorded error and the job log (``out of memory (CUDA): ...``, ``OSError: ...``,
+    ``collective timeout (NCCL): ALLREDUCE #12 on rank 3 waited 1800 s ...``)."""
+    poisoned = _poisoned(exc)
+    known = _collective_line(poisoned) if poisoned is not None else None
+    if known is not None:
+        return known
     line = _line(exc)
     if isinstance(exc, DualsegError):
         return line
@@ -104,3 +162,23 @@ def release_resources(exc: BaseException | None = None) -> None:
 
 
 __all__ = ["Kind", "classify", "describe", "is_oom", "release_resources"]
+
+
+# A full or broken file system is the cluster's fault, not the trial's: the same trial succeeds once
+# space (or the file server) is back, so it must neither be failed nor counted towards hpc.max_failed.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ESTALE, errno.EROFS})
+
+
+def environment_error(exc: BaseException) -> OSError | None:
+    """The disk-full / quota / I/O / stale-handle / read-only error anywhere in ``exc``'s cause chain, if any."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+            return e
+        todo += [e.__cause__, e.__context__]
+    return None

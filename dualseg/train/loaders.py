@@ -68,6 +68,7 @@ def train_loader(
     num_workers: int,
     pin_memory: bool,
     max_t: int | None,
+    time_buckets: int | None = None,
 ) -> tuple[DataLoader, SkipSampler, torch.Generator]:
     """Shuffled, rank-sharded loader; the caller sets epoch/skip on the sampler and seeds the generator.
 
@@ -89,7 +90,7 @@ def train_loader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        collate_fn=partial(collate, max_t=max_t),
+        collate_fn=partial(collate, max_t=max_t, time_buckets=time_buckets),
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=False,  # the dataset's epoch (set_epoch) must reach fresh workers
@@ -109,6 +110,7 @@ def eval_loader(
     num_workers: int,
     pin_memory: bool,
     max_t: int | None,
+    time_buckets: int | None = None,
 ) -> DataLoader:
     """In-order loader over this rank's shard (no padding, no duplicates)."""
     if not isinstance(dataset, Sized):
@@ -117,7 +119,7 @@ def eval_loader(
         dataset,
         batch_size=batch_size,
         sampler=ShardSampler(len(dataset), rank, world_size),
-        collate_fn=partial(collate, max_t=max_t),
+        collate_fn=partial(collate, max_t=max_t, time_buckets=time_buckets),
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=False,

@@ -168,7 +168,7 @@ class _Fit:
 
         validate_model_config(cfg.model)  # bad model options fail before any data is read
         check_patch_size(cfg.model, cfg.data.patch_size)
-        self.bundle = build_data(cfg.data, splits=("train", "val"), gather=make_gather(info.device))
+        self.bundle = build_data(cfg.data, splits=("train", "val"), gather=make_gather(info.device), device=info.device)
         for split in ("train", "val"):
             ds = self.bundle.datasets.get(split)
             if ds is None or len(ds) == 0:
@@ -198,11 +198,12 @@ class _Fit:
         self.loader, self.sampler, self.generator = train_loader(
             self.bundle.datasets["train"], collate, batch_size=t.batch_size, rank=info.rank,
             world_size=info.world_size, seed=t.seed, num_workers=cfg.data.num_workers, pin_memory=pin,
-            max_t=cfg.data.max_t,
+            max_t=cfg.data.max_t, time_buckets=cfg.data.time_buckets,
         )
         self.val_loader = eval_loader(
             self.bundle.datasets["val"], collate, batch_size=t.batch_size, rank=info.rank,
             world_size=info.world_size, num_workers=cfg.data.num_workers, pin_memory=pin, max_t=cfg.data.max_t,
+            time_buckets=cfg.data.time_buckets,
         )
         self.steps_per_epoch = steps_per_epoch(len(self.bundle.datasets["train"]), t.batch_size, info.world_size)
         total = t.epochs * self.steps_per_epoch

@@ -8,12 +8,13 @@ settings, connection budget, create-once), :mod:`.lock` (the study-wide critical
 from hpc.storage.database import (
     CONNECTIONS_PER_JOB,
     Database,
+    check_connection_budget,
     connection_budget,
     create_or_load_study,
     engine_kwargs,
     open_database,
 )
-from hpc.storage.lock import LOCK_HELD_S, LockTimeout, critical_section
+from hpc.storage.lock import LOCK_HELD_S, LockTimeout, critical_section, exclusive
 from hpc.storage.retry import OUTAGE, DatabaseUnavailable, RetryingStorage, call, is_connection_error
 from hpc.storage.url import (
     PASSFILE_ENV,
@@ -27,7 +28,8 @@ from hpc.storage.url import (
 
 __all__ = [
     "CONNECTIONS_PER_JOB", "LOCK_HELD_S", "OUTAGE", "PASSFILE_ENV", "PASSWORD_ENV", "STORAGE_ENV", "Database",
-    "DatabaseUnavailable", "LockTimeout", "RetryingStorage", "StorageURL", "call", "connection_budget",
-    "create_or_load_study", "critical_section", "engine_kwargs", "is_connection_error", "job_storage", "open_database",
-    "resolve_storage", "write_passfile",
+    "DatabaseUnavailable", "LockTimeout", "RetryingStorage", "StorageURL", "call", "check_connection_budget",
+    "connection_budget",
+    "create_or_load_study", "critical_section", "engine_kwargs", "exclusive", "is_connection_error", "job_storage",
+    "open_database", "resolve_storage", "write_passfile",
 ]

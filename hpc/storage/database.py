@@ -41,6 +41,25 @@ def connection_budget(workers: int) -> int:
     return CONNECTIONS_PER_JOB * workers + 2
 
 
+def check_connection_budget(db: Database, workers: int) -> None:
+    """PostgreSQL: the server (``max_connections`` less the superuser reserve) and the role's ``CONNECTION
+    LIMIT`` must allow the search's peak; otherwise workers fail with "too many clients" hours later."""
+    if db.url.is_sqlite:
+        return
+    need = connection_budget(workers)
+    with db.engine.connect() as c:
+        server = int(c.execute(sqlalchemy.text("SHOW max_connections")).scalar_one())
+        reserved = int(c.execute(sqlalchemy.text("SHOW superuser_reserved_connections")).scalar_one())
+        role = c.execute(sqlalchemy.text("SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user")).scalar()
+    limits = [(server - reserved, f"max_connections {server} - {reserved} reserved")]
+    if role is not None and int(role) >= 0:
+        limits.append((int(role), f"the role's CONNECTION LIMIT {int(role)}"))
+    for allowed, what in limits:
+        if need > allowed:
+            raise InputError(f"--workers: {workers} worker(s) need up to {need} database connections (2 per worker "
+                             f"+ 2), but {db.url.masked} allows {allowed} ({what}); lower --workers or raise the limit")
+
+
 def engine_kwargs(storage: StorageURL) -> dict[str, Any]:
     """NullPool (no idle connections), bounded connect time, keepalives, no idling inside a transaction."""
     if storage.is_sqlite:
@@ -50,7 +69,10 @@ def engine_kwargs(storage: StorageURL) -> dict[str, Any]:
         "connect_args": {
             "connect_timeout": 10, "application_name": "dualseg",
             "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
-            "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
+            # UTC sessions: Optuna stores heartbeats as now() in the session's zone, and a zone with daylight
+            # saving would make every trial look stale (or immortal) for an hour at the change.
+            "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS} -c timezone=UTC",
+            "target_session_attrs": "read-write",  # after a failover a floating IP may point at a standby
         },
     }
 

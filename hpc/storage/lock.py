@@ -21,8 +21,10 @@ from pathlib import Path
 import sqlalchemy
 from sqlalchemy.orm import Session
 
+from hpc.storage.retry import sqlstate
 from hpc.storage.url import StorageURL
 
+LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired (the server's words are translated; its code is not)
 LOCK_HELD_S: list[float] = []  # one entry per critical section of this process (bench/bench_hpc.py)
 
 
@@ -70,9 +72,36 @@ def critical_section(engine: sqlalchemy.engine.Engine, storage: StorageURL, stud
             try:
                 session.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(study_name)})
             except sqlalchemy.exc.OperationalError as exc:
-                if "lock timeout" in str(exc).lower():
+                if exc.orig is not None and sqlstate(exc.orig) == LOCK_NOT_AVAILABLE:
                     raise LockTimeout("study lock busy") from None
                 raise
             t0 = time.monotonic()
             yield session
         LOCK_HELD_S.append(time.monotonic() - t0)
+
+
+@contextlib.contextmanager
+def exclusive(engine: sqlalchemy.engine.Engine, storage: StorageURL, name: str, timeout_s: float) -> Iterator[None]:
+    """A named lock held for longer work outside any transaction (one healer of a study at a time).
+
+    PostgreSQL: a *session* advisory lock on a connection that stays idle between statements, so
+    ``idle_in_transaction_session_timeout`` never cuts it; released on exit or when the connection dies.
+    SQLite: ``flock`` on a file beside the database. :class:`LockTimeout` after ``timeout_s``.
+    """
+    if storage.is_sqlite:
+        db = storage.sqlite_path
+        with _flock(Path(f"{db}.{lock_key(name) & 0xFFFF:04x}.lock"), timeout_s) if db else contextlib.nullcontext():
+            yield
+        return
+    key = lock_key(name)
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        deadline = time.monotonic() + timeout_s
+        while not conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+            if time.monotonic() > deadline:
+                raise LockTimeout(f"{name} busy")
+            time.sleep(0.5 + random.random())
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})

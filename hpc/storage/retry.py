@@ -31,7 +31,15 @@ from optuna.trial import TrialState
 T = TypeVar("T")
 log = logging.getLogger("hpc.storage")
 
-# Permanent: retrying a wrong password or a missing database only delays the error.
+# By SQLSTATE, what the server says in any language: connection exceptions (class 08), shutdown and crash
+# recovery (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now: starting up or in
+# recovery), too many connections, a read-only transaction (a failover left us on a standby), and
+# serialization failures/deadlocks (the transaction may simply run again).
+TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300", "25006", "40001", "40P01"})
+PERMANENT_SQLSTATES = frozenset({"28000", "28P01", "3D000", "42501"})  # auth, unknown database, privilege
+# Without a SQLSTATE (libpq failed before or without a server reply: refused, DNS, reset, a server in
+# recovery at connect time) the driver's error is connection-level; these English words still make a
+# wrong password or a missing database fail fast where the server speaks English.
 _PERMANENT = ("password authentication failed", "authentication failed", "does not exist", "pg_hba.conf",
               "permission denied", "no password supplied")
 # Transient: server restarting/shutting down, connection refused/reset, too many clients.
@@ -55,9 +63,27 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         todo += [e.__cause__, e.__context__, getattr(e, "orig", None)]
 
 
+def sqlstate(exc: BaseException) -> str | None:
+    """The server's SQLSTATE of a driver error (psycopg2 ``pgcode``, psycopg 3 ``sqlstate``), if any."""
+    code = getattr(exc, "pgcode", None) or getattr(exc, "sqlstate", None)
+    return code if isinstance(code, str) and len(code) == 5 else None
+
+
+def _is_driver_error(e: BaseException) -> bool:
+    kind = type(e)
+    return kind.__module__.split(".")[0] in ("psycopg2", "psycopg") and any(
+        c.__name__ in ("OperationalError", "InterfaceError") for c in kind.__mro__)
+
+
 def is_connection_error(exc: BaseException) -> bool:
-    """True for connection loss worth waiting out (anywhere in the cause chain), False for e.g. a bad password."""
+    """True for connection loss worth waiting out (anywhere in the cause chain), False for e.g. a bad password.
+
+    The SQLSTATE decides when the server sent one; the message text only where none exists.
+    """
     chain = list(_chain(exc))
+    codes = {c for e in chain if (c := sqlstate(e)) is not None}
+    if codes:
+        return not codes & PERMANENT_SQLSTATES and any(c[:2] == "08" or c in TRANSIENT_SQLSTATES for c in codes)
     text = " ".join(str(e).lower() for e in chain)
     if any(word in text for word in _PERMANENT):
         return False
@@ -66,9 +92,9 @@ def is_connection_error(exc: BaseException) -> bool:
             return True
         if isinstance(e, (sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.TimeoutError, ConnectionError)):
             return True
+        if _is_driver_error(e):
+            return True  # no SQLSTATE: libpq itself failed (refused, DNS, reset, recovery at connect time)
         if isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-            return any(word in text for word in _TRANSIENT)
-        if type(e).__module__.startswith("psycopg2") and type(e).__name__ in ("OperationalError", "InterfaceError"):
             return any(word in text for word in _TRANSIENT)
     return False
 

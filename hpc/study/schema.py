@@ -131,3 +131,9 @@ def running_with_attr(s: Session, sid: int, key: str) -> dict[int, Any]:
 
 def running_ids(s: Session, sid: int) -> Iterable[int]:
     return [int(t) for t in s.scalars(sa.select(T.trial_id).where(T.study_id == sid, T.state == TrialState.RUNNING))]
+
+
+def running_jobs(s: Session, sid: int) -> dict[int, str]:
+    """RUNNING trials and the job that owns each (the requeued one if marked; "" when none was recorded)."""
+    jobs, requeued = running_with_attr(s, sid, JOB_ID), running_with_attr(s, sid, REQUEUED_JOB)
+    return {tid: str(requeued.get(tid) or jobs.get(tid) or "") for tid in running_ids(s, sid)}

@@ -87,8 +87,10 @@ def test_stats_cache_is_keyed_by_content(tmp_path, data, monkeypatch):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda g: g.create_array("labels", data=np.full((16, 16), 9, "i2"), overwrite=True, attributes={"ignore_index": 255}), r"tile t1: labels contain \[9\]"),
-        (lambda g: g["s1"].create_array("VH", data=np.full((5, 16, 16), np.nan, "f4"), overwrite=True), r"tile t1: band s1/VH is all NaN"),
+        (lambda g: g.create_array("labels", data=np.full((16, 16), 9, "i2"), overwrite=True,
+                                  attributes={"ignore_index": 255}), r"tile t1: labels contain \[9\]"),
+        (lambda g: g["s1"].create_array("VH", data=np.full((5, 16, 16), np.nan, "f4"), overwrite=True),
+         r"tile t1: band s1/VH is all NaN"),
         (lambda g: g.attrs.__setitem__("class_names", ["x", "y", "z"]), r"tile t1: class_names differ from tile t0"),
         (lambda g: g["s2"].__delitem__("B06"), r"tile t1: missing band s2/B06"),
     ],
@@ -106,6 +108,10 @@ def test_option_errors(tmp_path, data):
     root = data.write_root(tmp_path, n=4)
     with pytest.raises(InputError, match=r"tile t\d: s\d has T=\d > data.max_t=3"):
         build_data(data.cfg(root, max_t=3))
+    with pytest.raises(InputError, match=r"data.time_buckets must be >= 1, got 0"):
+        build_data(data.cfg(root, time_buckets=0))
+    with pytest.raises(InputError, match=r"data.time_buckets and data.max_t both set"):
+        build_data(data.cfg(root, time_buckets=4, max_t=8))
     with pytest.raises(InputError, match=r"patch_size=17 is larger than tile t0"):
         build_data(data.cfg(root, patch_size=17))
     with pytest.raises(InputError, match=r"unknown method 'log'"):
@@ -154,7 +160,8 @@ def _rank_main(rank: int, world: int, port: int, good: str, bad: str, out: str) 
     from dualseg.config import DataConfig
 
     b = build_data(DataConfig(root=good, patch_size=8, augment=False), gather=gather)
-    np.save(f"{out}/rank{rank}.npy", np.concatenate([b.stats.mean["s2"], b.stats.std["s2"], b.stats.class_counts, calls]))
+    np.save(f"{out}/rank{rank}.npy",
+            np.concatenate([b.stats.mean["s2"], b.stats.std["s2"], b.stats.class_counts, calls]))
     try:
         build_data(DataConfig(root=bad, patch_size=8), gather=gather, cache=False)
         msg = "no error"
@@ -186,7 +193,8 @@ def test_ddp_stats_merge_and_a_failing_rank_does_not_hang_the_others(tmp_path, d
         np.testing.assert_allclose(got[: want.size], want, rtol=1e-12)
         assert got[want.size :].tolist() == [1, 3 * 12 + 3 + 1]  # cache flag, then one packed gather (+ status)
     assert (tmp_path / "rank1.txt").read_text() == "tile t1: band s2/B04 is all NaN/nodata"
-    assert (tmp_path / "rank0.txt").read_text() == "stats: rank 1 failed reading its train tiles (its log names the tile)"
+    expected = "stats: rank 1 failed reading its train tiles (its log names the tile)"
+    assert (tmp_path / "rank0.txt").read_text() == expected
 
 
 def test_bad_label_in_val_tile_fails_at_build(tmp_path, data):

@@ -39,7 +39,8 @@ def test_item_contract_and_normalisation(tmp_path, data):
 
 
 def test_day_of_year():
-    days = (np.array(["2021-01-01", "2021-12-31", "2020-12-31", "2022-03-01"], dtype="datetime64[D]") - np.datetime64("1970-01-01")).astype(int)
+    dates = np.array(["2021-01-01", "2021-12-31", "2020-12-31", "2022-03-01"], dtype="datetime64[D]")
+    days = (dates - np.datetime64("1970-01-01")).astype(int)
     assert day_of_year(days).tolist() == [1, 365, 366, 60]
 
 
@@ -96,7 +97,7 @@ def test_augmentation_is_identical_across_streams_and_labels(tmp_path, data):
         seen.add((k, f))
         p, q = plain[i], aug[i]
 
-        def tf(t):
+        def tf(t, k=k, f=f):
             t = torch.rot90(t, k, dims=(-2, -1))
             return torch.flip(t, dims=(-1,)) if f else t
 
@@ -152,6 +153,43 @@ def test_collate_pads_time_and_masks(tmp_path, data):
     assert fixed["s1"].shape[2] == 6 and fixed["s2"].shape[2] == 6 and fixed["s1_pad"][:, 5].all()
     with pytest.raises(InputError, match=r"max_t=3 is smaller than a s1 series of T=5"):
         collate(items, max_t=3)
+
+
+@pytest.mark.parametrize("buckets", [None, 1, 4, 8])
+def test_time_buckets_pad_to_a_multiple_and_mask_the_padding(tmp_path, data, buckets):
+    infos = _tiles(tmp_path, data, n=3)  # s1: T=5 each; s2: T=3, 4, 5
+    ds = TileDataset(infos, MEAN, STD, patch_size=16, train=False)
+    items = [ds[0], ds[1]]  # s2 batch maximum 4
+    plain, b = collate(items), collate(items, time_buckets=buckets)
+    for key, t in (("s1", 5), ("s2", 4)):
+        want = t if buckets is None else -(-t // buckets) * buckets
+        assert b[key].shape[2] == b[f"{key}_pad"].shape[1] == b[f"{key}_doy"].shape[1] == want
+        torch.testing.assert_close(b[key][:, :, :t], plain[key], rtol=0, atol=0)  # same data, same place
+        assert torch.equal(b[f"{key}_pad"][:, :t], plain[f"{key}_pad"])
+        assert b[f"{key}_pad"][:, t:].all() and not b[f"{key}_valid"][:, t:].any()  # every added frame is padding
+        assert (b[key][:, :, t:] == 0).all() and (b[f"{key}_doy"][:, t:] == 0).all()
+    assert torch.equal(b["s2_pad"], ~b["s2_valid"])
+    if buckets == 8:  # a batch of another maximum lands in the same bucket: one shape, not one per maximum
+        assert collate([ds[2]], time_buckets=8)["s2"].shape[2] == 8
+
+
+@pytest.mark.parametrize("opts", [{}, {"temporal": "mean", "fusion": "early", "temporal_kernel": 3}])
+def test_time_buckets_do_not_change_the_models_output(tmp_path, data, opts):
+    """The model is padding-invariant (tests/model): the extra padded frames change no logit beyond 1e-5."""
+    from dualseg.config import ModelConfig
+    from dualseg.model import build_model
+
+    infos = _tiles(tmp_path, data, n=2)
+    ds = TileDataset(infos, MEAN, STD, patch_size=16, train=False)
+    items = [ds[0], ds[1]]
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(levels=2, base_width=8, n_heads=2, d_k=4, **opts), 2, 10, 3).eval()
+    keys = ("s1", "s2", "s1_pad", "s2_pad", "s1_doy", "s2_doy")
+    with torch.no_grad():
+        ref = model(**{k: v for k, v in collate(items).items() if k in keys})
+        for buckets in (4, 8, 16):
+            out = model(**{k: v for k, v in collate(items, time_buckets=buckets).items() if k in keys})
+            assert (out - ref).abs().max().item() <= 1e-5
 
 
 def test_dataloader_workers_and_distributed_sampler(tmp_path, data):

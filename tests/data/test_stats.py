@@ -10,7 +10,6 @@ from dualseg.data.stats import (
     Moments,
     Partial,
     compute_partial,
-    get_xp,
     moments_xp,
     pack,
     tile_partial,
@@ -39,7 +38,8 @@ def _assert_exact(x: np.ndarray, got: tuple[np.ndarray, np.ndarray, np.ndarray])
 @pytest.mark.parametrize("block", [7, 1000, 1 << 15])
 def test_moments_exact_vs_float64(block):
     rng = np.random.default_rng(0)
-    x = np.stack([rng.normal(5000, 300, 20_000), rng.normal(-15, 4, 20_000), rng.uniform(0, 1, 20_000)]).astype(np.float32)
+    x = np.stack([rng.normal(5000, 300, 20_000), rng.normal(-15, 4, 20_000),
+                  rng.uniform(0, 1, 20_000)]).astype(np.float32)
     x[0, rng.random(20_000) < 0.3] = np.nan
     x[1, :5000] = np.nan  # whole first blocks missing
     x[2, 17] = np.inf
@@ -79,7 +79,8 @@ def test_merged_partials_equal_union():
 
 
 def test_pack_unpack_round_trip():
-    p = Partial({"s1": Moments(*[np.arange(2.0) + i for i in range(3)]), "s2": Moments(*[np.arange(3.0) * i for i in range(3)])}, np.array([5.0, 0, 7]))
+    p = Partial({"s1": Moments(*[np.arange(2.0) + i for i in range(3)]),
+                 "s2": Moments(*[np.arange(3.0) * i for i in range(3)])}, np.array([5.0, 0, 7]))
     q = unpack(pack(p), {"s1": 2, "s2": 3}, 3)
     for k in ("s1", "s2"):
         for a in ("count", "mean", "m2"):
@@ -126,20 +127,6 @@ def test_zero_variance_and_empty_band_are_named():
     empty = Partial({"s1": ok, "s2": Moments.zeros(1)}, np.ones(2))
     with pytest.raises(InputError, match=r"band s2/B02 has no valid pixel"):
         BandStats.from_partial(empty, bands)
-
-
-def test_backend_selection():
-    assert get_xp("numpy") is np
-    try:
-        import cupy  # noqa: F401
-
-        has_cupy = True
-    except ImportError:
-        has_cupy = False
-    if not has_cupy:
-        assert get_xp("auto") is np
-        with pytest.raises(InputError, match="CuPy"):
-            get_xp("cupy")
 
 
 def test_row_windows_bound_memory_and_give_same_stats(tmp_path, data, monkeypatch):

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 OPTIONS = ["--config", "--nodes", "--gpus-per-node", "--trials", "--workers", "--parallel", "--partition", "--account",
            "--qos", "--time", "--mem", "--cpus-per-task", "--storage", "--study", "--scratch", "--executor",
-           "--dry-run", "--no-eval"]
+           "--dry-run", "--no-eval", "--allow-change"]
 
 
 def test_help_lists_every_option(hpc_tools: SimpleNamespace) -> None:

@@ -55,6 +55,24 @@ def test_squeue_is_one_batched_cached_call_and_tolerates_gone_jobs(slurm_env) ->
 
 
 @pytest.mark.slurm
+def test_squeue_asks_for_the_study_s_jobs_only_and_a_failure_is_unknown(slurm_env, tmp_path) -> None:
+    out = subprocess.run(["sbatch", "--parsable", "--job-name=dualseg-mine", "--wrap", "sleep 30",
+                          f"--partition={slurm_env['partition']}", "--output=/dev/null"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    job = out.stdout.strip().split(";")[0]
+    try:
+        assert job in slurm.squeue_listing(["dualseg-mine"], max_age_s=0)
+        assert slurm.squeue_states([job], max_age_s=0, names=["dualseg-other"]) == {}  # another study's name
+        (tmp_path / "broken.conf").write_text("")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("SLURM_CONF", str(tmp_path / "broken.conf"))  # the real squeue, failing at once
+            assert slurm.squeue_states([job], max_age_s=0, names=["dualseg-mine"]) is None
+            assert slurm.any_queued([job], names=["dualseg-mine"]) is None  # unknown, not "gone"
+    finally:
+        subprocess.run(["scancel", job], timeout=30)
+
+
+@pytest.mark.slurm
 def test_partition_resources_honour_max_cpus_per_node(slurm_env) -> None:
     assert slurm.partition_resources(slurm_env["partition"]).cpus >= 2
     assert slurm.partition_resources("one").cpus == 1  # tests/cluster/slurm.conf.in: MaxCPUsPerNode=1

@@ -101,6 +101,53 @@ def test_connection_errors_are_recognised_through_optunas_wrapper() -> None:
     assert not is_connection_error(ValueError("server closed the connection"))
 
 
+@pytest.mark.postgres
+def test_server_errors_are_classified_by_sqlstate_in_utc_sessions(pg_db_url: str) -> None:
+    """Real server errors: a read-only transaction (failover onto a standby) is waited out, a missing table
+    is not; a session killed by the server is; every session runs in UTC and insists on read-write."""
+    from hpc.storage.retry import sqlstate
+
+    url = StorageURL.parse(pg_db_url)
+    engine = sa.create_engine(url.connect, **engine_kwargs(url))
+    with engine.connect() as c:
+        assert c.execute(sa.text("SHOW timezone")).scalar() == "UTC"
+    assert engine_kwargs(url)["connect_args"]["target_session_attrs"] == "read-write"
+
+    def error(*statements: str) -> BaseException:
+        try:
+            with engine.connect() as c:
+                for stmt in statements:
+                    c.execute(sa.text(stmt))
+        except sa.exc.DBAPIError as exc:
+            return exc
+        raise AssertionError(f"no error from {statements}")
+
+    read_only = error("SET default_transaction_read_only = on", "COMMIT", "CREATE TABLE zz (x int)")
+    assert sqlstate(read_only.orig) == "25006" and is_connection_error(read_only)  # type: ignore[attr-defined]
+    missing = error("SELECT * FROM no_such_table")
+    assert sqlstate(missing.orig) == "42P01" and not is_connection_error(missing)  # type: ignore[attr-defined]
+    assert is_connection_error(error("SELECT pg_terminate_backend(pg_backend_pid())"))
+    engine.dispose()
+
+
+def test_sqlstates_decide_over_message_text() -> None:
+    """A server speaking another language: the SQLSTATE decides, the words do not."""
+
+    class Recovery(Exception):
+        pgcode = "57P03"
+
+    class BadPassword(Exception):
+        pgcode = "28P01"
+
+    class Serialization(Exception):
+        sqlstate = "40001"
+
+    german = Recovery("das Datenbanksystem ist im Wiederherstellungsmodus")
+    assert is_connection_error(sa.exc.OperationalError("c", {}, german))
+    assert is_connection_error(sa.exc.OperationalError("c", {}, Serialization("could not serialize access")))
+    assert not is_connection_error(sa.exc.OperationalError("c", {}, BadPassword("server closed the connection")))
+
+
 def test_call_waits_out_an_outage_within_the_budget_and_gives_up_after() -> None:
     attempts = []
 

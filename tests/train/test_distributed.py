@@ -17,7 +17,7 @@ import torch.distributed as dist
 from dualseg.config import Config, to_dict
 from dualseg.errors import InputError
 from dualseg.train import fit
-from dualseg.train.distributed import all_reduce_sum, init_distributed
+from dualseg.train.distributed import TRACE_FILE_VARS, all_reduce_sum, init_distributed, nccl_environment
 
 WORKER = r"""
 import json, sys, torch
@@ -31,7 +31,8 @@ cfg = from_dict(Config, json.loads(sys.argv[1]))
 rank = int(__import__("os").environ["RANK"])
 res = fit(cfg, callback=lambda e, m: rank == 0 and e == 1)  # only rank 0 wants to stop: broadcast
 assert not dist.is_initialized(), "fit must destroy the group it created"
-out = {"stopped": res.stopped, "epochs_run": res.epochs_run, "history": res.history}
+out = {"stopped": res.stopped, "epochs_run": res.epochs_run, "history": res.history,
+       "nccl_env": "TORCH_NCCL_ASYNC_ERROR_HANDLING" in __import__("os").environ}
 open(sys.argv[2], "w").write(json.dumps(out))
 """
 
@@ -88,6 +89,7 @@ def test_two_rank_gloo_identical_metrics(make_cfg: Callable[..., Config], tmp_pa
         assert p.returncode == 0, log[-3000:]
     r0, r1 = (json.loads(o.read_text()) for o in outs)
     assert r0["stopped"] == r1["stopped"] == "callback" and r0["epochs_run"] == r1["epochs_run"] == 2
+    assert not r0["nccl_env"] and not r1["nccl_env"]  # a gloo group leaves the NCCL settings alone
     clocks = ("val_time_s", "train_time_s")  # each rank's own wall time
     strip = lambda hs: [{k: v for k, v in h.items() if k not in clocks} for h in hs]  # noqa: E731
     assert strip(r0["history"]) == strip(r1["history"])  # all-reduced: bit-identical on both ranks
@@ -139,6 +141,36 @@ def test_incomplete_env_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MASTER_PORT", "1")
     with pytest.raises(InputError, match="RANK='x' is not an integer"):
         init_distributed("cpu")
+
+
+def test_nccl_environment_sets_only_what_the_user_did_not() -> None:
+    assert nccl_environment({}) == {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "2", "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
+                                    "TORCH_FR_BUFFER_SIZE": "2000"}
+    user = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "3", "TORCH_NCCL_DUMP_ON_TIMEOUT": "0"}
+    assert nccl_environment(user) == {"TORCH_FR_BUFFER_SIZE": "2000"}
+    # a legacy or alternative name counts as set: torch reads the first one present, ours must not win
+    legacy = {"NCCL_ASYNC_ERROR_HANDLING": "1", "TORCH_NCCL_TRACE_BUFFER_SIZE": "0"}
+    assert nccl_environment(legacy) == {"TORCH_NCCL_DUMP_ON_TIMEOUT": "1"}
+    # dumps into the job's trace directory, under both names torch reads; unless the user chose a file
+    added = nccl_environment({}, trace_dir="/scratch/s/logs/nccl-81234")
+    assert [added[v] for v in TRACE_FILE_VARS] == ["/scratch/s/logs/nccl-81234/nccl_trace_rank_"] * 2
+    assert not set(TRACE_FILE_VARS) & set(nccl_environment({"TORCH_NCCL_DEBUG_INFO_TEMP_FILE": "/x/t_"}, "/d"))
+    assert not set(TRACE_FILE_VARS) & set(nccl_environment({}))  # no directory: torch's default
+
+
+def test_bad_local_rank_fails_before_any_side_effect(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No group, no trace directory, no NCCL variable: the error comes first."""
+    for k in ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "TORCH_NCCL_DUMP_ON_TIMEOUT", "TORCH_FR_BUFFER_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    env = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1", "LOCAL_RANK": "z"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(InputError, match="LOCAL_RANK='z' is not an integer"):
+        init_distributed("cpu", trace_dir=tmp_path / "nccl")
+    assert not dist.is_initialized() and not (tmp_path / "nccl").exists()
+    assert "TORCH_NCCL_ASYNC_ERROR_HANDLING" not in os.environ
+    with pytest.raises(InputError, match="timeout must be > 0"):
+        init_distributed("cpu", timeout_s=0)
 
 
 def test_existing_group_is_reused_not_destroyed(tmp_path: Path) -> None:

@@ -43,17 +43,67 @@ def _alloc_error() -> RuntimeError:
                 "  File x\nValueError: tile t01: chunk 3 unreadable"), "trial",  # as torch re-raises it
      "ValueError: tile t01: chunk 3 unreadable"),
     (torch.distributed.DistBackendError("NCCL communicator was aborted on rank 1"), "fatal",
-     "DistBackendError: NCCL communicator was aborted on rank 1"),
+     "collective failed (NCCL): communicator aborted on rank 1 after an earlier collective failed or timed out; "
+     "the process cannot run collectives any more"),
     (RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer"), "fatal",
      "RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer"),
     (RuntimeError("CUDA error: an illegal memory access was encountered"), "fatal",
      "RuntimeError: CUDA error: an illegal memory access was encountered"),
-    (RuntimeError("CUDA error: device-side assert triggered"), "fatal", "RuntimeError: CUDA error: device-side assert triggered"),
+    (RuntimeError("CUDA error: device-side assert triggered"), "fatal",
+     "RuntimeError: CUDA error: device-side assert triggered"),
     (KeyboardInterrupt(), "fatal", "KeyboardInterrupt"),
 ])
 def test_classify_and_describe(exc: BaseException, kind: str, line: str) -> None:
     assert classify(exc) == kind
     assert describe(exc) == line and "\n" not in describe(exc)
+
+
+# What ProcessGroupNCCL raises (PyTorch 2.13) with dualseg's NCCL settings (TORCH_NCCL_ASYNC_ERROR_HANDLING=2):
+# the watchdog's timeout in the waiting call, then every later collective on the aborted communicator.
+WATCHDOG = ("[PG ID 0 PG GUID 0(default_pg) Rank 3] Watchdog caught collective operation timeout: "
+            "WorkNCCL(SeqNum=2415, OpType=ALLREDUCE, NumelIn=8192, NumelOut=8192, Timeout(ms)=1800000) "
+            "ran for 1800058 milliseconds before timing out.\n"
+            "Exception raised from checkTimeout at /pytorch/torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:692 "
+            "(most recent call first):\nframe #0: c10::Error::Error(...)")
+TIMEOUT_LINE = ("collective timeout (NCCL): ALLREDUCE #2415 on rank 3 waited 1800 s (timeout 1800 s); a peer rank "
+                "died, hung or fell behind: its log and the nccl_trace_rank_* dumps name it")
+ABORTED = "NCCL communicator was aborted on rank 2. Original reason for failure was: Watchdog caught collective"
+
+
+def _raised_from(outer: Exception, inner: Exception) -> Exception:
+    try:
+        try:
+            raise inner
+        except Exception as exc:
+            raise outer from exc
+    except Exception as exc:  # noqa: BLE001 - returned for the test to classify
+        return exc
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize(("exc", "line"), [
+    (torch.distributed.DistBackendError(WATCHDOG), TIMEOUT_LINE),
+    (RuntimeError(WATCHDOG), TIMEOUT_LINE),  # the same text without torch's exception class
+    (torch.distributed.DistBackendError("Watchdog caught collective operation timeout: WorkNCCL(?)"),
+     "collective timeout (NCCL): a peer rank died, hung or fell behind: its log and the nccl_trace_rank_* dumps "
+     "name it"),
+    (torch.distributed.DistBackendError(ABORTED), "collective failed (NCCL): communicator aborted on rank 2 after an "
+     "earlier collective failed or timed out; the process cannot run collectives any more"),
+    # wrapped by our own error, raised from (or while handling) the broken collective: still fatal, same line
+    (_raised_from(TrainingError("training: epoch 3 failed"), torch.distributed.DistBackendError(WATCHDOG)),
+     TIMEOUT_LINE),
+    (torch.distributed.DistBackendError("NCCL error in: ProcessGroupNCCL.cpp:2010, unhandled system error\nLast error"),
+     "DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:2010, unhandled system error"),
+    (torch.distributed.DistNetworkError("Connection reset by peer"), "DistNetworkError: Connection reset by peer"),
+])
+def test_collective_failures_are_fatal_and_say_what_happened(exc: BaseException, line: str) -> None:
+    assert classify(exc) == "fatal"
+    assert describe(exc) == line
+
+
+def test_an_error_merely_mentioning_nccl_in_our_own_message_is_the_trials() -> None:
+    exc = _raised_from(InputError("config: hpc.nccl_trace: not a directory"), KeyError("x"))
+    assert classify(exc) == "trial" and describe(exc) == "config: hpc.nccl_trace: not a directory"
 
 
 def test_real_allocator_failure_is_a_trial_oom() -> None:
@@ -84,7 +134,8 @@ def test_out_of_memory_in_fit_then_next_trial_runs(
     before = _live_models()
     seen: list[int] = []
     real_validate = trainer_mod._Fit._validate
-    monkeypatch.setattr(trainer_mod._Fit, "_validate", lambda self, s: seen.append(_live_models()) or real_validate(self, s))
+    monkeypatch.setattr(trainer_mod._Fit, "_validate",
+                        lambda self, s: seen.append(_live_models()) or real_validate(self, s))
     try:
         fit(make_cfg(run_name="oom", epochs=2))
         raise AssertionError("fit did not raise")

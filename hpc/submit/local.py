@@ -1,0 +1,64 @@
+"""The local backend: submitit's ``LocalExecutor`` on this machine, one disjoint GPU set per task.
+
+The same callables as on SLURM run as local processes (``tasks_per_node`` each) with the same time
+limit and requeue budget; task ``i`` sees GPUs ``[i*g, (i+1)*g)`` of the visible ones, so two tasks
+never share a GPU. Nodes, CPUs, memory, partition and ``setup`` lines are cluster notions and are
+ignored here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from dualseg.errors import InputError
+from hpc.submit.base import R
+from hpc.submit.resources import Resources
+
+
+def visible_gpus() -> list[int]:
+    """GPU indices this process may hand out: ``CUDA_VISIBLE_DEVICES``, else every CUDA device."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env:
+        return [int(x) for x in env.split(",") if x.strip().isdigit()]
+    try:
+        import torch
+
+        return list(range(torch.cuda.device_count()))
+    except Exception:  # noqa: BLE001 - no usable CUDA: no GPUs to hand out
+        return []
+
+
+class LocalBackend:
+    """Run the array here; ``job_id`` of each job is its controller's pid."""
+
+    def gpu_sets(self, n: int, res: Resources, what: str) -> list[list[int]]:
+        """Task ``i``'s GPUs (empty lists for CPU tasks); one InputError line when too few are visible."""
+        g = res.gpus_per_node
+        if not g:
+            return [[] for _ in range(n)]
+        visible = visible_gpus()
+        if len(visible) < g * n:
+            raise InputError(f"the {what} needs {g * n} GPUs ({n} local task(s) x {g}); {len(visible)} visible")
+        return [visible[i * g:(i + 1) * g] for i in range(n)]
+
+    def check(self, n: int, res: Resources, what: str) -> None:
+        self.gpu_sets(n, res, what)
+
+    def submit_array(self, fns: Sequence[Callable[[], R]], res: Resources, what: str) -> list[Any]:
+        import submitit
+
+        sets = self.gpu_sets(len(fns), res, what)
+        ex = submitit.LocalExecutor(folder=res.log_folder, max_num_timeout=res.max_requeues)
+        params: dict[str, Any] = {"timeout_min": res.time_min, "tasks_per_node": res.tasks_per_node,
+                                  "gpus_per_node": res.gpus_per_node}
+        if res.signal_delay_s is not None:
+            params["signal_delay_s"] = res.signal_delay_s
+        ex.update_parameters(**params)
+        jobs = []
+        for fn, gpus in zip(fns, sets):
+            if gpus:
+                ex.update_parameters(visible_gpus=gpus)
+            jobs.append(ex.submit(fn))
+        return jobs
