@@ -280,8 +280,8 @@ class Coordinator:
              outcome: TrialOutcome | None = None) -> bool:
         """Finish the trial; False (one warning) when someone else already finished it."""
         try:
-            for key, value in (outcome or TrialOutcome()).attrs().items():
-                self._set_attr(trial_id, key, value)
+            for key, attr in (outcome or TrialOutcome()).attrs().items():
+                self._set_attr(trial_id, key, attr)
             values = None if value is None else [value]
             self._retry(lambda: self.db.storage.set_trial_state_values(trial_id, state, values), "tell")
             return True

@@ -32,7 +32,8 @@ def _rank_pid(array_task: str, rank: int) -> int:
             cmd = (proc / "cmdline").read_text()
         except (OSError, ValueError):
             continue
-        ids = (env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")) if task else (env.get("SLURM_JOB_ID"), None)
+        ids = ((env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")) if task
+               else (env.get("SLURM_JOB_ID"), None))
         if ids == (job, task or None) and env.get("SLURM_PROCID") == str(rank) and "submitit.core._submit" in cmd:
             return int(proc.name)
     pytest.fail(f"no rank {rank} process of {array_task}")
@@ -92,7 +93,8 @@ def test_preemption_requeue_resumes_the_same_trial_mid_epoch(slurm_env, pg_db_ur
     text = s.log(None).read_text()
     trials = faults.exact(s, 1, epochs=3)
     assert [t.state.name for t in trials] == ["COMPLETE"], "the preempted trial was continued, not retried"
-    assert "received SIGTERM" in text and re.search(r"interrupted during \w+ \(epoch \d+ step [1-9]", text), text[-3000:]
+    assert "received SIGTERM" in text, text[-3000:]
+    assert re.search(r"interrupted during \w+ \(epoch \d+ step [1-9]", text), text[-3000:]
     assert text.count("trial 0 (new)") == 1 and "trial 0 (resumed)" in text, text[-3000:]
 
 
@@ -165,8 +167,8 @@ def test_truncated_last_checkpoint_while_queued_continues_from_the_previous_stat
     text = s.log(None).read_text()
     assert [t.state.name for t in trials] == ["COMPLETE"] and text.count("(new)") == 1, text[-3000:]
     assert "trial 0 (resumed)" in text, text[-3000:]
-    assert re.search(r"skipped last\.pt \(not a dualseg checkpoint \(truncated or corrupt\)\).*resuming from \S*last\.prev\.pt",
-                     text), text[-3000:]
+    assert re.search(r"skipped last\.pt \(not a dualseg checkpoint \(truncated or corrupt\)\)"
+                     r".*resuming from \S*last\.prev\.pt", text), text[-3000:]
 
 
 def test_real_time_limit_with_the_evaluation_job(slurm_env, pg_db_url, tiny_args, faults) -> None:
@@ -174,7 +176,8 @@ def test_real_time_limit_with_the_evaluation_job(slurm_env, pg_db_url, tiny_args
     last requeue. slurmctld checks limits every ~30 s, so USR2 comes 15-45 s before the limit."""
     epochs = 14
     s = faults.launch(tiny_args, pg_db_url, "tl", "--trials", "1", "--workers", "1", "--time", "1",
-                      "--set", "hpc.signal_delay_s=15", "--set", f"train.epochs={epochs}", "--set", "train.patience=100",
+                      "--set", "hpc.signal_delay_s=15", "--set", f"train.epochs={epochs}",
+                      "--set", "train.patience=100",
                       "--set", "data.samples_per_tile=128")
     s.wait_done(timeout=420)
     text = s.log(None).read_text()

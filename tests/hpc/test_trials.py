@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -55,7 +54,8 @@ CHILD = textwrap.dedent(
 def _race(url: str, tmp_path: Path, n_procs: int, trials: int, die: list[bool]) -> optuna.Study:
     hpc = {"trials": trials, "heartbeat_interval": 1, "grace_period": 3, "poll_interval": 0.2, "search": SEARCH,
            "study": "race"}
-    create_or_load_study(open_database(StorageURL.parse(url), create_tables=True), "race", "minimize", {"trials": trials})
+    create_or_load_study(open_database(StorageURL.parse(url), create_tables=True), "race", "minimize",
+                         {"trials": trials})
     procs = [subprocess.Popen([sys.executable, "-c", CHILD, url, "race", str(tmp_path), json.dumps(hpc),
                                "1" if die[i] else "0"], env={**os.environ, "PYTHONWARNINGS": "ignore"})
              for i in range(n_procs)]
@@ -92,7 +92,8 @@ def test_retry_copies_the_failed_trials_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "trial-3").mkdir()
     (tmp_path / "trial-3" / "last.pt").write_bytes(b"epoch-2-state")
     (tmp_path / "trial-3" / "metrics.jsonl").write_text('{"epoch": 0}\n')
-    frozen = optuna.create_trial(state=optuna.trial.TrialState.WAITING, system_attrs={"failed_trial": 1, "retry_history": [1, 3]})
+    frozen = optuna.create_trial(state=optuna.trial.TrialState.WAITING,
+                                 system_attrs={"failed_trial": 1, "retry_history": [1, 3]})
     frozen.number = 5
     assert seed_from_retry(tmp_path, frozen) == tmp_path / "trial-3"
     assert (tmp_path / "trial-5" / "last.pt").read_bytes() == b"epoch-2-state"
@@ -185,4 +186,20 @@ def test_tell_on_a_trial_someone_else_failed_drops_it(pg_db_url: str, tmp_path: 
     with pytest.raises(TrialLost):
         coord.report(job.trial_id, 0, 0.5)
     assert coord.tell(job.trial_id, optuna.trial.TrialState.COMPLETE, 0.5) is False
+    coord.db.close()
+
+
+@pytest.mark.postgres
+def test_tell_records_the_objective_not_an_outcome_attribute(pg_db_url: str, tmp_path: Path) -> None:
+    """The outcome's attributes are written first; the trial's value is still the objective it was told
+    (a loop variable named ``value`` once made it ``busy_s`` — or ``fatal=False``, refused by PostgreSQL)."""
+    from hpc.study import TrialOutcome
+
+    coord = _coordinator(pg_db_url, tmp_path)
+    done, failed = coord.next(None), coord.next(None)
+    assert coord.tell(done.trial_id, optuna.trial.TrialState.COMPLETE, 0.25, TrialOutcome(epochs_run=2, busy_s=7.5))
+    assert coord.tell(failed.trial_id, optuna.trial.TrialState.FAIL, None, TrialOutcome(error="boom", fatal=False))
+    by_id = {t._trial_id: t for t in coord.study.get_trials()}
+    assert by_id[done.trial_id].value == 0.25 and by_id[done.trial_id].user_attrs["busy_s"] == 7.5
+    assert by_id[failed.trial_id].state.name == "FAIL" and by_id[failed.trial_id].user_attrs["fatal"] is False
     coord.db.close()
