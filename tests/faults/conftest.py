@@ -98,28 +98,36 @@ class PrivatePostgres:
         return int(self.sql(f"SELECT count(*) FROM pg_stat_activity WHERE datname IS NOT NULL {who};").strip())
 
     def crash_backend(self, timeout: float = 60) -> int:
-        """SIGKILL one backend (a worker's if one is connected, else a session of ours): the postmaster ends
-        every backend, says "the database system is in recovery mode" for a moment and recovers. Returns
-        once it accepts connections again; returns the killed pid."""
-        def backends(who: str) -> list[int]:
+        """SIGKILL one backend (a worker's if one connects within 5 s, else a session of ours): the postmaster
+        ends every backend, says "the database system is in recovery mode" for a moment and recovers.
+        Returns the killed pid once the server accepts connections again."""
+        def kill_one(who: str) -> int | None:
             out = self.sql(f"SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND {who};")
-            return [int(p) for p in out.split()]
+            for pid in (int(p) for p in out.split()):
+                try:  # a worker's connection lives for one call: it may be gone already
+                    if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"postgres:"):
+                        os.kill(pid, signal.SIGKILL)
+                        return pid
+                except (OSError, ProcessLookupError):
+                    continue
+            return None
 
         crashes = self.log.read_text(errors="replace").count("all server processes terminated; reinitializing")
-        deadline = time.monotonic() + 5
-        pids = backends(f"usename = '{self.user}'")
-        while not pids and time.monotonic() < deadline:
-            time.sleep(0.1)
-            pids = backends(f"usename = '{self.user}'")
-        sleeper = None
-        if not pids:
+        deadline, sleeper = time.monotonic() + 5, None
+        killed = kill_one(f"usename = '{self.user}'")
+        while killed is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            killed = kill_one(f"usename = '{self.user}'")
+        if killed is None:
             sleeper = subprocess.Popen(["runuser", "-u", "postgres", "--", str(self.bin / "psql"), "-X", "-q", "-h",
                                         str(self.run), "-p", str(self.port), "-d", "postgres", "-c",
                                         "SELECT pg_sleep(60) AS dualseg_crash"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wait_for(lambda: pids.extend(backends("query LIKE '%dualseg_crash%' AND pid <> pg_backend_pid()"))
-                     or pids, 30, "a backend to kill")
-        os.kill(pids[0], signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while killed is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+                killed = kill_one("query LIKE '%dualseg_crash%' AND pid <> pg_backend_pid()")
+            assert killed is not None, "no backend of the private server to kill"
 
         def recovered() -> bool:
             text = self.log.read_text(errors="replace")
@@ -130,7 +138,7 @@ class PrivatePostgres:
         wait_for(recovered, timeout, "PostgreSQL crash recovery")
         if sleeper is not None:
             sleeper.wait(timeout=30)
-        return pids[0]
+        return killed
 
     def destroy(self) -> None:
         self._pg(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop", timeout=60)

@@ -108,7 +108,7 @@ def test_usr2_then_sigterm_with_requeue_on_a_later_trial_continues_that_trial(sl
                     "trial 1 training its first epoch")
     subprocess.run(["scancel", "-s", "TERM", s.array], check=True, timeout=30)
     _scontrol("requeue", s.array)
-    _finish(s, 300, "after SIGTERM + requeue during trial 1 the study did not finish (trial 1 left RUNNING?)")
+    _finish(s, 240, "after SIGTERM + requeue during trial 1 the study did not finish (trial 1 left RUNNING?)")
     text = log.read_text(errors="replace")
     trials = faults.exact(s, 3, epochs=3)
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3, [(t.number, t.state.name) for t in trials]
@@ -352,7 +352,7 @@ def test_out_of_memory_on_rank_1_fails_the_trial_in_seconds_and_the_job_goes_on(
                       "--time", "10", "--set", "hpc.seed=4",
                       "--set", "hpc.search={model.base_width: {type: categorical, choices: [8, 2048]}}",
                       "--set", f'hpc.setup=["export PYTHONPATH={hook}${{PYTHONPATH:+:$PYTHONPATH}}"]')
-    _finish(s, 300, "after rank 1 ran out of memory the study did not finish (ranks stuck in a collective?)")
+    _finish(s, 240, "after rank 1 ran out of memory the study did not finish (ranks stuck in a collective?)")
     trials = faults.exact(s, 2)
     failed = [t for t in trials if t.state.name == "FAIL"]
     assert [t.params["model.base_width"] for t in failed] == [2048], [(t.number, t.state.name, t.params)
