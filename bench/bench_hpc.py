@@ -27,9 +27,7 @@ from pathlib import Path
 
 import optuna
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from hpc.storage import StorageURL, create_or_load_study, open_database  # noqa: E402
+from hpc.storage import StorageURL, create_or_load_study, open_database
 
 CHILD = textwrap.dedent("""
     import json, sys, time
@@ -77,7 +75,7 @@ def run(url: str, procs: int, trials: int, restart: tuple[int, object] | None, p
     db.close()
     hpc = {"trials": trials, "study": name, "search": SEARCH, "heartbeat_interval": 5, "grace_period": 120,
            "sampler": "tpe", "seed": 0, "poll_interval": 0.1}
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # children import hpc as this process does
     t0 = time.perf_counter()
     ps = [subprocess.Popen([sys.executable, "-c", CHILD, url, name, json.dumps(hpc)], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, env=env) for _ in range(procs)]

@@ -17,13 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[1]  # configs/; dualseg and hpc are the installed package (pip install -e .)
 
 
 SETS = ["data.synthetic.tiles=12", "data.synthetic.size=64", "data.samples_per_tile=8", "data.patch_size=32"]

@@ -82,6 +82,15 @@ class DataConfig:
     # "read" uses a valid entry or computes and writes one, "rebuild" recomputes and overwrites, "off" neither
     stats_cache: Literal["read", "rebuild", "off"] = "read"
 
+    def __post_init__(self) -> None:
+        _at_least("data", {"patch_size": (self.patch_size, 1), "samples_per_tile": (self.samples_per_tile, 1),
+                           "max_t": (self.max_t, 1), "time_buckets": (self.time_buckets, 1),
+                           "num_workers": (self.num_workers, 0), "cache_mb": (self.cache_mb, 0),
+                           "buffer_mb": (self.buffer_mb, 0)})
+        if self.time_buckets is not None and self.max_t is not None:
+            raise InputError("config: data.time_buckets and data.max_t both set: max_t pads every batch to one "
+                             "length already; set one of them")
+
 
 @dataclass
 class ModelConfig:
@@ -117,6 +126,14 @@ class TrainConfig:
     log_every: int = 10
     monitor: Monitor = "val_loss"  # best.pt + early stopping (loss min, others max)
 
+    def __post_init__(self) -> None:
+        _at_least("train", {"epochs": (self.epochs, 1), "batch_size": (self.batch_size, 1),
+                            "warmup_epochs": (self.warmup_epochs, 0), "grad_clip": (self.grad_clip, 0),
+                            "patience": (self.patience, 0), "log_every": (self.log_every, 1),
+                            "weight_decay": (self.weight_decay, 0)})
+        if not self.lr > 0:
+            raise InputError(f"config: train.lr: must be > 0 (got {self.lr!r})")
+
 
 @dataclass
 class Config:
@@ -126,6 +143,14 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     hpc: dict[str, Any] = field(default_factory=dict)
+
+
+def _at_least(section: str, values: dict[str, tuple[float | None, float]]) -> None:
+    """One line for the first value below its minimum (None: unset, allowed). Checked where the field is
+    declared, so a bad value fails when the config is loaded, not in the 10th trial of a search."""
+    for name, (value, low) in values.items():
+        if value is not None and not value >= low:
+            raise InputError(f"config: {section}.{name}: must be >= {low:g} (got {value!r})")
 
 
 def _type_name(tp: Any) -> str:

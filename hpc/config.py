@@ -14,12 +14,19 @@ from typing import Any, Literal
 
 from dualseg.config import MONITOR_MODES, Config, Monitor, from_dict
 from dualseg.errors import InputError
+from hpc.options import flag
 from hpc.retention import KeepPolicy
 from hpc.search import ParamSpec, PrunerConfig, SamplerKind, check_param, default_search
 from hpc.slurm import time_to_minutes
 
 Objective = Monitor  # the study ranks trials on what the trainer monitors
 Executor = Literal["auto", "slurm", "local"]
+
+
+# --help groups of the launcher's options (hpc.options.flag fields below; config-only keys have no flag)
+SEARCH = "search"
+RESOURCES = "resources of every array task (one trial at a time, SLURM)"
+EVALUATION = "the evaluation job (after the array)"
 
 
 @dataclass
@@ -31,29 +38,33 @@ class HpcConfig:
     without a heartbeat before it is failed and retried (requeued jobs waiting in the queue are kept
     alive through ``squeue``). ``db_outage_s`` is how long workers wait out an unreachable database.
     ``max_resubmits`` bounds how often the evaluation job (or a re-run launch) resubmits workers when
-    every worker is gone and the study is short of its count.
+    every worker is gone and the study is short of its count. A field made with :func:`hpc.options.flag`
+    is also the launcher's option ``--<name-with-dashes>`` (its help text is the field's); the others are
+    set in the config's ``hpc:`` section or with ``--set hpc.<key>=...``.
     """
 
-    nodes: int = 1
-    gpus_per_node: int = 0
-    trials: int = 8
-    workers: int = 1
-    parallel: int | None = None
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    time: str | int = "60"
-    mem: str | None = None
-    cpus_per_task: int | None = None
-    storage: str | None = None
-    study: str = "dualseg"
-    scratch: str | None = None
-    executor: Executor = "auto"
+    nodes: int = flag(1, "nodes per trial (multi-node DDP)", RESOURCES)
+    gpus_per_node: int = flag(0, "GPUs per node = tasks per node (0: one CPU task per node)", RESOURCES)
+    trials: int = flag(8, "finished (complete + pruned) trials the study must reach", SEARCH)
+    workers: int = flag(1, "array size: jobs pulling trials concurrently", SEARCH)
+    parallel: int | None = flag(None, "array parallelism (max array tasks running at once)", SEARCH)
+    partition: str | None = flag(None, "SLURM partition (checked with sinfo)", RESOURCES)
+    account: str | None = flag(None, "SLURM account to charge", RESOURCES)
+    qos: str | None = flag(None, "SLURM quality of service", RESOURCES)
+    time: str | int = flag("60", "time limit per array task (SLURM syntax: MM, HH:MM:SS, D-HH:MM)", RESOURCES)
+    mem: str | None = flag(None, "memory per node, e.g. 32G", RESOURCES)
+    cpus_per_task: int | None = flag(None, "CPUs per task (SLURM --cpus-per-task)", RESOURCES)
+    storage: str | None = flag(None, "SQLAlchemy URL of the study database "
+                               "(default: hpc.storage, $DUALSEG_STORAGE; local: SQLite)", SEARCH)
+    study: str = flag("dualseg", "study name", SEARCH)
+    scratch: str | None = flag(None, "checkpoints/logs/results root (default: train.scratch, $SCRATCH, ./runs)", SEARCH)
+    executor: Executor = flag("auto", "auto: slurm when sinfo works, else local", SEARCH)
     eval: bool = True
-    eval_time: str | int = "30"
-    eval_cpus: int | None = None
-    eval_gpus: int | None = None
-    eval_mem: str | None = None
+    eval_time: str | int = flag("30", "time limit of the evaluation job (default 30 minutes)", EVALUATION)
+    eval_cpus: int | None = flag(None, "CPUs of the evaluation job "
+                                 "(default: min(--cpus-per-task or 2, the partition's smallest node))", EVALUATION)
+    eval_gpus: int | None = flag(None, "GPUs of the evaluation job (default: 1 if --gpus-per-node else 0)", EVALUATION)
+    eval_mem: str | None = flag(None, "memory of the evaluation job (default: the partition's default)", EVALUATION)
     objective: Objective = "val_loss"
     sampler: SamplerKind = "tpe"
     seed: int | None = None
@@ -69,6 +80,7 @@ class HpcConfig:
     collective_timeout_s: float = 1800.0  # a collective of a trial's ranks; above db_outage_s (rank 0 waits there)
     lock_timeout_s: float = 10.0
     poll_interval: float = 5.0
+    max_wait_s: float = 600.0  # a job with nothing to train (the last trials run elsewhere) gives its allocation back
     signal_delay_s: int = 90
     setup: list[str] = field(default_factory=list)
     keep: KeepPolicy = field(default_factory=KeepPolicy)
@@ -115,6 +127,7 @@ def parse_hpc(cfg: Config, overrides: dict[str, Any] | None = None) -> HpcConfig
          f"hpc.collective_timeout_s: must exceed hpc.db_outage_s ({hpc.db_outage_s:g} s): while rank 0 waits out a "
          f"database outage the other ranks wait in a collective (got {hpc.collective_timeout_s:g})"),
         (hpc.lock_timeout_s > 0, "hpc.lock_timeout_s: must be > 0"),
+        (hpc.max_wait_s >= 0, "hpc.max_wait_s: must be >= 0"),
         (re.fullmatch(r"[A-Za-z0-9_.-]+", hpc.study) is not None,
          f"--study: {hpc.study!r} may only contain letters, digits, '_', '-', '.'"),
         (hpc.mem is None or _MEM.fullmatch(hpc.mem) is not None, f"--mem: cannot parse {hpc.mem!r} (use e.g. 16G)"),

@@ -17,6 +17,7 @@ matplotlib.use("Agg")  # headless: jobs and login nodes have no display
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -157,7 +158,7 @@ def tile_panels(panels: list[dict[str, Any]], names: list[str], ignore: int) -> 
     k = len(names)
     cmap = ListedColormap([np.array(c) / 255 for c in class_colours(k)] + [(1, 1, 1)])
 
-    def show_classes(ax: Any, m: np.ndarray) -> None:
+    def show_classes(ax: Axes, m: np.ndarray) -> None:
         ax.imshow(np.where(m == ignore, k, m), cmap=cmap, vmin=-0.5, vmax=k + 0.5, interpolation="nearest")
 
     fig, axes = plt.subplots(len(panels), 5, figsize=(15, 3.1 * len(panels) + 0.8), squeeze=False)

@@ -12,6 +12,12 @@ evaluates and prints the result.
 
 from __future__ import annotations
 
+if not __package__:  # run as a file: re-run as `python -m hpc.<name>` (hpc/_script.py)
+    import os
+    import runpy
+
+    runpy.run_path(os.path.join(os.path.dirname(__file__), "_script.py"))
+
 import argparse
 import os
 import shlex
@@ -19,19 +25,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable, not hpc/ itself
-    _here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
-    sys.path.insert(0, str(_here.parent))
-
-
 from dualseg import code_version
 from dualseg.config import Config, load_config, to_dict
 from dualseg.data.preflight import check_dataset
 from dualseg.errors import DualsegError, InputError, report_error
 from dualseg.io import check_writable_dir
 from hpc import slurm
-from hpc.config import parse_hpc
+from hpc.config import HpcConfig, parse_hpc
+from hpc.options import add_flags, flag_values
 from hpc.paths import REPO_ROOT, claim_study_dir, new_incarnation, resolve_scratch
 from hpc.relaunch import check_relaunch
 from hpc.storage import (
@@ -51,41 +52,24 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The launcher's own options, then one per :func:`hpc.options.flag` field of :class:`HpcConfig`."""
     p = argparse.ArgumentParser(
         prog="python hpc/launch.py",
         description="Distributed Optuna search of dualseg models on SLURM (or locally).",
-        epilog="Every option can also be set in the config's hpc: section; the command line wins.",
+        epilog="The grouped options (and --no-eval: eval: false) can also be set in the config's hpc: section; "
+               "the command line wins. Installed, `dualseg-launch` is the same command.",
     )
     a = p.add_argument
     a("--config", help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
     a("--set", action="append", default=[], metavar="KEY=VALUE",
       help="override a config value, e.g. train.epochs=5 (YAML value syntax)")
-    a("--nodes", type=int, help="nodes per trial (multi-node DDP)")
-    a("--gpus-per-node", type=int, help="GPUs per node = tasks per node (0: one CPU task per node)")
-    a("--trials", type=int, help="finished (complete + pruned) trials the study must reach")
-    a("--workers", type=int, help="array size: jobs pulling trials concurrently")
-    a("--parallel", type=int, help="array parallelism (max array tasks running at once)")
-    a("--partition")
-    a("--account")
-    a("--qos")
-    a("--time", help="time limit per array task (SLURM syntax: MM, HH:MM:SS, D-HH:MM)")
-    a("--mem", help="memory per node, e.g. 32G")
-    a("--cpus-per-task", type=int)
-    a("--eval-cpus", type=int,
-      help="CPUs of the evaluation job (default: min(--cpus-per-task or 2, the partition's smallest node))")
-    a("--eval-gpus", type=int, help="GPUs of the evaluation job (default: 1 if --gpus-per-node else 0)")
-    a("--eval-mem", help="memory of the evaluation job (default: the partition's default)")
-    a("--eval-time", help="time limit of the evaluation job (default 30 minutes)")
-    a("--storage", help="SQLAlchemy URL of the study database (default: hpc.storage, $DUALSEG_STORAGE; local: SQLite)")
-    a("--study", help="study name")
-    a("--scratch", help="checkpoints/logs/results root (default: train.scratch, $SCRATCH, ./runs)")
-    a("--executor", choices=["auto", "slurm", "local"], help="auto: slurm when sinfo works, else local")
     a("--dry-run", action="store_true", help="print every sbatch script that would be submitted; submit nothing")
-    a("--no-eval", action="store_true", help="do not submit the evaluation job")
+    a("--no-eval", action="store_true", help="do not submit the evaluation job (hpc.eval: false)")
     a("--allow-change", action="store_true", help="let a relaunch change --trials, the objective or the search space "
       "of an existing study (or extend a complete one)")
     a("--prepare-only", action="store_true", help="validate, generate data, create/resume the study; submit nothing "
       "(then submit sbatch/train.sbatch yourself)")
+    add_flags(p, HpcConfig)
     return p
 
 
@@ -97,7 +81,10 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise InputError(f"--set: expected KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise InputError(f"--set: {item}: not a YAML value ({str(exc).splitlines()[0]})") from None
     return out
 
 
@@ -121,13 +108,8 @@ def _load(args: argparse.Namespace) -> Config:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     cfg = _load(args)
-    overrides = {
-        "nodes": args.nodes, "gpus_per_node": args.gpus_per_node, "trials": args.trials, "workers": args.workers,
-        "parallel": args.parallel, "partition": args.partition, "account": args.account, "qos": args.qos,
-        "time": args.time, "mem": args.mem, "cpus_per_task": args.cpus_per_task, "study": args.study,
-        "scratch": args.scratch, "executor": args.executor, "eval_cpus": args.eval_cpus, "eval_gpus": args.eval_gpus,
-        "eval_mem": args.eval_mem, "eval_time": args.eval_time,
-    }
+    overrides = flag_values(args, HpcConfig)
+    del overrides["storage"]  # resolved below, with the config's and $DUALSEG_STORAGE, into a StorageURL
     if args.no_eval:
         overrides["eval"] = False
     configured_storage = cfg.hpc.get("storage")
@@ -277,6 +259,12 @@ def run_local(plan: Plan) -> int:
 
 
 def _dry_run(plan: Plan) -> int:
+    if not plan.storage.is_sqlite:  # the real launch would fail there: a wrong database name, host or port
+        db = open_database(plan.storage)
+        try:
+            check_connection_budget(db, plan.hpc.workers)
+        finally:
+            db.close()
     check_dataset(plan.cfg.data, missing_ok=True)
     masked = plan.storage.masked
     if plan.executor == "local":

@@ -9,6 +9,12 @@ of ranks that appear later, and files that were truncated are all picked up.
 
 from __future__ import annotations
 
+if not __package__:  # run as a file: re-run as `python -m hpc.<name>` (hpc/_script.py)
+    import os
+    import runpy
+
+    runpy.run_path(os.path.join(os.path.dirname(__file__), "_script.py"))
+
 import argparse
 import os
 import re
@@ -16,10 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script from the repo root
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from typing import TextIO
 
 from dualseg.errors import InputError, report_error
 from hpc.paths import resolve_scratch
@@ -96,7 +99,7 @@ def _merge(chunks: list[list[str]]) -> list[str]:
 
 
 def show(logdir: Path, job: str, rank: int | None = None, err: bool = False, follow: bool = False,
-         poll: float = 0.5, out=sys.stdout, max_polls: int | None = None) -> int:
+         poll: float = 0.5, out: TextIO = sys.stdout, max_polls: int | None = None) -> int:
     """Print the merged logs; with ``follow`` keep polling (``max_polls`` bounds it, for tests)."""
     files: dict[Path, LogFile] = {}
     polls = 0

@@ -3,19 +3,26 @@
 ``<scratch>/<study>/`` holds ``trial-<n>/{last,best}.pt + metrics.jsonl``, ``logs/``, ``results/`` and
 ``incarnation`` — the id of the study these folders belong to. A new study that happens to reuse the
 name (deleted and re-created, or a fresh SQLite file) would otherwise resume the old run's
-``trial-0/last.pt`` and report its metrics as new; instead it is refused with one clear line.
+``trial-0/last.pt`` and report its metrics as new; instead it is refused with one clear line. A retry
+(a new trial number) starts from the newest checkpoint of the trials it retries (:func:`seed_from_retry`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
+import warnings
 from pathlib import Path
 
+import optuna
+
 from dualseg.errors import InputError
-from dualseg.io import atomic_write_text
+from dualseg.io import atomic_copy, atomic_write_text
+from dualseg.train.rundir import CHECKPOINTS, METRICS, has_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("hpc.paths")
 
 
 def resolve_scratch(cli: str | None, train_scratch: str | None = None) -> Path:
@@ -64,3 +71,23 @@ def check_study_dir(study_dir: Path, incarnation: str | None, study: str) -> Non
     if marker.exists() and marker.read_text().strip() != incarnation:
         raise InputError(f"--scratch: {study_dir} belongs to another incarnation of study {study!r}; refusing "
                          "to resume its trial folders")
+
+
+def seed_from_retry(study_dir: Path, frozen: optuna.trial.FrozenTrial) -> Path | None:
+    """Copy the newest checkpoint of the trials this one retries into its own folder."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+    target = trial_dir(study_dir, frozen.number)
+    if has_checkpoint(target):
+        return target
+    for number in reversed(history):
+        source = trial_dir(study_dir, number)
+        if has_checkpoint(source):
+            target.mkdir(parents=True, exist_ok=True)
+            for name in (*CHECKPOINTS, METRICS):
+                if (source / name).exists():
+                    atomic_copy(source / name, target / name)
+            log.info("trial %d resumes from the checkpoint of failed trial %d", frozen.number, number)
+            return source
+    return None

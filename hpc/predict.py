@@ -12,17 +12,18 @@ Without SLURM (``--executor local``) the tasks run through submitit's local exec
 
 from __future__ import annotations
 
+if not __package__:  # run as a file: re-run as `python -m hpc.<name>` (hpc/_script.py)
+    import os
+    import runpy
+
+    runpy.run_path(os.path.join(os.path.dirname(__file__), "_script.py"))
+
 import argparse
 import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # run as a script: make the repo root importable, not hpc/ itself
-    _here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
-    sys.path.insert(0, str(_here.parent))
 
 import submitit
 

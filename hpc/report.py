@@ -13,6 +13,12 @@ launcher's local mode writes it.
 
 from __future__ import annotations
 
+if not __package__:  # run as a file: re-run as `python -m hpc.<name>` (hpc/_script.py)
+    import os
+    import runpy
+
+    runpy.run_path(os.path.join(os.path.dirname(__file__), "_script.py"))
+
 import argparse
 import html
 import json
@@ -22,13 +28,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable, not hpc/ itself
-    _here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
-    sys.path.insert(0, str(_here.parent))
-
 import numpy as np
 import optuna
+from matplotlib.figure import Figure
 
 from dualseg.errors import DualsegError, InputError, report_error
 from dualseg.io import atomic_write_bytes, atomic_write_text
@@ -60,7 +62,7 @@ def load_study(storage: StorageURL | str | None, name: str, scratch: str | Path 
     return opened.study, study_scratch(scratch, opened.record.scratch)
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     import io
 
     import matplotlib.pyplot as plt
@@ -71,7 +73,7 @@ def _save(fig: Any, path: Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def _message(text: str) -> Any:
+def _message(text: str) -> Figure:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 2.5))

@@ -79,8 +79,9 @@ class TrialRunner:
 
     def run(self) -> None:
         resume = self.requeue.resume_trial_id if self.rank == 0 else None
+        waiting_since: float | None = None
         while True:
-            job = broadcast(self._ask(resume), self.world)
+            job = broadcast(self._ask(resume, waiting_since), self.world)
             resume = None
             if job.action == "requeue" or (job.action == "stop" and SIGNALS.requested()):
                 self._after_signal(None)
@@ -88,20 +89,30 @@ class TrialRunner:
                 log.info("stopping: %s", job.reason)
                 return
             if job.action == "wait":
-                log.info("waiting for running trials (%s)", job.reason)
+                if waiting_since is None:
+                    waiting_since = time.monotonic()
+                    log.info("waiting for running trials (%s)", job.reason)
                 deadline = time.monotonic() + self.hpc.poll_interval
                 while time.monotonic() < deadline and not SIGNALS.requested():
                     time.sleep(0.2)
                 continue
+            waiting_since = None
             self._train(job)
 
-    def _ask(self, resume: int | None) -> Assignment | None:
+    def _ask(self, resume: int | None, waiting_since: float | None) -> Assignment | None:
         if self.coord is None:
             return None  # the other ranks: rank 0's decision arrives by broadcast
         if SIGNALS.requested():
             return Assignment("requeue", reason="signal between trials")
         try:
-            return self.coord.next(resume, SIGNALS.requested)
+            job = self.coord.next(resume, SIGNALS.requested)
+            if job.action == "wait" and waiting_since is not None \
+                    and time.monotonic() - waiting_since > self.hpc.max_wait_s:
+                # the study's last trials run elsewhere: give the allocation (and the array's %parallel slot,
+                # which a requeued task may need) back; should they fail, the self-healing resubmits workers
+                return Assignment("stop", reason=f"nothing to train for {self.hpc.max_wait_s:.0f} s "
+                                                 f"(hpc.max_wait_s; {job.reason}): releasing the allocation")
+            return job
         except BaseException:
             broadcast(Assignment("stop", reason="rank 0 failed"), self.world)
             raise

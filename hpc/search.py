@@ -73,7 +73,8 @@ def check_param(name: str, spec: ParamSpec, cfg: Config) -> None:
             raise InputError(f"config: {where}: log scale needs low > 0")
         if spec.type == "int" and (spec.low != int(spec.low) or spec.high != int(spec.high)):
             raise InputError(f"config: {where}: int range needs integer bounds")
-        probes: list[Any] = [int(spec.low) if spec.type == "int" else float(spec.low)]
+        cast = int if spec.type == "int" else float
+        probes: list[Any] = [cast(spec.low), cast(spec.high)]  # both corners: a trial may draw either
     else:
         if not spec.choices:
             raise InputError(f"config: {where}: categorical needs a non-empty 'choices' list")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from types import FrameType
 from typing import Any
 
 log = logging.getLogger("hpc.signals")
@@ -42,7 +43,7 @@ class StopSignals:
         self.received.clear()
         self.event.clear()
 
-    def _on_signal(self, signum: int, frame: Any) -> None:
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         first = not self.event.is_set()
         self.received.append(name)

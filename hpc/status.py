@@ -9,15 +9,17 @@ resubmissions by the self-healing evaluation job, and scratch usage. Without ``-
 
 from __future__ import annotations
 
+if not __package__:  # run as a file: re-run as `python -m hpc.<name>` (hpc/_script.py)
+    import os
+    import runpy
+
+    runpy.run_path(os.path.join(os.path.dirname(__file__), "_script.py"))
+
 import argparse
 import os
 import sys
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # run as a script from the repo root
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from optuna.trial import TrialState
 

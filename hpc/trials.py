@@ -6,9 +6,11 @@ stays here is the order: the critical section holds only the decision and the cr
 trial *with its first heartbeat* (one commit: a dropped connection can never leave a RUNNING trial
 without one); sampling runs after the lock (the trial is already RUNNING and counted; TPE's
 ``constant_liar`` keeps concurrent samples apart). A lost commit reply is recognised by the ask token
-stored with the trial, so a retried ask never creates a second trial. Stale trials (no heartbeat for
-``grace_period``) are failed inside the lock and re-queued with their parameters; the next ask pops
-them and :func:`seed_from_retry` hands them the dead trial's checkpoint.
+stored with the trial, so a retried ask never creates a second trial; the same token fences the trial:
+only the job holding it may report, checkpoint and tell (a requeued job that adopts its trial takes a
+new one). Stale trials (no heartbeat for ``grace_period``) are failed inside the lock and re-queued with
+their parameters; the next ask pops them and :func:`hpc.paths.seed_from_retry` hands them the dead
+trial's checkpoint.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +27,8 @@ import optuna
 from optuna.trial import TrialState
 from sqlalchemy.orm import Session
 
-from dualseg.io import atomic_copy
-from dualseg.train.rundir import CHECKPOINTS, METRICS, has_checkpoint
 from hpc.config import HpcConfig
-from hpc.paths import trial_dir
+from hpc.paths import seed_from_retry
 from hpc.search import build_pruner, build_sampler, suggest
 from hpc.slurm import WAITING_STATES, SlurmEnv, squeue_states
 from hpc.storage import OUTAGE, Database, LockTimeout, call, critical_section, job_storage, open_database
@@ -67,26 +66,6 @@ class TrialLost(Exception):
     """The trial was finished by someone else (e.g. failed as stale during an outage): drop it."""
 
 
-def seed_from_retry(study_dir: Path, frozen: optuna.trial.FrozenTrial) -> Path | None:
-    """Copy the newest checkpoint of the trials this one retries into its own folder."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(frozen)
-    target = trial_dir(study_dir, frozen.number)
-    if has_checkpoint(target):
-        return target
-    for number in reversed(history):
-        source = trial_dir(study_dir, number)
-        if has_checkpoint(source):
-            target.mkdir(parents=True, exist_ok=True)
-            for name in (*CHECKPOINTS, METRICS):
-                if (source / name).exists():
-                    atomic_copy(source / name, target / name)
-            log.info("trial %d resumes from the checkpoint of failed trial %d", frozen.number, number)
-            return source
-    return None
-
-
 class Coordinator:
     """Rank 0's side: the study, the lock and the counting rules."""
 
@@ -102,6 +81,7 @@ class Coordinator:
         self._last_keepalive = 0.0
         self._squeue_ok_at = time.monotonic()
         self._adopted = False
+        self._owned: dict[int, str] = {}  # trial id -> the ask token this job took it with
 
     def _retry(self, fn: Callable[[], R], what: str) -> R:
         return call(fn, what, self.hpc.db_outage_s)
@@ -143,6 +123,7 @@ class Coordinator:
                 log.info("study lock busy for %.0f s; asking again", self.hpc.lock_timeout_s)
         if job.action != "train":
             return job
+        self._owned[job.trial_id] = token
         if stop_requested():
             self.release(job.trial_id)
             return Assignment("stop", reason="signal received while asking; trial handed back")
@@ -219,6 +200,9 @@ class Coordinator:
                         frozen.number, frozen.state.name)
             return None
         self._beat(trial_id)
+        token = uuid.uuid4().hex  # fencing: from now on only this job may report, checkpoint and tell it
+        self._retry(lambda: self.db.storage.set_trial_system_attr(trial_id, schema.ASK_TOKEN, token), "own trial")
+        self._owned[trial_id] = token
         self._set_attr(trial_id, REQUEUED_JOB, None)
         return Assignment("train", trial_id, frozen.number, self._sample(trial_id, frozen.number), "resumed")
 
@@ -263,9 +247,7 @@ class Coordinator:
     def report(self, trial_id: int, step: int, value: float) -> bool:
         """Report an epoch's objective; True means prune. :class:`TrialLost` if someone finished the trial."""
         def go() -> bool:
-            frozen = self.db.storage.get_trial(trial_id)
-            if frozen.state.is_finished():
-                raise TrialLost(f"trial {frozen.number} is {frozen.state.name}")
+            frozen = self._mine(trial_id)
             if step not in frozen.intermediate_values:
                 try:
                     self.db.storage.set_trial_intermediate_value(trial_id, step, value)
@@ -276,9 +258,23 @@ class Coordinator:
 
         return self._retry(go, "report")
 
+    def _mine(self, trial_id: int) -> optuna.trial.FrozenTrial:
+        """The trial, if this job still owns it; :class:`TrialLost` if it was finished or taken over."""
+        frozen = self.db.storage.get_trial(trial_id)
+        if frozen.state.is_finished():
+            raise TrialLost(f"trial {frozen.number} is {frozen.state.name}")
+        if frozen.system_attrs.get(schema.ASK_TOKEN) != self._owned.get(trial_id):
+            raise TrialLost(f"trial {frozen.number} belongs to another job now")
+        return frozen
+
     def tell(self, trial_id: int, state: TrialState, value: float | None,
              outcome: TrialOutcome | None = None) -> bool:
-        """Finish the trial; False (one warning) when someone else already finished it."""
+        """Finish the trial; False (one warning) when someone else finished it or owns it now."""
+        try:
+            self._retry(lambda: self._mine(trial_id), "check owner")
+        except TrialLost as exc:
+            log.warning("%s; dropping it", exc)
+            return False
         try:
             for key, attr in (outcome or TrialOutcome()).attrs().items():
                 self._set_attr(trial_id, key, attr)

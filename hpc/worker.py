@@ -10,6 +10,12 @@ The counting rules live in :mod:`hpc.trials`, signals in :mod:`hpc.signals`, req
 
 from __future__ import annotations
 
+if not __package__:  # run as a file: re-run as `python -m hpc.<name>` (hpc/_script.py)
+    import os
+    import runpy
+
+    runpy.run_path(os.path.join(os.path.dirname(__file__), "_script.py"))
+
 import argparse
 import logging
 import os
@@ -117,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(stream=sys.stdout)
     p = argparse.ArgumentParser(prog="python -m hpc.worker", description=__doc__.split("\n")[0])
     p.add_argument("--config", default=os.environ.get("DUALSEG_CONFIG") or None,
-                   help="default: the config recorded in the study by `launch.py --prepare-only`")
+                   help="only for a study without a recorded config: a study prepared by `launch.py --prepare-only` "
+                   "trains on the config recorded in it (--set overrides included), and --config is refused")
     p.add_argument("--study", default=os.environ.get("DUALSEG_STUDY"), help="study name (default $DUALSEG_STUDY)")
     p.add_argument("--storage", default=None, help="study database URL (default $DUALSEG_STORAGE)")
     p.add_argument("--scratch", default=None, help="default: the one recorded in the study by the launcher")
@@ -158,6 +165,9 @@ def _plain_spec(a: argparse.Namespace, record: StudyRecord, url: StorageURL,
                 load_config: Callable[[str], Config]) -> WorkerSpec:
     if record.config is None and not a.config:
         return WorkerSpec({}, url.public, a.study, "")
+    if record.config is not None and a.config:  # the study's config is the config: no silent second one
+        raise InputError(f"--config: study {a.study!r} records the configuration it was prepared with (--set "
+                         "overrides included); its workers train on that — drop --config / $DUALSEG_CONFIG")
     cfg = load_config(a.config) if a.config else from_dict(Config, record.config or {})
     hpc = parse_hpc(cfg, {"study": a.study, "scratch": a.scratch})
     scratch = a.scratch or record.scratch or str(resolve_scratch(hpc.scratch, cfg.train.scratch))

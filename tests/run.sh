@@ -56,10 +56,11 @@ if [[ "${DUALSEG_NO_TESTBED:-0}" != 1 ]]; then
 fi
 
 # ---------------------------------------------------------------- lint and types
-# ruff and mypy over the library and the HPC layer (settings in pyproject.toml), before any test.
+# ruff over the library, the HPC layer, tests and benchmarks, mypy over the first two (settings in
+# pyproject.toml), before any test.
 if [[ "${DUALSEG_NO_LINT:-0}" != 1 ]]; then
-  log "ruff check dualseg hpc; mypy"
-  "$PY" -m ruff check dualseg hpc || { log "error: ruff found problems (see above)"; exit 1; }
+  log "ruff check dualseg hpc tests bench; mypy"
+  "$PY" -m ruff check dualseg hpc tests bench || { log "error: ruff found problems (see above)"; exit 1; }
   "$PY" -m mypy || { log "error: mypy found problems (see above)"; exit 1; }
 fi
 

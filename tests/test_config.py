@@ -82,4 +82,5 @@ def test_choices_are_checked_once_by_the_loader(key: str, value: object, choices
         apply_overrides(Config(), {key: value})
     assert str(exc.value) == f"config: {key}: must be one of {choices} (got {value!r})"
     section, leaf = key.split(".")
-    assert getattr(getattr(apply_overrides(Config(), {key: choices.split(", ")[-1]}), section), leaf) == choices.split(", ")[-1]
+    last = choices.split(", ")[-1]
+    assert getattr(getattr(apply_overrides(Config(), {key: last}), section), leaf) == last

@@ -91,7 +91,8 @@ def _umask(mask: int) -> Iterator[None]:
         os.umask(old)
 
 
-@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750), (0o077, 0o600, 0o700)])
+@pytest.mark.parametrize("mask, file_mode, dir_mode",
+                         [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750), (0o077, 0o600, 0o700)])
 def test_written_files_get_the_umask_mode(tmp_path: Path, mask: int, file_mode: int, dir_mode: int) -> None:
     """Like an ordinary open(): mkstemp's 0600 would lock a shared dataset or results out of the group."""
     with _umask(mask):

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -202,7 +202,8 @@ def test_up_is_idempotent_and_rejects_unknown_options(slurm_env, pg_url):
     check = subprocess.run(["bash", str(UP), "--check"], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0
     bad = subprocess.run(["bash", str(UP), "--bogus"], capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 1 and bad.stderr.strip() == "testbed: error: unknown option '--bogus' (use --check or no argument)"
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == "testbed: error: unknown option '--bogus' (use --check or no argument)"
 
 
 @pytest.fixture()

@@ -64,29 +64,6 @@ class DataBundle:
     max_t: dict[str, int] = field(default_factory=dict)  # longest series per stream over the loaded tiles
 
 
-def _check_options(cfg: DataConfig) -> None:
-    if cfg.patch_size < 1:
-        raise InputError(f"data.patch_size must be >= 1, got {cfg.patch_size}")
-    if cfg.samples_per_tile < 1:
-        raise InputError(f"data.samples_per_tile must be >= 1, got {cfg.samples_per_tile}")
-    if cfg.max_t is not None and cfg.max_t < 1:
-        raise InputError(f"data.max_t must be >= 1, got {cfg.max_t}")
-    if cfg.time_buckets is not None and cfg.time_buckets < 1:
-        raise InputError(f"data.time_buckets must be >= 1, got {cfg.time_buckets}")
-    if cfg.time_buckets is not None and cfg.max_t is not None:
-        raise InputError("data.time_buckets and data.max_t both set: max_t pads every batch to one length "
-                         "already; set one of them")
-    if cfg.cache_mb < 0 or cfg.num_workers < 0 or cfg.buffer_mb < 0:
-        raise InputError("data.cache_mb, data.buffer_mb and data.num_workers must be >= 0")
-    for key, bands in (("s1", cfg.s1_bands), ("s2", cfg.s2_bands)):
-        if not bands:
-            raise InputError(f"data.{key}_bands is empty")
-        if len(set(bands)) != len(bands):
-            raise InputError(f"data.{key}_bands lists a band twice: {bands}")
-        if {"time", "cloud"} & set(bands):
-            raise InputError(f"data.{key}_bands: 'time'/'cloud' are not bands")
-
-
 def _rank_world(rank: int | None, world_size: int | None, gather: Gather | None) -> tuple[int, int]:
     if gather is None:
         return 0, 1
@@ -208,7 +185,6 @@ def build_data(
     shard of the train tiles (``rank``/``world_size`` default to torch.distributed's). ``device``
     is the trainer's: the statistics pass uses the same GPU (None: CuPy's current device, if any).
     """
-    _check_options(cfg)
     explicit = cfg.train_tiles is not None and all(
         getattr(cfg, f"{s}_tiles") is not None for s in splits
     )

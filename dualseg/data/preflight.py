@@ -34,7 +34,7 @@ CHECKED_DIR = ".dualseg-checked"
 
 def _key(cfg: DataConfig, names: list[str]) -> str:
     stamps = [[n, content_stamp(tile_path(cfg.root, n))] for n in sorted(names)]
-    doc = {"v": 1, "s1": cfg.s1_bands, "s2": cfg.s2_bands, "max_t": cfg.max_t, "tiles": stamps}
+    doc = {"v": 1, "s1": cfg.s1_bands, "s2": cfg.s2_bands, "max_t": cfg.max_t, "patch": cfg.patch_size, "tiles": stamps}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -54,9 +54,11 @@ def check_dataset(
     ``missing_ok``: synthetic data that is still to be generated is not an error (returns None);
     a launcher's dry run checks what exists, its preparation checks again after generating.
     """
+    root = Path(cfg.root)
+    if root.exists() and not root.is_dir():
+        raise InputError(f"data.root: {root} is a file, not a folder of tiles")
     if missing_ok and to_be_generated(cfg):
         return None
-    root = Path(cfg.root)
     if not root.is_dir():
         raise InputError(f"data.root {root} does not exist")
     lists = resolve_splits(cfg, SPLITS)  # each list non-empty, disjoint, every tile on disk
@@ -66,6 +68,10 @@ def check_dataset(
         log.info("dataset %s unchanged since it was last checked (%s)", root, marker.name)
         return lists
     infos = validate_tiles(root, names, cfg.s1_bands, cfg.s2_bands, workers)
+    small = min(infos, key=lambda i: min(i.height, i.width), default=None)
+    if small is not None and cfg.patch_size > min(small.height, small.width):
+        raise InputError(f"config: data.patch_size: {cfg.patch_size} is larger than tile {small.name} "
+                         f"({small.height}x{small.width})")
     if cfg.max_t is not None:
         for info in infos:
             for key in STREAMS:

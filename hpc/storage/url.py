@@ -45,6 +45,12 @@ class StorageURL:
             raise InputError(f"{what}: unsupported database {backend!r} (use postgresql or sqlite)")
         if url.drivername == "postgresql":  # SQLAlchemy 2.1 maps it to psycopg 3; we ship psycopg2
             url = url._replace(drivername="postgresql+psycopg2")
+        db = url.database
+        if backend == "sqlite" and db and db != ":memory:" and not Path(db).is_absolute() \
+                and not Path(db).parent.resolve().is_dir():
+            # sqlite:///tmp/x/s.db is ./tmp/x/s.db: three slashes mean a relative path (four: absolute)
+            raise InputError(f"{what}: SQLite path {db} is relative to this folder and {Path(db).parent} does not "
+                             f"exist here; an absolute path takes four slashes: sqlite:////{db}")
         if backend == "sqlite":
             source: PasswordSource = "none"
         elif url.password:

@@ -108,8 +108,8 @@ def test_option_errors(tmp_path, data):
     root = data.write_root(tmp_path, n=4)
     with pytest.raises(InputError, match=r"tile t\d: s\d has T=\d > data.max_t=3"):
         build_data(data.cfg(root, max_t=3))
-    with pytest.raises(InputError, match=r"data.time_buckets must be >= 1, got 0"):
-        build_data(data.cfg(root, time_buckets=0))
+    with pytest.raises(InputError, match=r"config: data.time_buckets: must be >= 1 \(got 0\)"):
+        build_data(data.cfg(root, time_buckets=0))  # checked where the option is declared (DataConfig)
     with pytest.raises(InputError, match=r"data.time_buckets and data.max_t both set"):
         build_data(data.cfg(root, time_buckets=4, max_t=8))
     with pytest.raises(InputError, match=r"patch_size=17 is larger than tile t0"):

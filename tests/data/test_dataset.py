@@ -97,7 +97,7 @@ def test_augmentation_is_identical_across_streams_and_labels(tmp_path, data):
         seen.add((k, f))
         p, q = plain[i], aug[i]
 
-        def tf(t, k=k, f=f):
+        def tf(t, k=k, f=f):  # bound now: called in this iteration only
             t = torch.rot90(t, k, dims=(-2, -1))
             return torch.flip(t, dims=(-1,)) if f else t
 

@@ -32,11 +32,14 @@ def _fake_pastis(root, n=5):
         np.save(root / "ANNOTATIONS" / f"TARGET_{pid}.npy", target)
         d2 = {str(k): int(f"201809{10 + 3 * k:02d}") for k in range(t2)}
         d1 = {str(k): int(f"201810{1 + 4 * k:02d}") for k in range(t1)}
-        props = {"ID_PATCH": pid, "Fold": i + 1, "dates-S2": d2 if i % 2 else json.dumps(d2), "dates-S1A": json.dumps(d1)}
+        props = {"ID_PATCH": pid, "Fold": i + 1, "dates-S2": d2 if i % 2 else json.dumps(d2),
+                 "dates-S1A": json.dumps(d1)}
         x0, y0 = 700000.0 + 1280 * i, 6600000.0
-        geom = {"type": "Polygon", "coordinates": [[[x0, y0], [x0 + 10 * H, y0], [x0 + 10 * H, y0 + 10 * H], [x0, y0 + 10 * H], [x0, y0]]]}
+        geom = {"type": "Polygon",
+                "coordinates": [[[x0, y0], [x0 + 10 * H, y0], [x0 + 10 * H, y0 + 10 * H], [x0, y0 + 10 * H], [x0, y0]]]}
         feats.append({"type": "Feature", "properties": props, "geometry": geom})
-    doc = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::2154"}}, "features": feats}
+    doc = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::2154"}},
+           "features": feats}
     (root / "metadata.geojson").write_text(json.dumps(doc))
     return root
 
@@ -44,7 +47,8 @@ def _fake_pastis(root, n=5):
 def test_import_round_trip_and_folds(tmp_path):
     src = _fake_pastis(tmp_path / "PASTIS-R")
     splits = import_pastis(src, tmp_path / "out", "1,2,3/4/5", workers=2)
-    assert splits == {"train": ["pastis_10000", "pastis_10001", "pastis_10002"], "val": ["pastis_10003"], "test": ["pastis_10004"]}
+    assert splits == {"train": ["pastis_10000", "pastis_10001", "pastis_10002"], "val": ["pastis_10003"],
+                      "test": ["pastis_10004"]}
     assert json.loads((tmp_path / "out" / "splits.json").read_text()) == splits
     t = read_tile(tmp_path / "out" / "pastis_10001.zarr")
     s2 = np.load(src / "DATA_S2" / "S2_10001.npy")
@@ -72,9 +76,12 @@ def build_cfg(root):
     "breakage, message",
     [
         (lambda s: (s / "DATA_S1A" / "S1A_10002.npy").unlink(), r"patch 10002: missing file .*S1A_10002.npy"),
-        (lambda s: np.save(s / "DATA_S2" / "S2_10001.npy", np.zeros((9, 10, H, H), np.int16)), r"patch 10001: S2_10001.npy has T=9 but dates-S2 lists 5"),
-        (lambda s: np.save(s / "DATA_S2" / "S2_10000.npy", np.zeros((4, 4, H, H), np.int16)), r"patch 10000: S2_10000.npy has shape \(4, 4, 16, 16\)"),
-        (lambda s: np.save(s / "ANNOTATIONS" / "TARGET_10000.npy", np.full((3, H, H), 42)), r"patch 10000: TARGET holds classes \[42\]"),
+        (lambda s: np.save(s / "DATA_S2" / "S2_10001.npy", np.zeros((9, 10, H, H), np.int16)),
+         r"patch 10001: S2_10001.npy has T=9 but dates-S2 lists 5"),
+        (lambda s: np.save(s / "DATA_S2" / "S2_10000.npy", np.zeros((4, 4, H, H), np.int16)),
+         r"patch 10000: S2_10000.npy has shape \(4, 4, 16, 16\)"),
+        (lambda s: np.save(s / "ANNOTATIONS" / "TARGET_10000.npy", np.full((3, H, H), 42)),
+         r"patch 10000: TARGET holds classes \[42\]"),
         (lambda s: (s / "DATA_S2" / "S2_10000.npy").write_bytes(b"junk"), r"patch 10000: cannot read"),
         (lambda s: (s / "metadata.geojson").unlink(), r"has no metadata.geojson"),
     ],
@@ -90,7 +97,8 @@ def test_broken_sources_are_named(tmp_path, breakage, message):
 def test_unsorted_dates_named(tmp_path):
     src = _fake_pastis(tmp_path / "P", n=3)
     doc = json.loads((src / "metadata.geojson").read_text())
-    doc["features"][1]["properties"]["dates-S1A"] = json.dumps({"0": 20181005, "1": 20181001, "2": 20181009, "3": 20181010, "4": 20181011, "5": 20181012})
+    doc["features"][1]["properties"]["dates-S1A"] = json.dumps({"0": 20181005, "1": 20181001, "2": 20181009,
+                                                                "3": 20181010, "4": 20181011, "5": 20181012})
     (src / "metadata.geojson").write_text(json.dumps(doc))
     with pytest.raises(InputError, match=r"tile pastis_10001: s1/time is not sorted"):
         import_pastis(src, tmp_path / "out", "1/2/3", workers=1)
@@ -98,16 +106,21 @@ def test_unsorted_dates_named(tmp_path):
 
 def test_parse_folds():
     assert parse_folds("1,2/3/4,5") == {"train": [1, 2], "val": [3], "test": [4, 5]}
-    for bad, msg in (("1,2,3", "TRAIN/VAL/TEST"), ("1/1/2", "two splits"), ("a/2/3", "not integers"), ("/2/3", "no train")):
+    for bad, msg in (("1,2,3", "TRAIN/VAL/TEST"), ("1/1/2", "two splits"), ("a/2/3", "not integers"),
+                     ("/2/3", "no train")):
         with pytest.raises(InputError, match=msg):
             parse_folds(bad)
 
 
 def test_cli(tmp_path):
     src = _fake_pastis(tmp_path / "P", n=3)
-    ok = subprocess.run([sys.executable, "-m", "dualseg.data.pastis", str(src), str(tmp_path / "o"), "--folds", "1/2/3"], capture_output=True, text=True)
+    ok = subprocess.run([sys.executable, "-m", "dualseg.data.pastis", str(src), str(tmp_path / "o"),
+                         "--folds", "1/2/3"], capture_output=True, text=True)
     assert ok.returncode == 0 and "wrote 3 tiles" in ok.stdout, ok.stderr
-    bad = subprocess.run([sys.executable, "-m", "dualseg.data.pastis", str(src), str(tmp_path / "o3"), "--orbit", "S1D", "--folds", "1/2/3"], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: pastis: patch 10000: missing file") and "S1D_10000.npy" in bad.stderr
-    bad = subprocess.run([sys.executable, "-m", "dualseg.data.pastis", str(tmp_path / "none"), str(tmp_path / "o2")], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "dualseg.data.pastis", str(src), str(tmp_path / "o3"), "--orbit", "S1D",
+                          "--folds", "1/2/3"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: pastis: patch 10000: missing file") \
+        and "S1D_10000.npy" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "dualseg.data.pastis", str(tmp_path / "none"), str(tmp_path / "o2")],
+                         capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip() == f"error: pastis: source folder {tmp_path / 'none'} not found"

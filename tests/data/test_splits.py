@@ -23,7 +23,8 @@ def test_read_and_resolve(tmp_path):
     assert read_splits(root / "splits.json") == {"train": ["a", "b"], "val": ["c"], "test": []}
     cfg = DataConfig(root=str(root), val_tiles=["c.zarr"])
     assert resolve_splits(cfg, ("train", "val"))["val"] == ["c"]
-    cfg = DataConfig(root=str(root), train_tiles=["a"], val_tiles=["b"], test_tiles=["c"], splits=str(root / "none.json"))
+    cfg = DataConfig(root=str(root), train_tiles=["a"], val_tiles=["b"], test_tiles=["c"],
+                     splits=str(root / "none.json"))
     assert resolve_splits(cfg, ("train", "val", "test"))["test"] == ["c"]
 
 

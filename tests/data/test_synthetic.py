@@ -51,7 +51,8 @@ def test_tiles_have_the_properties_the_benchmark_needs():
     assert 0.03 < np.mean(labels == IGNORE_INDEX) < 0.4  # void borders between parcels
     counts = np.bincount(labels[labels != IGNORE_INDEX], minlength=7)
     assert counts[1] > 3 * counts[6] > 0  # imbalanced
-    cloud_cover = np.concatenate([np.isnan(t.s2.bands["B02"]).mean((1, 2)) * 0 + t.s2.cloud.mean((1, 2)) for t in tiles])
+    cloud_cover = np.concatenate([np.isnan(t.s2.bands["B02"]).mean((1, 2)) * 0 + t.s2.cloud.mean((1, 2))
+                                  for t in tiles])
     assert (cloud_cover == 1.0).any() and (cloud_cover == 0).any()  # fully cloudy and clear dates
     bright = np.concatenate([t.s2.bands["B02"][t.s2.cloud] for t in tiles])
     clear = np.concatenate([t.s2.bands["B02"][~t.s2.cloud] for t in tiles])
@@ -106,12 +107,15 @@ def test_benchmark_needs_time_and_s1_helps_under_clouds():
 
 def test_cli_and_bad_options(tmp_path):
     out = tmp_path / "cli"
-    r = subprocess.run([sys.executable, "-m", "dualseg.data.synthetic", "--out", str(out), "--tiles", "3", "--size", "16"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "dualseg.data.synthetic", "--out", str(out), "--tiles", "3",
+                        "--size", "16"], capture_output=True, text=True)
     assert r.returncode == 0 and "wrote 3 tiles" in r.stdout and r.stderr == "", r.stderr
-    r = subprocess.run([sys.executable, "-m", "dualseg.data.synthetic", "--out", str(out), "--tiles", "3"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "dualseg.data.synthetic", "--out", str(out), "--tiles", "3"],
+                       capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().startswith("error: synthetic:") and "--overwrite" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
-    r = subprocess.run([sys.executable, "-m", "dualseg.data.synthetic", "--out", str(tmp_path / "x"), "--tiles", "3", "--cloud-fraction", "1.5"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "dualseg.data.synthetic", "--out", str(tmp_path / "x"), "--tiles", "3",
+                        "--cloud-fraction", "1.5"], capture_output=True, text=True)
     assert r.returncode == 2 and "cloud_fraction must be in [0, 1]" in r.stderr
     assert not (tmp_path / "x").exists()
 

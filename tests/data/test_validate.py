@@ -16,7 +16,8 @@ from dualseg.errors import InputError
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "dualseg.data.validate", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "dualseg.data.validate", *map(str, args)],
+                          capture_output=True, text=True)
 
 
 def test_cli_ok_and_bad(tmp_path, data):

@@ -177,8 +177,7 @@ def test_real_time_limit_with_the_evaluation_job(slurm_env, pg_db_url, tiny_args
     epochs = 14
     s = faults.launch(tiny_args, pg_db_url, "tl", "--trials", "1", "--workers", "1", "--time", "1",
                       "--set", "hpc.signal_delay_s=15", "--set", f"train.epochs={epochs}",
-                      "--set", "train.patience=100",
-                      "--set", "data.samples_per_tile=128")
+                      "--set", "train.patience=100", "--set", "data.samples_per_tile=128")
     s.wait_done(timeout=420)
     text = s.log(None).read_text()
     trials = faults.exact(s, 1, epochs=epochs)

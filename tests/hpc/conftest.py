@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.yaml"
 
 
-def run_cli(script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(script: str, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
     """``python hpc/<script> args`` from the repo root, exactly as a user runs it."""
     return subprocess.run([sys.executable, f"hpc/{script}", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
@@ -46,7 +47,8 @@ def squeue_ids() -> set[str]:
 def jobs_named(fragment: str) -> set[str]:
     """Queued/running job ids whose name contains ``fragment`` (the cluster is shared: never diff all ids)."""
     out = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, timeout=30)
-    return {line.split()[0] for line in out.stdout.splitlines() if len(line.split()) == 2 and fragment in line.split()[1]}
+    return {line.split()[0] for line in out.stdout.splitlines()
+            if len(line.split()) == 2 and fragment in line.split()[1]}
 
 
 def wait_gone(job_ids: list[str], timeout: float, check: Callable[[], None] | None = None) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dualseg.config import Config, load_config
 from dualseg.errors import InputError
 from hpc.config import HpcConfig, parse_hpc
-
-from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -30,5 +30,6 @@ def test_no_complete_trial_is_an_input_error(tmp_path: Path, hpc_tools) -> None:
 def test_missing_checkpoint_names_the_path(tmp_path: Path, hpc_tools) -> None:
     r = hpc_tools.run_cli("evaluate.py", "--study", "s", "--storage", _study(tmp_path, complete=True))
     assert r.returncode == 2
-    assert r.stderr.strip() == f"error: best trial 0: checkpoint {tmp_path}/s/trial-0/best.pt not found (wrong --scratch?)"
+    assert r.stderr.strip() == (f"error: best trial 0: checkpoint {tmp_path}/s/trial-0/best.pt not found "
+                                "(wrong --scratch?)")
     assert not (tmp_path / "s" / "results" / "results.json").exists()

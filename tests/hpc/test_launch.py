@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import stat
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import optuna
 import pytest
 from sqlalchemy.engine import make_url
-
 
 OPTIONS = ["--config", "--nodes", "--gpus-per-node", "--trials", "--workers", "--parallel", "--partition", "--account",
            "--qos", "--time", "--mem", "--cpus-per-task", "--storage", "--study", "--scratch", "--executor",
@@ -57,13 +56,14 @@ def test_local_executor_runs_the_search_and_prints_the_result(hpc_tools, tiny_ar
 
 def test_local_executor_refuses_multi_node(hpc_tools, tiny_args) -> None:
     r = hpc_tools.run_cli("launch.py", *tiny_args, "--executor", "local", "--nodes", "2")
-    assert r.returncode == 2 and r.stderr.strip() == "error: --nodes: the local executor runs on one machine (got 2); use --executor slurm"
+    assert r.returncode == 2 and r.stderr.strip() == ("error: --nodes: the local executor runs on one machine (got 2); "
+                                                      "use --executor slurm")
 
 
 @pytest.mark.slurm
 def test_dry_run_prints_every_script_and_submits_nothing(slurm_env, hpc_tools, tiny_args, tmp_path) -> None:
-    r = hpc_tools.run_cli("launch.py", *tiny_args, "--dry-run", "--study", "dry-e9f1", "--nodes", "2", "--workers", "3", "--parallel", "2",
-                          "--partition", slurm_env["partition"], "--time", "1:00:00", "--mem", "4G",
+    r = hpc_tools.run_cli("launch.py", *tiny_args, "--dry-run", "--study", "dry-e9f1", "--nodes", "2", "--workers", "3",
+                          "--parallel", "2", "--partition", slurm_env["partition"], "--time", "1:00:00", "--mem", "4G",
                           "--set", "hpc.signal_delay_s=45", "--set", "hpc.setup=[module load foo]",
                           "--storage", "postgresql://me:T0pS3cret@db.example/optuna")
     assert r.returncode == 0, r.stderr
@@ -124,7 +124,8 @@ def test_slurm_search_two_node_ddp_exact_count_eval_and_no_password_leak(slurm_e
     # a user's shell: the test harness's own variables (which hold the test password) are not there
     clean = {k: v for k, v in os.environ.items() if not k.startswith("DUALSEG_TEST_PG") and k != "PGPASSWORD"}
     r = subprocess.run([sys.executable, "hpc/launch.py", *tiny_args, "--nodes", "2", "--trials", "4", "--workers", "2",
-                        "--partition", slurm_env["partition"], "--time", "10", "--study", "e2e", "--storage", pg_db_url],
+                        "--partition", slurm_env["partition"], "--time", "10", "--study", "e2e",
+                        "--storage", pg_db_url],
                        cwd=hpc_tools.repo, capture_output=True, text=True, timeout=120,
                        env={**clean, "DUALSEG_STORAGE": ""}, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr

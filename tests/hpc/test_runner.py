@@ -100,3 +100,19 @@ def test_a_full_scratch_pauses_the_trial_and_the_search_goes_on(tmpfs: Path, tmp
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"], [t.user_attrs for t in trials]
     assert (tmpfs / "full" / "results" / "results.json").is_file()
     shutil.rmtree(tmpfs / "full", ignore_errors=True)
+
+
+def test_a_job_with_nothing_to_train_gives_its_allocation_back(tmp_path: Path, tiny_data: Path,
+                                                               hpc_tools: SimpleNamespace) -> None:
+    """Two workers, one trial: the idle one leaves after hpc.max_wait_s instead of polling to the end."""
+    db = tmp_path / "s.db"
+    r = subprocess.run([sys.executable, "hpc/launch.py", "--config", str(hpc_tools.tiny), "--scratch",
+                        str(tmp_path / "scratch"), "--storage", f"sqlite:///{db}", "--study", "idle", "--trials", "1",
+                        "--workers", "2", "--no-eval", "--set", f"data.root={tiny_data}", "--set", "train.epochs=3",
+                        "--set", "data.samples_per_tile=8", "--set", "hpc.max_wait_s=1"],
+                       cwd=hpc_tools.repo, capture_output=True, text=True, timeout=300)
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "scratch" / "idle" / "logs").glob("*_log.out"))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert logs.count("releasing the allocation") == 1, logs[-3000:]
+    trials = optuna.load_study(study_name="idle", storage=f"sqlite:///{db}").trials
+    assert [t.state.name for t in trials] == ["COMPLETE"]

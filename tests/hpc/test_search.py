@@ -48,8 +48,10 @@ def test_suggest_returns_a_retry_trials_fixed_values() -> None:
     assert suggest(trial, hpc.specs)["train.lr"] == fixed
 
 
-@pytest.mark.parametrize("kind, cls", [("median", optuna.pruners.MedianPruner), ("sha", optuna.pruners.SuccessiveHalvingPruner),
-                                       ("hyperband", optuna.pruners.HyperbandPruner), ("none", optuna.pruners.NopPruner)])
+@pytest.mark.parametrize("kind, cls", [("median", optuna.pruners.MedianPruner),
+                                       ("sha", optuna.pruners.SuccessiveHalvingPruner),
+                                       ("hyperband", optuna.pruners.HyperbandPruner),
+                                       ("none", optuna.pruners.NopPruner)])
 def test_pruners(kind: str, cls: type) -> None:
     assert isinstance(build_pruner(PrunerConfig(kind=kind)), cls)  # type: ignore[arg-type]
 

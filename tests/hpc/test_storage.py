@@ -75,7 +75,8 @@ def test_passfile_is_0600_from_the_start(tmp_path: Path) -> None:
         os.umask(old)
     assert path is not None and stat.S_IMODE(path.stat().st_mode) == 0o600
     assert path.read_text() == "h:5433:db:me:p\\:w\n"
-    assert write_passfile(StorageURL.parse("postgresql://me@h/db"), tmp_path / "x") is None or "PGPASSWORD" in os.environ
+    no_password = StorageURL.parse("postgresql://me@h/db")
+    assert write_passfile(no_password, tmp_path / "x") is None or "PGPASSWORD" in os.environ
 
 
 def test_engine_settings_hold_no_idle_connections() -> None:

@@ -87,7 +87,7 @@ def test_concurrent_workers_exact_count_and_crash_retry_postgres(pg_db_url: str,
 
 
 def test_retry_copies_the_failed_trials_checkpoint(tmp_path: Path) -> None:
-    from hpc.trials import seed_from_retry
+    from hpc.paths import seed_from_retry
 
     (tmp_path / "trial-3").mkdir()
     (tmp_path / "trial-3" / "last.pt").write_bytes(b"epoch-2-state")
@@ -187,6 +187,25 @@ def test_tell_on_a_trial_someone_else_failed_drops_it(pg_db_url: str, tmp_path: 
         coord.report(job.trial_id, 0, 0.5)
     assert coord.tell(job.trial_id, optuna.trial.TrialState.COMPLETE, 0.5) is False
     coord.db.close()
+
+
+def test_a_trial_taken_over_by_another_job_is_fenced_off(tmp_path: Path) -> None:
+    """Job A holds trial 0; job B adopts it (as a requeued job does): A may neither report nor tell any more."""
+    from hpc.trials import TrialLost
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    a = _coordinator(url, tmp_path)
+    job = a.next(None)
+    assert a.report(job.trial_id, 0, 0.9) is False  # A owns it
+    b = _coordinator(url, tmp_path)
+    again = b.next(job.trial_id)  # B continues the same trial (its requeue target)
+    assert (again.action, again.trial_id, again.reason) == ("train", job.trial_id, "resumed")
+    with pytest.raises(TrialLost, match="belongs to another job"):
+        a.report(job.trial_id, 1, 0.8)
+    assert a.tell(job.trial_id, optuna.trial.TrialState.COMPLETE, 0.8) is False
+    assert b.report(job.trial_id, 1, 0.7) is False and b.tell(job.trial_id, optuna.trial.TrialState.COMPLETE, 0.7)
+    trial = b.study.get_trials()[0]
+    assert trial.state.name == "COMPLETE" and trial.intermediate_values == {0: 0.9, 1: 0.7}
 
 
 @pytest.mark.postgres

@@ -17,7 +17,6 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-
 # ---------------------------------------------------------------- the real test bed: SLURM + PostgreSQL
 
 
@@ -65,3 +64,16 @@ def test_pickle_free_train_sbatch(slurm_env, pg_db_url, hpc_tools, tiny_args, tm
     assert (tmp_path / "scratch" / "plain" / "trial-1" / "best.pt").exists()
     text = "".join(p.read_text() for p in logdir.glob(f"{array}_*_1_log.out"))
     assert "[rank 1/2 node n" in text  # rank 1 of the 2-node job trained too
+
+
+def test_a_worker_trains_on_the_study_s_config_not_a_second_one(hpc_tools, tiny_args, tmp_path) -> None:
+    """`--prepare-only` recorded the config (with its --set overrides): a --config given to a worker is refused."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    r = hpc_tools.run_cli("launch.py", *tiny_args, "--storage", url, "--study", "rec", "--executor", "local",
+                          "--set", "train.epochs=1", "--prepare-only")
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "hpc.worker", "--study", "rec", "--storage", url, "--config",
+                        str(hpc_tools.tiny)], cwd=hpc_tools.repo, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "DUALSEG_CONFIG": ""})
+    assert r.returncode == 2 and r.stderr.count("error:") == 1, r.stderr
+    assert "records the configuration it was prepared with" in r.stderr

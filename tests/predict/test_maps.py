@@ -90,7 +90,8 @@ def test_bad_input_is_one_line_and_writes_nothing(
 
 
 def test_missing_band_and_bad_model_are_named(quick_cfg: Config, trained: dict[str, Path], tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str], unlabelled: Callable[..., Path]) -> None:
+                                              capsys: pytest.CaptureFixture[str],
+                                              unlabelled: Callable[..., Path]) -> None:
     import shutil
 
     root = Path(quick_cfg.data.root)

@@ -69,7 +69,8 @@ def test_blending_reproduces_a_position_independent_model_exactly(tmp_path: Path
     for b in s2b:
         tile.s2.bands[b] = rng.uniform(0, 2000, tile.s2.bands[b].shape).astype(np.float32)
     info = open_tile(write_tile(tmp_path / "r.zarr", tile))
-    spec = InputSpec(mean={"s1": np.zeros(1), "s2": np.full(3, 1000.0)}, std={"s1": np.ones(1), "s2": np.full(3, 500.0)})
+    spec = InputSpec(mean={"s1": np.zeros(1), "s2": np.full(3, 1000.0)},
+                     std={"s1": np.ones(1), "s2": np.full(3, 500.0)})
     inp = load_input(info, spec)
     net = Pointwise(3, 5).eval()
     with torch.no_grad():

@@ -19,7 +19,8 @@ from dualseg.train.export import load_exported
 TRANSFORM = [10.0, 0.0, 699960.0, 0.0, -10.0, 5300040.0]
 
 
-@pytest.mark.parametrize(("crs", "epsg"), [("EPSG:32631", 32631), ("urn:ogc:def:crs:EPSG::2154", 2154)])  # 2nd: PASTIS-R's
+@pytest.mark.parametrize(("crs", "epsg"),
+                         [("EPSG:32631", 32631), ("urn:ogc:def:crs:EPSG::2154", 2154)])  # 2nd: PASTIS-R's
 def test_geotiff_round_trip(quick_cfg: Config, trained: dict[str, Path], tmp_path: Path, crs: str, epsg: int) -> None:
     root = Path(quick_cfg.data.root)
     name = json.loads((root / "splits.json").read_text())["test"][0]
