@@ -134,11 +134,19 @@ if [[ ! -d "$DIR" ]]; then
   exit 0
 fi
 
-# 5. /etc/hosts line, if this bed added it
-if [[ -f "$DIR/hosts-added" ]] && grep -q ' # dualseg-testbed$' /etc/hosts; then
+# 5. /etc/hosts line, if this bed added it: exactly the line it recorded (another bed may have added
+#    its own); a bed started by an older up.sh recorded nothing and tagged its line ' # dualseg-testbed'.
+if [[ -f "$DIR/hosts-added" ]]; then
+  added="$(head -n1 "$DIR/hosts-added")"
+  if [[ -n $added ]] && grep -qxF -- "$added" /etc/hosts; then
+    kept="$(grep -vxF -- "$added" /etc/hosts)"
+  elif [[ -z $added ]] && grep -q ' # dualseg-testbed$' /etc/hosts; then
+    kept="$(grep -v ' # dualseg-testbed$' /etc/hosts)"
+  else
+    kept=""
+  fi
   # rewrite in place (not sed -i): /etc/hosts is often a bind mount that cannot be renamed over
-  kept="$(grep -v ' # dualseg-testbed$' /etc/hosts)"
-  printf '%s\n' "$kept" >/etc/hosts
+  [[ -z $kept ]] || printf '%s\n' "$kept" >/etc/hosts
 fi
 
 # 6. files

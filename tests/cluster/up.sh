@@ -40,14 +40,18 @@ pg_ok() {  # a real password-authenticated query over TCP
     -p "$DUALSEG_TEST_PG_PORT" -U "$PG_USER" -d "$PG_DB" -tAc 'select 1' 2>/dev/null | grep -qx 1
 }
 
-nodes_state() {  # "n1 idle\nn2 idle" (states of all nodes of the partition)
-  timeout 15 sinfo -h -N -p "$PARTITION" -o '%N %T' 2>/dev/null | sort -u
+nodes_state() {  # "n1 idle\nn2 idle\nn3 idle" (states of all nodes, every partition)
+  timeout 15 sinfo -h -N -o '%N %T' 2>/dev/null | sort -u
 }
 
-slurm_ok() {  # both nodes respond (idle, or busy with jobs) and the controller answers
+slurm_ok() {  # n1 and n2 respond (idle, or busy with jobs) and the controller answers
   local states
   states="$(SLURM_CONF="$DIR/slurm/slurm.conf" nodes_state)" || return 1
   [[ "$(grep -cE '^n[12] (idle|mixed|allocated|completing)$' <<<"$states")" == 2 ]]
+}
+
+template_changed() {  # the bed runs a slurm.conf rendered from another tests/cluster/slurm.conf.in
+  [[ "$(cat "$DIR/slurm/template.sha256" 2>/dev/null)" != "$(sha256sum <"$HERE/slurm.conf.in")" ]]
 }
 
 healthy() {
@@ -71,6 +75,9 @@ flock -w 180 9 || die "another up.sh/down.sh holds $DIR.lock for over 180 s"
 for attempt in 1 2 3; do
   if healthy; then
     log "already up ($DIR/env)"
+    # never restarted for this (it would end every running job): say how to apply the new template
+    ! template_changed || log "warning: this bed runs a slurm.conf from an older tests/cluster/slurm.conf.in" \
+      "(e.g. without partitions low/high); apply it with: bash $HERE/down.sh && bash $HERE/up.sh"
     exit 0
   fi
   [[ -f "$DIR/env" ]] || break
@@ -146,10 +153,10 @@ install -d -o postgres -g postgres -m 755 "$DIR/pg/run"
 install -o postgres -g postgres -m 644 /dev/null "$DIR/log/postgres.log"
 
 PY="$(command -v python3 || command -v python)"
-read -r PG_PORT CTLD_PORT N1_PORT N2_PORT < <("$PY" - <<'EOF'
+read -r PG_PORT CTLD_PORT N1_PORT N2_PORT N3_PORT < <("$PY" - <<'EOF'
 import socket
 socks, ports = [], []
-while len(ports) < 4:  # keep all sockets open until the end so the four ports differ
+while len(ports) < 5:  # keep all sockets open until the end so the five ports differ
     s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
     p = s.getsockname()[1]
     if p not in ports:
@@ -162,12 +169,17 @@ HOST="$(uname -n | cut -d. -f1)"
 MEM_MB="$(awk '/MemTotal/ {m=int($2/1024/2); print (m>512?m:512)}' /proc/meminfo)"
 
 # ---------------------------------------------------------------- node names resolve to 127.0.0.1
-# TorchDistributedEnvironment uses the first SLURM node name (n1) as MASTER_ADDR.
-if [[ "$(getent ahostsv4 n1 | awk 'NR==1{print $1}')" != 127.0.0.1 ||
-      "$(getent ahostsv4 n2 | awk 'NR==1{print $1}')" != 127.0.0.1 ]]; then
+# TorchDistributedEnvironment uses the first SLURM node name (n1, or n3) as MASTER_ADDR. Only the
+# names that do not resolve yet are added, in a line of this bed's own (down.sh removes exactly it).
+missing=()
+for n in n1 n2 n3; do
+  [[ "$(getent ahostsv4 "$n" | awk 'NR==1{print $1}')" == 127.0.0.1 ]] || missing+=("$n")
+done
+if (( ${#missing[@]} )); then
   [[ -z "$(tail -c1 /etc/hosts)" ]] || echo >> /etc/hosts
-  echo "127.0.0.1 n1 n2 # dualseg-testbed" >> /etc/hosts
-  touch "$DIR/hosts-added"
+  line="127.0.0.1 ${missing[*]} # dualseg-testbed $DIR"
+  echo "$line" >> /etc/hosts
+  echo "$line" >"$DIR/hosts-added"
 fi
 
 # ---------------------------------------------------------------- munge (own key and socket)
@@ -214,22 +226,23 @@ DUALSEG_TEST_PG_PASSWORD="$PG_PASSWORD" DUALSEG_TEST_PG_PORT="$PG_PORT" pg_ok \
 # ---------------------------------------------------------------- SLURM
 : >"$DIR/slurm/plugstack.conf"
 sed -e "s#@DIR@#$DIR#g" -e "s#@HOST@#$HOST#g" -e "s#@CTLD_PORT@#$CTLD_PORT#g" \
-    -e "s#@N1_PORT@#$N1_PORT#g" -e "s#@N2_PORT@#$N2_PORT#g" -e "s#@CPUS@#$CPUS#g" \
+    -e "s#@N1_PORT@#$N1_PORT#g" -e "s#@N2_PORT@#$N2_PORT#g" -e "s#@N3_PORT@#$N3_PORT#g" -e "s#@CPUS@#$CPUS#g" \
     -e "s#@MEM_MB@#$MEM_MB#g" -e "s#@PARTITION@#$PARTITION#g" -e "s#@MUNGE_SOCKET@#$MUNGE_SOCKET#g" \
     "$HERE/slurm.conf.in" >"$DIR/slurm/slurm.conf"
 [[ -z $EXTRA_CONF ]] || printf '# DUALSEG_TESTBED_SLURM_EXTRA\n%s\n' "$EXTRA_CONF" >>"$DIR/slurm/slurm.conf"
 ! grep -n '@[A-Z_]*@' "$DIR/slurm/slurm.conf" || die "unfilled placeholder in $DIR/slurm/slurm.conf"
+sha256sum <"$HERE/slurm.conf.in" >"$DIR/slurm/template.sha256"
 export SLURM_CONF="$DIR/slurm/slurm.conf"
 slurmctld -f "$SLURM_CONF" -c -i </dev/null >>"$DIR/log/slurmctld.log" 2>&1 9>&- \
   || die "slurmctld failed to start (see $DIR/log/slurmctld.log)"
-for n in n1 n2; do
+for n in n1 n2 n3; do
   slurmd -f "$SLURM_CONF" -N "$n" </dev/null >>"$DIR/log/slurmd-$n.log" 2>&1 9>&- \
     || die "slurmd -N $n failed to start (see $DIR/log/slurmd-$n.log)"
 done
 
 deadline=$((SECONDS + TIMEOUT))
 states=""
-until [[ "$(grep -cE '^n[12] idle$' <<<"$states")" == 2 ]]; do
+until [[ "$(grep -cE '^n[123] idle$' <<<"$states")" == 3 ]]; do
   if (( SECONDS >= deadline )); then
     die "SLURM nodes not idle after ${TIMEOUT}s; sinfo says: $(tr '\n' ' ' <<<"${states:-<no answer>}")"
   fi
@@ -253,4 +266,5 @@ export DUALSEG_TEST_PG_PASSWORD=$PG_PASSWORD
 export DUALSEG_TEST_PG_PORT=$PG_PORT
 EOF
 mv "$DIR/env.tmp" "$DIR/env"
-log "up in $((SECONDS - T0))s: postgres 127.0.0.1:$PG_PORT, slurm partition '$PARTITION' nodes n1,n2; source $DIR/env"
+log "up in $((SECONDS - T0))s: postgres 127.0.0.1:$PG_PORT, slurm partition '$PARTITION' nodes n1,n2" \
+  "(partitions low/high: n3); source $DIR/env"

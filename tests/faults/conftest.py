@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -96,6 +97,49 @@ class PrivatePostgres:
         who = f"AND usename = '{user or self.user}'"
         return int(self.sql(f"SELECT count(*) FROM pg_stat_activity WHERE datname IS NOT NULL {who};").strip())
 
+    def crash_backend(self, timeout: float = 60) -> int:
+        """SIGKILL one backend (a worker's if one connects within 5 s, else a session of ours): the postmaster
+        ends every backend, says "the database system is in recovery mode" for a moment and recovers.
+        Returns the killed pid once the server accepts connections again."""
+        def kill_one(who: str) -> int | None:
+            out = self.sql(f"SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND {who};")
+            for pid in (int(p) for p in out.split()):
+                try:  # a worker's connection lives for one call: it may be gone already
+                    if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"postgres:"):
+                        os.kill(pid, signal.SIGKILL)
+                        return pid
+                except (OSError, ProcessLookupError):
+                    continue
+            return None
+
+        crashes = self.log.read_text(errors="replace").count("all server processes terminated; reinitializing")
+        deadline, sleeper = time.monotonic() + 5, None
+        killed = kill_one(f"usename = '{self.user}'")
+        while killed is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            killed = kill_one(f"usename = '{self.user}'")
+        if killed is None:
+            sleeper = subprocess.Popen(["runuser", "-u", "postgres", "--", str(self.bin / "psql"), "-X", "-q", "-h",
+                                        str(self.run), "-p", str(self.port), "-d", "postgres", "-c",
+                                        "SELECT pg_sleep(60) AS dualseg_crash"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 30
+            while killed is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+                killed = kill_one("query LIKE '%dualseg_crash%' AND pid <> pg_backend_pid()")
+            assert killed is not None, "no backend of the private server to kill"
+
+        def recovered() -> bool:
+            text = self.log.read_text(errors="replace")
+            done = text.count("all server processes terminated; reinitializing") > crashes
+            return done and self._pg(str(self.bin / "pg_isready"), "-h", str(self.run), "-p", str(self.port),
+                                     timeout=10).returncode == 0
+
+        wait_for(recovered, timeout, "PostgreSQL crash recovery")
+        if sleeper is not None:
+            sleeper.wait(timeout=30)
+        return killed
+
     def destroy(self) -> None:
         self._pg(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop", timeout=60)
         shutil.rmtree(self.root, ignore_errors=True)
@@ -165,6 +209,20 @@ class Search:
                 return
             self.tools.wait_gone(ids, timeout=max(1.0, deadline - time.monotonic()))
 
+    @property
+    def job_names(self) -> tuple[str, str]:
+        return f"dualseg-{self.study}", f"dualseg-eval-{self.study}"
+
+    def jobs(self) -> list[str]:
+        """``id name`` of every queued job of this study: workers (resubmitted ones too) and evaluation jobs."""
+        out = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, timeout=30).stdout
+        return [line for line in out.splitlines() if len(line.split()) == 2 and line.split()[1] in self.job_names]
+
+    def cancel(self) -> None:
+        """Cancel every job of this study (a test's teardown: nothing it started outlives it)."""
+        for name in self.job_names:
+            subprocess.run(["scancel", f"--name={name}"], capture_output=True, timeout=30)
+
     def epochs(self, number: int) -> list[int]:
         import json
 
@@ -181,7 +239,9 @@ def launch_search(tools, args: list[str], url: str, study: str, *extra: str) -> 
 
 
 def assert_exact(search: Search, n: int, epochs: int | None = None) -> list:
-    """The invariant every scenario proves: exactly ``n`` finished, nothing left running, no epoch twice."""
+    """The invariant every scenario proves: exactly ``n`` finished, nothing left running, no epoch twice,
+    results written when the evaluation job was submitted, and no job of the study left in the queue."""
+    assert not search.jobs(), f"jobs of study {search.study} still queued: {search.jobs()}"
     trials = search.trials()
     states = [(t.number, t.state.name) for t in trials]
     done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
@@ -199,8 +259,16 @@ def assert_exact(search: Search, n: int, epochs: int | None = None) -> list:
 
 
 @pytest.fixture()
-def faults(hpc_tools):  # noqa: F811 - the shared fixture imported above
+def faults(hpc_tools):  # noqa: F811 - the imported fixture, requested by name
+    """``launch``, ``exact``, ``wait_for``; every search launched through it is cancelled at teardown."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(launch=lambda *a, **k: launch_search(hpc_tools, *a, **k), exact=assert_exact,
-                           wait_for=wait_for)
+    launched: list[Search] = []
+
+    def launch(*a, **k) -> Search:
+        launched.append(launch_search(hpc_tools, *a, **k))
+        return launched[-1]
+
+    yield SimpleNamespace(launch=launch, exact=assert_exact, wait_for=wait_for)
+    for search in launched:
+        search.cancel()

@@ -206,3 +206,19 @@ def test_a_trial_taken_over_by_another_job_is_fenced_off(tmp_path: Path) -> None
     assert b.report(job.trial_id, 1, 0.7) is False and b.tell(job.trial_id, optuna.trial.TrialState.COMPLETE, 0.7)
     trial = b.study.get_trials()[0]
     assert trial.state.name == "COMPLETE" and trial.intermediate_values == {0: 0.9, 1: 0.7}
+
+
+@pytest.mark.postgres
+def test_tell_records_the_objective_not_an_outcome_attribute(pg_db_url: str, tmp_path: Path) -> None:
+    """The outcome's attributes are written first; the trial's value is still the objective it was told
+    (a loop variable named ``value`` once made it ``busy_s`` — or ``fatal=False``, refused by PostgreSQL)."""
+    from hpc.study import TrialOutcome
+
+    coord = _coordinator(pg_db_url, tmp_path)
+    done, failed = coord.next(None), coord.next(None)
+    assert coord.tell(done.trial_id, optuna.trial.TrialState.COMPLETE, 0.25, TrialOutcome(epochs_run=2, busy_s=7.5))
+    assert coord.tell(failed.trial_id, optuna.trial.TrialState.FAIL, None, TrialOutcome(error="boom", fatal=False))
+    by_id = {t._trial_id: t for t in coord.study.get_trials()}
+    assert by_id[done.trial_id].value == 0.25 and by_id[done.trial_id].user_attrs["busy_s"] == 7.5
+    assert by_id[failed.trial_id].state.name == "FAIL" and by_id[failed.trial_id].user_attrs["fatal"] is False
+    coord.db.close()
