@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from dualseg.config import Config, apply_overrides, to_dict
 from dualseg.errors import InputError, TrainingError
 from dualseg.train import rundir
+from dualseg.train.agree import decide
 from dualseg.train.checkpoint import (
     capture_rng,
     load_checkpoint,
@@ -297,10 +298,8 @@ class _Fit:
         )
 
     def _poll(self, should_stop: Callable[[], bool] | None) -> bool:
-        """Rank 0's ``should_stop()``, on every rank (a collective when given)."""
-        if should_stop is None:
-            return False
-        return broadcast_flag(bool(should_stop()) if self.info.is_main else False, self.info.device)
+        """Rank 0's ``should_stop()``, on every rank (a collective when given; if it raises, every rank does)."""
+        return should_stop is not None and decide(should_stop if self.info.is_main else None, self.info)
 
     def _interrupted(self, where: str, save: bool) -> FitResult:
         self.stopped = "interrupted"
@@ -342,8 +341,8 @@ class _Fit:
             record["best"] = improved
             record["train_time_s"] = train_time
             self.history.append(record)
-            stop_cb = callback(self.epoch, dict(metrics)) if callback is not None else False
-            stop_cb = broadcast_flag(bool(stop_cb), self.info.device)
+            # rank 0's answer (it may talk to a database and raise: then every rank raises alike)
+            stop_cb = decide(partial(callback, self.epoch, dict(metrics)) if callback else None, self.info)
             self.epoch, self.step, self.loss_sum = self.epoch + 1, 0, 0.0
             if stop_cb:
                 self.stopped = "callback"
