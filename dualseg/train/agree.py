@@ -19,6 +19,8 @@ from typing import NoReturn
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from dualseg.train.distributed import DistInfo, _active, all_reduce_max
 from dualseg.train.failures import PeerFailure, classify, describe, is_oom
@@ -59,6 +61,19 @@ def raise_together(error: Exception | None) -> NoReturn:
     raise PeerFailure(rank, name, line, "fatal" if kind == "fatal" else "trial", oom, others) from error
 
 
+def forward_syncs(model: nn.Module) -> bool:
+    """Whether ``model``'s next training forward may run a collective, the same answer on every rank.
+
+    DDP rebuilds its gradient buckets in the first forward after the first backward (a broadcast
+    from rank 0) and broadcasts buffers in forward when the module has any: a rank that failed
+    before that forward must not leave the others in it, so ranks agree before such a forward too
+    (for our buffer-free models: the first two steps of each ``fit``).
+    """
+    if not isinstance(model, DistributedDataParallel):
+        return False
+    return not getattr(model, "_has_rebuilt_buckets", False) or model.will_sync_module_buffers()
+
+
 def decide(fn: Callable[[], object] | None, info: DistInfo) -> bool:
     """``fn()`` where given; rank 0's answer on every rank, or the same PeerFailure if it raised anywhere.
 
@@ -77,4 +92,4 @@ def decide(fn: Callable[[], object] | None, info: DistInfo) -> bool:
     return bool(agree(flags, error)[1])
 
 
-__all__ = ["agree", "decide", "raise_together"]
+__all__ = ["agree", "decide", "forward_syncs", "raise_together"]

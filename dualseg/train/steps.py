@@ -2,10 +2,12 @@
 
 Per step there is one small all-reduce of three flags before ``backward`` (DDP's gradient
 all-reduce): this rank failed (``dualseg.train.agree``), the loss is non-finite, rank 0 was asked to
-stop (polled every ``check_every`` steps). So no rank enters ``backward`` after another one failed,
-every rank stops at the same step and a NaN never reaches a backward pass or a checkpoint. The loss
-sum stays on the device. Validation sums a confusion matrix plus loss/weight sums and all-reduces
-them in one collective, with the same failure flag per batch that every rank has.
+stop (polled every ``check_every`` steps); and one before ``forward`` on the steps whose DDP forward
+runs a collective (``agree.forward_syncs``: the first two of a fit). So no rank enters a collective
+another one will miss after failing, every rank stops at the same step and a NaN never reaches a
+backward pass or a checkpoint. The loss sum stays on the device. Validation sums a confusion matrix
+plus loss/weight sums and all-reduces them in one collective, with the same failure flag per batch
+that every rank has.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dualseg.errors import TrainingError
-from dualseg.train.agree import agree, raise_together
+from dualseg.train.agree import agree, forward_syncs, raise_together
 from dualseg.train.distributed import _active, all_reduce_max, all_reduce_sum
 from dualseg.train.metrics import confusion_matrix
 
@@ -119,18 +121,28 @@ def train_epoch(
         last = total_steps is not None and n >= total_steps
         check = n % check_every == 0 or last
         error: Exception | None = None
-        try:  # everything a single rank can fail in, before the first collective (DDP's, in backward)
+        batch: dict[str, Any] | None = None
+        try:  # what a single rank can fail in: fetch (a damaged tile), move, forward (out of memory), poll
             it = iter(batches) if it is None else it
             batch = next(it, None)
-            if batch is None:
-                break  # every rank holds the same number of steps (train_loader)
-            batch = to_device(batch, device, streams)
-            with autocast_ctx(device, amp):
-                logits = forward(model, batch)
-            loss_sum, wsum = weighted_ce_sums(logits, batch["labels"], weight, ignore_index)
-            loss = loss_sum / wsum.clamp_min(1e-12)
-            flags[1] = (~torch.isfinite(loss.detach())).float()
-            flags[2] = float(bool(should_stop())) if check and should_stop is not None else 0.0
+            if batch is not None:
+                batch = to_device(batch, device, streams)
+        except Exception as exc:
+            if not sync:
+                raise
+            error = exc
+        if batch is None and error is None:
+            break  # every rank holds the same number of steps (train_loader)
+        if sync and forward_syncs(model):  # this forward runs a collective a failed rank would miss
+            agree(flags.zero_(), error)
+        try:
+            if error is None and batch is not None:
+                with autocast_ctx(device, amp):
+                    logits = forward(model, batch)
+                loss_sum, wsum = weighted_ce_sums(logits, batch["labels"], weight, ignore_index)
+                loss = loss_sum / wsum.clamp_min(1e-12)
+                flags[1] = (~torch.isfinite(loss.detach())).float()
+                flags[2] = float(bool(should_stop())) if check and should_stop is not None else 0.0
         except Exception as exc:  # every rank raises it (agree), before any enters backward
             if not sync:
                 raise
