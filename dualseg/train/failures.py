@@ -18,9 +18,27 @@ from typing import Literal
 
 import torch
 
-from dualseg.errors import DualsegError, one_line
+from dualseg.errors import DualsegError, TrainingError, one_line
 
 Kind = Literal["trial", "fatal"]
+
+
+class PeerFailure(TrainingError):
+    """What every rank of a DDP run raises when one or more ranks failed in a step (``dualseg.train.agree``).
+
+    All ranks raise it alike, so all ranks do the same afterwards; it names the failing rank and its
+    error (``rank 1: out of memory (CUDA): ...``) and carries that error's ``kind`` and ``oom``.
+    """
+
+    def __init__(self, rank: int, error_type: str, line: str, kind: Kind, oom: bool,
+                 others: tuple[int, ...] = ()) -> None:
+        also = f" (rank{'s' * (len(others) > 1)} {', '.join(map(str, others))} failed too)" if others else ""
+        super().__init__(f"rank {rank}: {line}{also}")
+        self.rank, self.error_type, self.line, self.kind, self.oom, self.others = \
+            rank, error_type, line, kind, oom, others
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # picklable although __init__ takes fields
+        return type(self), (self.rank, self.error_type, self.line, self.kind, self.oom, self.others)
 
 # Lower-case message fragments of errors after which no CUDA call or collective can be trusted.
 _FATAL_TEXT = (
@@ -33,6 +51,8 @@ _OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory",
 
 def is_oom(exc: BaseException) -> bool:
     """CUDA/CPU out of memory, raised as ``torch.OutOfMemoryError``, ``MemoryError`` or allocator text."""
+    if isinstance(exc, PeerFailure):
+        return exc.oom
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
     return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXT)
@@ -66,6 +86,8 @@ def classify(exc: BaseException) -> Kind:
     A broken communicator or CUDA context anywhere in the chain (an error raised while handling
     one, or ``from`` one) is fatal: whatever wrapped it, the next collective would fail too.
     """
+    if isinstance(exc, PeerFailure):
+        return exc.kind  # the failing rank's kind: a broken communicator there ends every rank
     if _poisoned(exc) is not None:
         return "fatal"
     if isinstance(exc, DualsegError):
@@ -161,7 +183,7 @@ def release_resources(exc: BaseException | None = None) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-__all__ = ["Kind", "classify", "describe", "is_oom", "release_resources"]
+__all__ = ["Kind", "PeerFailure", "classify", "describe", "environment_error", "is_oom", "release_resources"]
 
 
 # A full or broken file system is the cluster's fault, not the trial's: the same trial succeeds once

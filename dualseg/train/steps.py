@@ -1,14 +1,18 @@
 """The hot loop: one training epoch and one validation pass, lean on host-device syncs.
 
-Per step there is no ``.item()``: the loss is accumulated on the device and checked (finite? stop
-requested?) every ``check_every`` steps with a single all-reduce of two flags, so every rank stops at
-the same step and a NaN never reaches a checkpoint (checkpoints are written only after a check).
-Validation sums a confusion matrix plus loss/weight sums and all-reduces them in one collective.
+Per step there is one small all-reduce of three flags before ``backward`` (DDP's gradient
+all-reduce): this rank failed (``dualseg.train.agree``), the loss is non-finite, rank 0 was asked to
+stop (polled every ``check_every`` steps); and one before ``forward`` on the steps whose DDP forward
+runs a collective (``agree.forward_syncs``: the first two of a fit). So no rank enters a collective
+another one will miss after failing, every rank stops at the same step and a NaN never reaches a
+backward pass or a checkpoint. The loss sum stays on the device. Validation sums a confusion matrix
+plus loss/weight sums and all-reduces them in one collective, with the same failure flag per batch
+that every rank has.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +22,8 @@ from torch import nn
 
 from dualseg.errors import TrainingError
 from dualseg.infer.batch import autocast_ctx, forward, to_device
-from dualseg.train.distributed import all_reduce_max, all_reduce_sum
+from dualseg.train.agree import agree, forward_syncs, raise_together
+from dualseg.train.distributed import _active, all_reduce_max, all_reduce_sum
 from dualseg.train.metrics import confusion_matrix
 
 
@@ -76,19 +81,53 @@ def train_epoch(
     """Run optimisation steps over ``batches``; stop early (``interrupted``) if rank 0's ``should_stop``.
 
     ``total_steps`` (this rank's steps in the full epoch) makes the last step a check point too.
-    Raises TrainingError on a non-finite loss on any rank. ``sync_ranks=False`` keeps the checks
-    local (a model outside the process group, e.g. a single-rank baseline inside a DDP benchmark).
+    Raises TrainingError on a non-finite loss on any rank, and PeerFailure on every rank when one
+    failed to fetch its batch, move it or compute its loss (alone: that error itself).
+    ``sync_ranks=False`` keeps the checks local (a model outside the process group, e.g. a
+    single-rank baseline inside a DDP benchmark).
     """
     model.train()
     state = progress or EpochProgress(torch.zeros((), dtype=torch.float64, device=device), 0)
-    flags = torch.zeros(2, dtype=torch.float32, device=device)
-    checked = state.steps
-    for batch in batches:
-        batch = to_device(batch, device, streams)
-        with autocast_ctx(device, amp):
-            logits = forward(model, batch)
-        loss_sum, wsum = weighted_ce_sums(logits, batch["labels"], weight, ignore_index)
-        loss = loss_sum / wsum.clamp_min(1e-12)
+    flags = torch.zeros(3, dtype=torch.float32, device=device)  # this rank failed, loss non-finite, stop
+    sync = sync_ranks and _active()
+    it: Iterator[dict[str, Any]] | None = None
+    while True:
+        n = state.steps + 1
+        last = total_steps is not None and n >= total_steps
+        check = n % check_every == 0 or last
+        error: Exception | None = None
+        batch: dict[str, Any] | None = None
+        try:  # what a single rank can fail in: fetch (a damaged tile), move, forward (out of memory), poll
+            it = iter(batches) if it is None else it
+            batch = next(it, None)
+            if batch is not None:
+                batch = to_device(batch, device, streams)
+        except Exception as exc:
+            if not sync:
+                raise
+            error = exc
+        if batch is None and error is None:
+            break  # every rank holds the same number of steps (train_loader)
+        if sync and forward_syncs(model):  # this forward runs a collective a failed rank would miss
+            agree(flags.zero_(), error)
+        try:
+            if error is None and batch is not None:
+                with autocast_ctx(device, amp):
+                    logits = forward(model, batch)
+                loss_sum, wsum = weighted_ce_sums(logits, batch["labels"], weight, ignore_index)
+                loss = loss_sum / wsum.clamp_min(1e-12)
+                flags[1] = (~torch.isfinite(loss.detach())).float()
+                flags[2] = float(bool(should_stop())) if check and should_stop is not None else 0.0
+        except Exception as exc:  # every rank raises it (agree), before any enters backward
+            if not sync:
+                raise
+            error = exc
+        _, bad, stop = agree(flags, error, sync)  # one collective, one host sync per step
+        if bad:
+            raise TrainingError(
+                f"training: non-finite loss in epoch {epoch} (step {n}); stopped before checkpointing — "
+                "lower train.lr, raise train.grad_clip or check the input data"
+            )
         loss.backward()
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -97,20 +136,8 @@ def train_epoch(
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.loss_sum += loss.detach()
-        state.steps += 1
-        last = total_steps is not None and state.steps >= total_steps
-        if state.steps % check_every == 0 or last:
-            flags[0] = (~torch.isfinite(state.loss_sum)).float()
-            flags[1] = float(bool(should_stop())) if should_stop is not None else 0.0
-            if sync_ranks:
-                all_reduce_max(flags)  # one collective, one host sync per check
-            bad, stop = flags.tolist()
-            if bad:
-                raise TrainingError(
-                    f"training: non-finite loss in epoch {epoch} (steps {checked + 1}..{state.steps}); "
-                    "stopped before checkpointing — lower train.lr, raise train.grad_clip or check the input data"
-                )
-            checked = state.steps
+        state.steps = n
+        if check:
             if on_check is not None:
                 on_check(float(state.loss_sum) / max(1, state.steps))
             if stop and last:
@@ -118,12 +145,6 @@ def train_epoch(
             elif stop:
                 state.interrupted = True
                 return state
-    if total_steps is None or state.steps < total_steps:
-        # iterable ended without passing a final check point (no total given): check once more.
-        flags[0] = (~torch.isfinite(state.loss_sum)).float()
-        flags[1] = 0.0
-        if (all_reduce_max(flags) if sync_ranks else flags)[0].item():
-            raise TrainingError(f"training: non-finite loss in epoch {epoch}; stopped before checkpointing")
     return state
 
 
@@ -146,31 +167,53 @@ def evaluate_batches(
 
     Pass the bare module (not DDP): ranks may hold different numbers of validation batches.
     ``poll`` (default: ``should_stop`` given; pass it on every rank, ``should_stop`` on rank 0 only)
-    checks rank 0's ``should_stop`` every ``check_every`` batches with one all-reduce, at batches that
-    every rank has, and raises :class:`StopRequested` on all ranks when it says True.
+    checks rank 0's ``should_stop`` every ``check_every`` batches, and raises :class:`StopRequested`
+    on all ranks when it says True. A failure on one rank raises PeerFailure on every rank: at that
+    batch when every rank has it (one all-reduce per such batch), else with the final sums.
     """
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     wsum = torch.zeros((), dtype=torch.float64, device=device)
+    sync, polls = _active(), (should_stop is not None if poll is None else poll)
     checks = 0  # batch indices < checks are on every rank (shards differ by at most one batch)
-    if (should_stop is not None if poll is None else poll) and isinstance(batches, Sized):
+    if (sync or polls) and isinstance(batches, Sized):
         checks = -int(all_reduce_max(torch.tensor([-len(batches)], dtype=torch.float64, device=device)).item())
-    flag = torch.zeros(1, dtype=torch.float32, device=device)
-    for i, batch in enumerate(batches):
-        if 0 < i < checks and i % check_every == 0:
-            flag[0] = float(bool(should_stop())) if should_stop is not None else 0.0
-            if all_reduce_max(flag).item():
+    flags = torch.zeros(2, dtype=torch.float32, device=device)  # this rank failed, stop
+    error: Exception | None = None
+    it: Iterator[dict[str, Any]] | None = None
+    i = 0
+    while True:
+        polled = polls and 0 < i < checks and i % check_every == 0
+        try:
+            it = iter(batches) if it is None else it
+            batch = next(it, None)
+            if batch is None:
+                break
+            batch = to_device(batch, device, streams)
+            with autocast_ctx(device, amp):
+                logits = forward(model, batch)
+            ls, ws = weighted_ce_sums(logits, batch["labels"], weight, ignore_index)
+            loss_sum += ls
+            wsum += ws
+            cm += confusion_matrix(logits.argmax(dim=1), batch["labels"], num_classes, ignore_index)
+            flags[1] = float(bool(should_stop())) if polled and should_stop is not None else 0.0
+        except Exception as exc:  # every rank raises it: at this batch or after the sums
+            if not sync:
+                raise
+            error = exc
+        if i < checks and (sync or polled):  # a batch every rank has: one collective, all learn at once
+            if agree(flags, error)[1]:
                 raise StopRequested
-        batch = to_device(batch, device, streams)
-        with autocast_ctx(device, amp):
-            logits = forward(model, batch)
-        ls, ws = weighted_ce_sums(logits, batch["labels"], weight, ignore_index)
-        loss_sum += ls
-        wsum += ws
-        cm += confusion_matrix(logits.argmax(dim=1), batch["labels"], num_classes, ignore_index)
-    packed = torch.cat([cm.flatten().to(torch.float64), loss_sum.view(1), wsum.view(1)])
+        elif error is not None:
+            break  # an uneven last batch (or an unsized iterable): the sums below carry the flag
+        i += 1
+    failed = torch.full((1,), float(error is not None), dtype=torch.float64, device=device)
+    packed = torch.cat([cm.flatten().to(torch.float64), loss_sum.view(1), wsum.view(1), failed])
     all_reduce_sum(packed)  # float64 holds counts exactly up to 2**53 pixels
+    if packed[-1].item():
+        raise_together(error)
+    packed = packed[:-1]
     cm_total = packed[:-2].round().to(torch.int64).view(num_classes, num_classes).cpu()
     total_loss, total_w = packed[-2].item(), packed[-1].item()
     return cm_total, (total_loss / total_w if total_w > 0 else float("nan"))

@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from dualseg.config import MONITOR_MODES, Config, apply_overrides, to_dict
 from dualseg.errors import InputError, TrainingError
 from dualseg.train import rundir
+from dualseg.train.agree import decide
 from dualseg.train.checkpoint import (
     capture_rng,
     load_checkpoint,
@@ -181,8 +182,13 @@ class _Fit:
 
         torch.manual_seed(cfg.train.seed)  # same init on every rank (DDP also broadcasts rank 0's)
         np.random.seed(cfg.train.seed)
-        model = build_model(cfg.model, self.bundle.s1_channels, self.bundle.s2_channels, self.bundle.num_classes)
-        model = model.to(info.device)
+        error: Exception | None = None
+        try:  # one rank out of memory here must not leave the others in DDP's set-up collectives
+            model = build_model(cfg.model, self.bundle.s1_channels, self.bundle.s2_channels,
+                                self.bundle.num_classes).to(info.device)
+        except Exception as exc:  # noqa: BLE001 - re-raised below on every rank, as one PeerFailure
+            error = exc
+        agree(torch.zeros(1, device=info.device), error)
         self.model = model
         if info.distributed:
             ids = [info.device.index] if info.device.type == "cuda" else None
@@ -298,10 +304,8 @@ class _Fit:
         )
 
     def _poll(self, should_stop: Callable[[], bool] | None) -> bool:
-        """Rank 0's ``should_stop()``, on every rank (a collective when given)."""
-        if should_stop is None:
-            return False
-        return broadcast_flag(bool(should_stop()) if self.info.is_main else False, self.info.device)
+        """Rank 0's ``should_stop()``, on every rank (a collective when given; if it raises, every rank does)."""
+        return should_stop is not None and decide(should_stop if self.info.is_main else None, self.info)
 
     def _interrupted(self, where: str, save: bool) -> FitResult:
         self.stopped = "interrupted"
@@ -343,8 +347,8 @@ class _Fit:
             record["best"] = improved
             record["train_time_s"] = train_time
             self.history.append(record)
-            stop_cb = callback(self.epoch, dict(metrics)) if callback is not None else False
-            stop_cb = broadcast_flag(bool(stop_cb), self.info.device)
+            # rank 0's answer (it may talk to a database and raise: then every rank raises alike)
+            stop_cb = decide(partial(callback, self.epoch, dict(metrics)) if callback else None, self.info)
             self.epoch, self.step, self.loss_sum = self.epoch + 1, 0, 0.0
             if stop_cb:
                 self.stopped = "callback"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from dualseg.errors import InputError, TrainingError
 from dualseg.model import DualStreamUNet3D
 from dualseg.train import fit, read_metrics
 from dualseg.train import trainer as trainer_mod
-from dualseg.train.failures import classify, describe, release_resources
+from dualseg.train.failures import PeerFailure, classify, describe, is_oom, release_resources
 
 
 def _alloc_error() -> RuntimeError:
@@ -104,6 +105,21 @@ def test_collective_failures_are_fatal_and_say_what_happened(exc: BaseException,
 def test_an_error_merely_mentioning_nccl_in_our_own_message_is_the_trials() -> None:
     exc = _raised_from(InputError("config: hpc.nccl_trace: not a directory"), KeyError("x"))
     assert classify(exc) == "trial" and describe(exc) == "config: hpc.nccl_trace: not a directory"
+
+
+def test_peer_failure_carries_the_failing_ranks_kind() -> None:
+    """What every rank raises when one failed: its line, its kind (not TrainingError's), its OOM-ness, picklable."""
+    line = "out of memory (CUDA): CUDA out of memory. Tried to allocate 2.00 GiB"
+    oom = PeerFailure(1, "OutOfMemoryError", line, "trial", True)
+    assert describe(oom) == str(oom) == f"rank 1: {line}"
+    assert (classify(oom), is_oom(oom)) == ("trial", True)
+    broken = PeerFailure(2, "DistBackendError", "DistBackendError: NCCL communicator aborted", "fatal", False, (0, 3))
+    assert describe(broken) == "rank 2: DistBackendError: NCCL communicator aborted (ranks 0, 3 failed too)"
+    assert (classify(broken), is_oom(broken)) == ("fatal", False)
+    # "out of memory" in a line that is not an OOM does not make one; pickling keeps every field
+    other = pickle.loads(pickle.dumps(PeerFailure(0, "ValueError", "ValueError: out of memory budget", "trial", False)))
+    assert str(other) == "rank 0: ValueError: out of memory budget" and not is_oom(other)
+    assert (other.rank, other.error_type, other.kind, other.others) == (0, "ValueError", "trial", ())
 
 
 def test_real_allocator_failure_is_a_trial_oom() -> None:
