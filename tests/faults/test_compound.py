@@ -137,7 +137,7 @@ def test_real_preemption_with_grace_time_requeues_the_task_and_it_continues_its_
     the grace time ends; a worker that saves and exits before that ends its job (COMPLETED, not requeued:
     ``_job_complete: JobId=N WEXITSTATUS 0``). The task must stay in the array and continue its trial."""
     _preemption_partitions()
-    s = faults.launch(tiny_args, pg_db_url, "cmp-preempt", "--workers", "1", "--trials", "2", "--partition", "low",
+    s = faults.launch(tiny_args, pg_db_url, "cmp-preempt", "--workers", "1", "--trials", "3", "--partition", "low",
                       *BASE)
     log = s.log(None)
     s.wait_line(log, "epoch 0:", 150)
@@ -155,11 +155,11 @@ def test_real_preemption_with_grace_time_requeues_the_task_and_it_continues_its_
     finally:
         subprocess.run(["scancel", high], capture_output=True, timeout=30)
     text = log.read_text(errors="replace")
-    trials = faults.exact(s, 2, epochs=3)
-    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"], [(t.number, t.state.name) for t in trials]
+    trials = faults.exact(s, 3, epochs=3)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3, [(t.number, t.state.name) for t in trials]
     assert "no worker left: resubmitted" not in s.text(), "the evaluation job had to resubmit workers"
     victim = _trial_at(text, "received SIGTERM")
-    assert f"trial {victim} (resumed)" in text and text.count("(new)") == 2, text[-3000:]
+    assert f"trial {victim} (resumed)" in text and text.count("(new)") == 3, text[-3000:]
 
 
 def _ctld_lines(job: str) -> str:
