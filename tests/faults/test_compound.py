@@ -243,7 +243,7 @@ def test_scratch_full_for_a_minute_mid_search(slurm_env, pg_db_url, tiny_args, f
 # ---- 5. one study, two launches, both arrays cancelled at once ---------------------------------------
 
 
-@pytest.mark.timeout(540)
+@pytest.mark.timeout(480)
 def test_same_study_launched_twice_both_arrays_cancelled_at_once_resubmits_once(slurm_env, pg_db_url, tiny_args,
                                                                                faults) -> None:
     """Two launches of one study (two arrays, two evaluation jobs); ``scancel`` of both arrays in one call:
@@ -254,7 +254,7 @@ def test_same_study_launched_twice_both_arrays_cancelled_at_once_resubmits_once(
     s1.wait_line(s1.log(None), "epoch 0:", 150)
     s2.wait_line(s2.log(None), "epoch 0:", 150)
     subprocess.run(["scancel", s1.array, s2.array], check=True, timeout=30)
-    _finish(s1, 420, "after both arrays were cancelled the study did not finish")
+    _finish(s1, 300, "after both arrays were cancelled the study did not finish")
     faults.exact(s1, 3, epochs=3)
     record = _record(s1)
     text = s1.text()
