@@ -34,7 +34,7 @@ import numpy as np
 
 def bench_stats(mb: int, repeat: int) -> list[tuple[str, float, str]]:
     from dualseg.data import fused
-    from dualseg.data.stats import moments_xp
+    from dualseg.data.moments import moments_xp
 
     rng = np.random.default_rng(0)
     n = mb * 2**20 // 4 // 10
@@ -110,7 +110,8 @@ def make_dataset(root: Path, tiles: int, *, size: int, s1_dates: int, s2_dates: 
 
     from dualseg.config import SyntheticConfig
     from dualseg.data.synthetic import make_tile
-    from dualseg.data.tile import Stream, write_tile
+    from dualseg.data.tile import Stream
+    from dualseg.data.write import write_tile
 
     cfg = SyntheticConfig(tiles=tiles, size=size, s1_dates=s1_dates, s2_dates=s2_dates)
     names = [f"tile_{i:03d}" for i in range(tiles + 2)]  # + one val and one test tile
@@ -244,7 +245,7 @@ def bench_padding(
     decoding), on distinct synthetic tiles whose series lengths vary as the generator draws them."""
     from dualseg.config import DataConfig, SyntheticConfig
     from dualseg.data import build_data, collate, generate
-    from dualseg.data.dataset import padded_length
+    from dualseg.data.batch import padded_length
     from dualseg.data.tile import STREAMS
     from dualseg.train.loaders import train_loader
 

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 
 from dualseg.config import load_config
-from dualseg.data.dataset import collate
-from dualseg.data.tile import Stream, Tile, open_tile, write_tile
+from dualseg.data.batch import collate
+from dualseg.data.tile import Stream, Tile, open_tile
+from dualseg.data.write import write_tile
+from dualseg.infer import ModelFile, autocast_ctx, forward, load_input, spec_of, to_device, windows
+from dualseg.infer.window import _item
 from dualseg.model import build_model
-from dualseg.predict import load_input, predict_tiles, spec_of, windows
-from dualseg.predict.window import _item
-from dualseg.train.export import ModelFile
-from dualseg.train.steps import autocast_ctx, forward, to_device
+from dualseg.predict import predict_tiles
 
 
 def make_tile(cfg, size: int, t1: int, t2: int) -> Tile:  # type: ignore[no-untyped-def]  # bench helper

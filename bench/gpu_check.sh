@@ -41,7 +41,8 @@ part "statistics: exactness and GiB/s" 60 "$TMP/stats.txt" "$PY" - "$GPU" <<'EOF
 import sys, time
 import numpy as np
 from dualseg.data import fused
-from dualseg.data.stats import get_xp, moments_xp
+from dualseg.data.backend import get_xp
+from dualseg.data.moments import moments_xp
 
 gpu = sys.argv[1] == "1"
 rng = np.random.default_rng(0)

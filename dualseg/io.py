@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -156,22 +156,60 @@ def replace_dir(staged: Path, target: Path) -> None:
         os.replace(staged, target)
 
 
+def _same(a: Path, b: Path) -> bool:
+    """The same file or folder: equal resolved paths, or the same inode (a bind mount, a hard link)."""
+    if a == b:
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output(out: str | Path, inputs: Mapping[str, str | Path | None], what: str = "--out") -> Path:
+    """Refuse an output folder that is, contains or lies inside one of the writer's ``inputs``, or is a file.
+
+    ``inputs`` maps a description naming the option (``"tiles folder --tiles"``) to its path; ``None``
+    entries are skipped. Symlinks are resolved and inodes compared, so a link or bind mount to the
+    input is caught too. One :class:`InputError` line naming ``what``; creates nothing. Every writer
+    that takes an output folder calls this before writing anything: an input is never an output.
+    """
+    given = Path(out)
+    o = given.expanduser().resolve()
+    for name, path in inputs.items():
+        if path is None:
+            continue
+        i = Path(path).expanduser().resolve()
+        if _same(o, i):
+            raise InputError(f"{what}: {given} is the {name} {path}")
+        if any(_same(a, i) for a in o.parents):
+            raise InputError(f"{what}: {given} is inside the {name} {path}")
+        if any(_same(a, o) for a in i.parents):
+            raise InputError(f"{what}: {given} contains the {name} {path}")
+    if o.exists() and not o.is_dir():
+        raise InputError(f"{what}: {given} is a file, not a folder")
+    return o
+
+
 @contextlib.contextmanager
-def staged_dir(target: str | Path, what: str, *, overwrite: bool, flag: str = "--overwrite") -> Iterator[Path]:
+def staged_dir(target: str | Path, what: str, *, overwrite: bool, marker: str,
+               inputs: Mapping[str, str | Path | None] | None = None, flag: str = "--overwrite") -> Iterator[Path]:
     """Build a whole folder (a dataset) at a temp path beside ``target``, renamed into place at the end.
 
     A failure or interrupt removes the temp folder: ``target`` is either untouched or complete,
-    never half-written. An existing non-empty ``target`` is replaced only with ``overwrite``
-    (the error names the CLI's own ``flag``); a file in its place is one error line.
+    never half-written. ``target`` must not be, contain or lie inside one of ``inputs``
+    (:func:`check_output`). An existing non-empty ``target`` is replaced only with ``overwrite``
+    (the error names the CLI's own ``flag``), and only when it holds ``marker``, the file by which
+    the writer marks a folder as its own output: never a folder someone else wrote.
     """
-    target = Path(target)
-    if target.is_symlink():  # replace what the link points at, keep the link
-        target = target.resolve()
-    if target.exists() and not target.is_dir():
-        raise InputError(f"{what}: {target} is a file, not a folder")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
+    target = check_output(target, inputs or {}, what)  # symlinks resolved: replace what a link points at
+    if target.is_dir() and any(target.iterdir()):
         held = "a dataset (splits.json)" if (target / "splits.json").exists() else "files"
-        raise InputError(f"{what}: {target} already holds {held}; pass {flag} to replace it")
+        if not (target / marker).exists():
+            raise InputError(f"{what}: {target} already holds {held} not written by this tool (no {marker}); "
+                             f"it is never replaced ({flag} replaces only this tool's own output)")
+        if not overwrite:
+            raise InputError(f"{what}: {target} already holds {held}; pass {flag} to replace it")
     check_writable_dir(target.parent, what)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"

@@ -37,7 +37,7 @@ from hpc.paths import REPO_ROOT, claim_study_dir, new_incarnation, resolve_scrat
 from hpc.relaunch import check_relaunch
 from hpc.storage import (
     StorageURL,
-    check_connection_budget,
+    check_server,
     create_or_load_study,
     open_database,
     resolve_storage,
@@ -139,7 +139,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
         cfg.train.monitor = hpc.objective  # best.pt is chosen on what the study optimises
     if configured_storage or args.storage:
         cfg.hpc["storage"] = storage.public  # the config travels into pickles and results: never a password
-    return Plan(cfg, hpc, executor, scratch, storage, allow_change=args.allow_change)
+    plan = Plan(cfg, hpc, executor, scratch, storage, allow_change=args.allow_change)
+    if executor == "slurm":
+        jobs.fit_cpus(plan, jobs.partition_node(plan))
+    return plan
 
 
 def prepare(plan: Plan) -> None:
@@ -164,7 +167,7 @@ def prepare(plan: Plan) -> None:
                              objective=plan.hpc.objective, code_version=code_version(), incarnation=None,
                              launch={k: v for k, v in to_dict(plan.hpc).items() if k != "storage"})
         check_relaunch(plan.hpc.study, existing, record, finished, plan.allow_change)
-        check_connection_budget(db, plan.hpc.workers)
+        check_server(plan.storage, plan.hpc.workers)
         plan.incarnation = record.incarnation = existing.incarnation or new_incarnation()
         claim_study_dir(plan.study_dir, plan.incarnation, plan.hpc.study)
         study = create_or_load_study(db, plan.hpc.study, plan.hpc.direction, record.launch_attrs())
@@ -259,12 +262,7 @@ def run_local(plan: Plan) -> int:
 
 
 def _dry_run(plan: Plan) -> int:
-    if not plan.storage.is_sqlite:  # the real launch would fail there: a wrong database name, host or port
-        db = open_database(plan.storage)
-        try:
-            check_connection_budget(db, plan.hpc.workers)
-        finally:
-            db.close()
+    check_server(plan.storage, plan.hpc.workers)  # the real launch would fail there: wrong database, host, port
     check_dataset(plan.cfg.data, missing_ok=True)
     masked = plan.storage.masked
     if plan.executor == "local":

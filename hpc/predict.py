@@ -28,7 +28,6 @@ from typing import Any
 import submitit
 
 from dualseg.errors import DualsegError, InputError, report_error
-from dualseg.io import check_writable_dir
 from hpc import slurm
 from hpc.slurm import SlurmEnv
 from hpc.submit import Backend, LocalBackend, Resources, SlurmBackend, array_id
@@ -85,8 +84,8 @@ class PredictTask(submitit.helpers.Checkpointable):
         self.spec, self.index = spec, index
 
     def __call__(self) -> list[str]:
+        from dualseg.infer import load_exported
         from dualseg.predict import predict_tiles
-        from dualseg.train.export import load_exported
 
         s = self.spec
         mine = s.tiles[self.index :: s.tasks]
@@ -102,9 +101,10 @@ class PredictTask(submitit.helpers.Checkpointable):
 
 def plan(a: argparse.Namespace) -> tuple[PredictSpec, list[str], str]:
     """Validate everything; returns (spec of the tiles still to map, tiles already mapped, executor)."""
-    from dualseg.predict import list_tiles, map_path
+    from dualseg.infer import load_exported
+    from dualseg.predict import list_tiles
     from dualseg.predict.maps import open_inputs
-    from dualseg.train.export import load_exported
+    from dualseg.predict.outputs import check_out, pending
 
     for opt, v, low in (("--tasks", a.tasks, 1), ("--gpus", a.gpus, 0), ("--batch-size", a.batch_size, 1)):
         if v < low:
@@ -116,10 +116,10 @@ def plan(a: argparse.Namespace) -> tuple[PredictSpec, list[str], str]:
     slurm.time_to_minutes(a.time)
     model = load_exported(a.model)
     names = list_tiles(a.tiles, a.split, a.tile)
-    open_inputs(model, a.tiles, names)  # every tile checked before anything is submitted
-    out = check_writable_dir(a.out.expanduser().resolve(), "--out")
-    done = [n for n in names if map_path(out, n).exists()]
-    todo = [n for n in names if n not in done]
+    infos = open_inputs(model, a.tiles, names)  # every tile checked before anything is submitted
+    out = check_out(a.out, a.tiles, a.model)  # never an input; writable
+    todo = [i.name for i in pending(out, infos)]  # only maps of ours count as done
+    done = [n for n in names if n not in todo]
     executor = a.executor
     if executor == "auto":
         executor = "slurm" if slurm.available() else "local"

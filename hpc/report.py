@@ -121,8 +121,7 @@ def tile_figure(results: dict[str, Any], results_dir: Path, out: Path, n: int = 
     from dualseg.data.read import read_labels, read_stream
     from dualseg.data.splits import resolve_splits
     from dualseg.data.tile import open_tile, tile_path
-    from dualseg.predict import load_input, spec_of, tile_logits, to_map
-    from dualseg.train.export import load_exported
+    from dualseg.infer import load_exported, load_input, spec_of, tile_logits, to_map
 
     model = load_exported(results_dir / "best_model.pth")
     cfg = from_dict(Config, results["config"])

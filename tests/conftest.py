@@ -17,9 +17,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
+
+if TYPE_CHECKING:
+    from dualseg.config import Config
 
 # Thread defaults before torch/numpy are imported by test modules: the machine has 2 cores shared
 # by many test processes and SLURM jobs, and tiny tensors gain nothing from threads.
@@ -269,3 +272,35 @@ def wait_for_jobs(jobs: Sequence[Any], timeout: float = 120.0, poll: float = 0.5
 def slurm_wait(slurm_env: dict[str, Any]) -> Callable[..., None]:
     """``slurm_wait(jobs, timeout=120)``: see :func:`wait_for_jobs`."""
     return wait_for_jobs
+
+
+# ---- one trained Quickstart model per session (tests/infer and tests/predict) -----------------
+# Imports are inside the fixtures: tests that never use them do not pay for torch or the trainer.
+
+
+@pytest.fixture(scope="session")
+def quick_cfg(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """The Quickstart config (its data: 12 tiles of 64x64, 4 classes), 1 epoch on the CPU."""
+    from dualseg.config import apply_overrides, load_config
+    from dualseg.data import generate
+
+    root = tmp_path_factory.mktemp("quick")
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "default.yaml")
+    assert cfg.data.synthetic is not None
+    generate(root / "tiles", cfg.data.synthetic)
+    return apply_overrides(cfg, {"data.root": str(root / "tiles"), "train.epochs": 1, "train.device": "cpu",
+                                 "train.scratch": str(root / "scratch"), "train.run_name": "quick"})
+
+
+@pytest.fixture(scope="session")
+def trained(quick_cfg: Config, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``best`` (training checkpoint) and ``slim`` (exported model) of a 1-epoch Quickstart run."""
+    import torch
+
+    from dualseg.train import fit
+    from dualseg.train.export import export_model
+
+    torch.set_num_threads(1)
+    res = fit(quick_cfg)
+    slim = export_model(res.run_dir / "best.pt", None, tmp_path_factory.mktemp("model") / "best_model.pth")
+    return {"best": res.run_dir / "best.pt", "slim": slim}

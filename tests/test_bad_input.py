@@ -29,7 +29,7 @@ import zarr
 from dualseg.config import SyntheticConfig
 from dualseg.data import pastis, synthetic, validate
 from dualseg.data.synthetic import generate
-from dualseg.data.tile import rewrite_manifest
+from dualseg.data.write import rewrite_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -91,6 +91,11 @@ def _pastis_without_s1_of_patch_103(ws: Path) -> list[str]:
     src = _fake_pastis(ws / "P")
     (src / "DATA_S1A" / "S1A_103.npy").unlink()
     return [str(src), str(ws / "out"), "--folds", "1,2,3/4/5", "--workers", "1"]
+
+
+def _link(link: Path, target: Path) -> Path:
+    link.symlink_to(target)
+    return link
 
 
 def _reverse_dates(g: zarr.Group) -> None:
@@ -222,8 +227,33 @@ CASES = [
          r"pastis: --limit must be >= 3"),
     Case("pastis-fails-midway", "pastis", lambda ws, d: _pastis_without_s1_of_patch_103(ws),
          r"pastis: patch 103: missing file .*S1A_103.npy"),
-    Case("pastis-dst-holds-dataset", "pastis", lambda ws, d: [str(_fake_pastis(ws / "P")), str(d), "--folds", "1/2/3"],
+    Case("pastis-dst-holds-dataset", "pastis",  # an earlier import (its pastis.json): --overwrite may replace it
+         _then(lambda d: (d / "pastis.json").write_text("{}"),
+               lambda ws, d: [str(_fake_pastis(ws / "P")), str(d), "--folds", "1/2/3"]),
          r"pastis: DST: .*data already holds a dataset \(splits.json\); pass --overwrite to replace it"),
+    # -- issue 18 item 1: inputs are never outputs; --overwrite replaces only the writer's own output
+    Case("pastis-overwrite-foreign-dataset", "pastis",
+         lambda ws, d: [str(_fake_pastis(ws / "P")), str(d), "--folds", "1/2/3", "--overwrite"],
+         r"pastis: DST: .*data already holds a dataset \(splits.json\) not written by this tool \(no pastis.json\); "
+         r"it is never replaced \(--overwrite replaces only this tool's own output\)$"),
+    Case("pastis-dst-is-src", "pastis", lambda ws, d: [str(_fake_pastis(ws / "P")), str(ws / "P"), "--overwrite"],
+         r"pastis: DST: .*/P is the source folder SRC .*/P$"),
+    Case("pastis-dst-inside-src", "pastis", lambda ws, d: [str(_fake_pastis(ws / "P")), str(ws / "P" / "tiles")],
+         r"pastis: DST: .*/P/tiles is inside the source folder SRC .*/P$"),
+    Case("pastis-dst-contains-src", "pastis",
+         lambda ws, d: [str(_fake_pastis(ws / "in" / "P")), str(ws / "in"), "--overwrite"],
+         r"pastis: DST: .*/in contains the source folder SRC .*/in/P$"),
+    Case("pastis-dst-links-to-src", "pastis",
+         lambda ws, d: [str(_fake_pastis(ws / "P")), str(_link(ws / "L", ws / "P")), "--overwrite"],
+         r"pastis: DST: .*/L is the source folder SRC .*/P$"),
+    Case("synthetic-overwrite-foreign-dataset", "synthetic",
+         _then(lambda d: (d / "synthetic.json").unlink(),
+               lambda ws, d: ["--out", str(d), "--tiles", "3", "--overwrite"]),
+         r"synthetic: --out: .*data already holds a dataset \(splits.json\) not written by this tool "
+         r"\(no synthetic.json\); it is never replaced"),
+    Case("synthetic-overwrite-foreign-folder", "synthetic",
+         lambda ws, d: ["--out", str(ws), "--tiles", "3", "--overwrite"],
+         r"synthetic: --out: .* already holds files not written by this tool \(no synthetic.json\)"),
     Case("pastis-dst-is-a-file", "pastis",
          lambda ws, d: [str(_fake_pastis(ws / "P")), str(d / "splits.json"), "--folds", "1/2/3"],
          r"pastis: DST: .*splits.json is a file, not a folder"),

@@ -20,6 +20,7 @@ from dualseg.io import (
     atomic_torch_save,
     atomic_write_bytes,
     atomic_write_text,
+    check_output,
     check_writable_dir,
     current_umask,
     read_json,
@@ -99,7 +100,7 @@ def test_written_files_get_the_umask_mode(tmp_path: Path, mask: int, file_mode: 
         assert current_umask() == mask
         files = [atomic_write_text(tmp_path / "a.json", "{}"), atomic_write_bytes(tmp_path / "sub" / "b", b"x"),
                  atomic_copy(tmp_path / "a.json", tmp_path / "c.json"), atomic_torch_save({"w": 1}, tmp_path / "d.pt")]
-        with staged_dir(tmp_path / "ds", "test", overwrite=False) as tmp:
+        with staged_dir(tmp_path / "ds", "test", overwrite=False, marker="splits.json") as tmp:
             atomic_write_text(tmp / "splits.json", "{}")
     for f in files + [tmp_path / "ds" / "splits.json"]:
         assert stat.S_IMODE(f.stat().st_mode) == file_mode, f
@@ -155,15 +156,47 @@ def test_check_writable_dir_creates_nothing(tmp_path: Path) -> None:
 
 def test_staged_dir_is_all_or_nothing(tmp_path: Path) -> None:
     target = tmp_path / "ds"
-    with pytest.raises(RuntimeError, match="midway"), staged_dir(target, "test", overwrite=False) as tmp:
+    with (pytest.raises(RuntimeError, match="midway"),
+          staged_dir(target, "test", overwrite=False, marker="splits.json") as tmp):
         (tmp / "part").write_text("half")
         raise RuntimeError("midway")
     assert list(tmp_path.iterdir()) == []
-    with staged_dir(target, "test", overwrite=False) as tmp:
+    with staged_dir(target, "test", overwrite=False, marker="splits.json") as tmp:
         (tmp / "splits.json").write_text("1")
     with (pytest.raises(InputError, match=r"^test: .*ds already holds a dataset \(splits.json\); pass --overwrite"),
-          staged_dir(target, "test", overwrite=False)):
+          staged_dir(target, "test", overwrite=False, marker="splits.json")):
         pass
-    with staged_dir(target, "test", overwrite=True) as tmp:
+    with staged_dir(target, "test", overwrite=True, marker="splits.json") as tmp:
         (tmp / "splits.json").write_text("2")
     assert (target / "splits.json").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+def test_check_output_refuses_an_input_around_inside_or_linked_and_a_file(tmp_path: Path) -> None:
+    src = tmp_path / "in" / "src"
+    (src / "a").mkdir(parents=True)
+    (tmp_path / "f.txt").write_text("x")
+    (tmp_path / "link").symlink_to(src)
+    inputs = {"source folder SRC": src, "model file --model": None}
+    for out, relation in ((src, "is"), (src / "a" / "new", "is inside"), (tmp_path / "in", "contains"),
+                          (tmp_path / "link", "is"), (tmp_path / "link" / "x", "is inside")):
+        with pytest.raises(InputError, match=rf"^--out: {out} {relation} the source folder SRC {src}$"):
+            check_output(out, inputs)
+    with pytest.raises(InputError, match=r"^DST: .*/f.txt is a file, not a folder$"):
+        check_output(tmp_path / "f.txt", inputs, "DST")
+    assert check_output(tmp_path / "new" / "out", inputs) == tmp_path / "new" / "out"  # a sibling: fine
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt", "in", "link"]  # nothing created
+
+
+def test_staged_dir_replaces_only_a_folder_with_its_marker(tmp_path: Path) -> None:
+    target = tmp_path / "ds"
+    target.mkdir()
+    (target / "mine.txt").write_text("someone's")
+    with (pytest.raises(InputError, match=r"^test: .*ds already holds files not written by this tool \(no own.json\); "
+                                          r"it is never replaced \(--force replaces only this tool's own output\)$"),
+          staged_dir(target, "test", overwrite=True, marker="own.json", flag="--force")):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"] and (target / "mine.txt").read_text() == "someone's"
+    (target / "own.json").write_text("{}")
+    with staged_dir(target, "test", overwrite=True, marker="own.json") as tmp:
+        (tmp / "own.json").write_text("{}")
+    assert sorted(p.name for p in target.iterdir()) == ["own.json"]

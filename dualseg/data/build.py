@@ -23,13 +23,14 @@ import torch
 
 from dualseg.config import DataConfig
 from dualseg.data.backend import get_xp, run_stats
-from dualseg.data.dataset import TileDataset, collate
+from dualseg.data.batch import collate
+from dualseg.data.dataset import TileDataset
+from dualseg.data.moments import Moments
 from dualseg.data.read import read_labels
 from dualseg.data.splits import resolve_splits
 from dualseg.data.stats import (
     BandStats,
     Gather,
-    Moments,
     Partial,
     cache_path,
     compute_partial,

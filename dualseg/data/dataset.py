@@ -1,4 +1,4 @@
-"""Patch dataset over tiles (z-scored, masked, augmented) and the time-padding collate.
+"""Patch dataset over tiles: z-scored, masked, augmented patches (batched by :mod:`dualseg.data.batch`).
 
 Training items are random patches whose position and augmentation depend only on
 ``(seed, epoch, index)``, so a resumed run (``set_epoch``) draws exactly the same patches, under
@@ -29,64 +29,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dualseg.data import fused
+from dualseg.data.inputs import date_features, normalise
 from dualseg.data.read import read_all
-from dualseg.data.stream import UnitBuffer
+from dualseg.data.stream import UnitBuffer, unit_side
 from dualseg.data.tile import DEFAULT_CHUNK_HW, STREAMS, TileInfo, Window, open_group
 from dualseg.errors import InputError
-
-
-def day_of_year(days: np.ndarray) -> np.ndarray:
-    """Day of year (1..366) of integer days since 1970-01-01."""
-    d = np.datetime64("1970-01-01", "D") + np.asarray(days, dtype="timedelta64[D]")
-    return (d - d.astype("datetime64[Y]")).astype(np.int64) + 1
-
-
-def date_features(times: dict[str, np.ndarray], encoding: str = "doy") -> dict[str, np.ndarray]:
-    """Per stream int64 date features of a tile (1-based; 0 is left for padding).
-
-    ``doy``: day of year, for series within one season. ``days``: days since 1 January of the year
-    of the tile's first acquisition (over both streams), which keeps the order of a series that
-    crosses a new year (PASTIS-R runs from September to the next November), same for both streams.
-    """
-    if encoding == "doy":  # the two values of the config's Literal (checked by the loader)
-        return {k: day_of_year(v) for k, v in times.items()}
-    first = np.datetime64("1970-01-01", "D") + np.timedelta64(int(min(v.min() for v in times.values())), "D")
-    start = int((first.astype("datetime64[Y]").astype("datetime64[D]") - np.datetime64("1970-01-01", "D")).astype(int))
-    return {k: np.asarray(v, dtype=np.int64) - start + 1 for k, v in times.items()}
-
-
-def normalise(
-    data: np.ndarray, cloud: np.ndarray | None, mean: np.ndarray, std: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """z-score (C,T,h,w) float32 **in place** with per-band ``mean``/``std``.
-
-    Returns (``data`` normalised with invalid pixels = 0, valid (T,h,w) bool). A pixel is valid when
-    every band is finite and (for S2) it is not flagged cloudy. In place because a fresh 20 MB
-    result per tile cost more in page faults than the arithmetic. With numba installed a fused
-    kernel (:func:`dualseg.data.fused.normalise_into`) gives bit-identical results in two passes.
-    """
-    if data.dtype == np.float32 and data.flags.c_contiguous and fused.available():  # one fused pass per step
-        valid = np.ones(data.shape[1:], dtype=bool)  # C order: the kernel writes through its flat view
-        if cloud is not None:
-            np.logical_not(cloud, out=valid)
-        c = data.shape[0]
-        fused.normalise_into(data.reshape(c, -1), valid.reshape(-1), mean.astype(np.float32),
-                             (1.0 / std).astype(np.float32))
-        return data, valid
-    valid = np.isfinite(data).all(axis=0)
-    if cloud is not None:
-        valid &= ~cloud
-    data -= mean.astype(np.float32)[:, None, None, None]
-    data *= (1.0 / std).astype(np.float32)[:, None, None, None]
-    # invalid -> +0.0 by AND-ing the bits with 0 (valid ones with -1): 6x faster than
-    # copyto(where=~valid), which was most of the cost of loading a tile
-    if data.dtype == np.float32:
-        keep = np.negative(valid.view(np.int8), dtype=np.int32)
-        np.bitwise_and(data.view(np.int32), keep[None], out=data.view(np.int32))
-    else:
-        np.copyto(data, 0.0, where=~valid[None])
-    return data, valid
 
 
 class TileDataset(Dataset):
@@ -129,7 +76,10 @@ class TileDataset(Dataset):
         self.cache_bytes = int(cache_mb * 2**20)
         self.buffer_bytes = int(buffer_mb * 2**20)  # 0: no streaming (random access through the cache)
         self._buffer = UnitBuffer(self.buffer_bytes)
-        self._unit_sides: list[int | None] = [self._unit_side(t) for t in tiles]
+        self._unit_sides: list[int | None] = [
+            unit_side(self.tile_bytes_of(t), t.height * t.width, self.patch_size, self.buffer_bytes, DEFAULT_CHUNK_HW)
+            for t in tiles
+        ]
         self._fits = sum(self.tile_bytes_of(t) for t in tiles) <= self.cache_bytes
         self.epoch = 0
         self.doy = []
@@ -165,20 +115,6 @@ class TileDataset(Dataset):
     def streaming(self) -> bool:
         """Whether training should use the tile-major :class:`~dualseg.data.stream.StreamSampler`."""
         return self.train and self.buffer_bytes > 0
-
-    def _unit_side(self, t: TileInfo) -> int | None:
-        """Side of the square block of patch origins per unit; None = the whole tile is one unit.
-
-        A unit's window (block + patch - 1) fits half the buffer (one unit decoding while another
-        is cut). Blocks are whole multiples of the zarr chunk side where that fits, since a
-        window decodes every chunk it touches.
-        """
-        budget = self.buffer_bytes // 2
-        if self.buffer_bytes <= 0 or self.tile_bytes_of(t) <= budget:
-            return None
-        per_px = self.tile_bytes_of(t) / (t.height * t.width)
-        side = int((budget / per_px) ** 0.5) - (self.patch_size - 1)
-        return max(1, side // DEFAULT_CHUNK_HW * DEFAULT_CHUNK_HW if side >= DEFAULT_CHUNK_HW else side)
 
     def unit_of(self, index: int) -> tuple[int, int, int]:
         """(tile, block row, block column) of training item ``index``; (i, 0, 0) is a whole tile."""
@@ -353,46 +289,3 @@ def _augment(a: np.ndarray, k: int, flip: int) -> np.ndarray:
 
 def _to_tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
-
-
-def padded_length(t: int, max_t: int | None = None, time_buckets: int | None = None) -> int:
-    """The time length a batch whose longest series has ``t`` dates is padded to: ``max_t``, else
-    ``t`` rounded up to a multiple of ``time_buckets``, else ``t``."""
-    if max_t is not None:
-        return max_t
-    if time_buckets is not None:
-        return -(-t // time_buckets) * time_buckets
-    return t
-
-
-def collate(
-    batch: list[dict[str, torch.Tensor]], max_t: int | None = None, time_buckets: int | None = None
-) -> dict[str, torch.Tensor]:
-    """Stack items, padding each stream along time to the batch max, rounded up to a multiple of
-    ``time_buckets`` (``data.time_buckets``), or to ``max_t`` (``data.max_t``).
-
-    Adds ``s1_pad``/``s2_pad`` (B,T) bool, True where the date is padding or invalid in the patch.
-    Padded values and day-of-year are 0.
-    """
-    if not batch:
-        raise InputError("collate: empty batch")
-    out: dict[str, torch.Tensor] = {}
-    b = len(batch)
-    for key in STREAMS:
-        ts = [item[key].shape[1] for item in batch]
-        t = max(ts)
-        if max_t is not None and t > max_t:
-            raise InputError(f"data.max_t={max_t} is smaller than a {key} series of T={t}")
-        t = padded_length(t, max_t, time_buckets)
-        c, h, w = batch[0][key].shape[0], *batch[0][key].shape[2:]
-        x = torch.zeros((b, c, t, h, w), dtype=batch[0][key].dtype)
-        doy = torch.zeros((b, t), dtype=torch.int64)
-        valid = torch.zeros((b, t), dtype=torch.bool)
-        for j, item in enumerate(batch):
-            n = ts[j]
-            x[j, :, :n] = item[key]
-            doy[j, :n] = item[f"{key}_doy"]
-            valid[j, :n] = item[f"{key}_valid"]
-        out[key], out[f"{key}_doy"], out[f"{key}_valid"], out[f"{key}_pad"] = x, doy, valid, ~valid
-    out["labels"] = torch.stack([item["labels"] for item in batch])
-    return out

@@ -1,4 +1,4 @@
-"""Optional numba kernel for :func:`dualseg.data.stats.moments_xp`: one fused pass per row.
+"""Optional numba kernel for :func:`dualseg.data.moments.moments_xp`: one fused pass per row.
 
 The numpy path makes several passes over each cache-sized chunk (convert, subtract, probe, mask,
 dot); this kernel converts, shifts, masks and accumulates each value once, in registers. Sums are

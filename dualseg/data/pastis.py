@@ -23,9 +23,10 @@ import numpy as np
 
 from dualseg.config import S2_BANDS
 from dualseg.data.splits import describe_splits, write_splits
-from dualseg.data.tile import Stream, Tile, tile_path, write_tile
+from dualseg.data.tile import Stream, Tile, tile_path
+from dualseg.data.write import write_tile
 from dualseg.errors import InputError, report_error
-from dualseg.io import read_json, staged_dir
+from dualseg.io import atomic_write_text, read_json, staged_dir
 
 CLASS_NAMES = [
     "Background", "Meadow", "Soft winter wheat", "Corn", "Winter barley", "Winter rapeseed",
@@ -34,6 +35,7 @@ CLASS_NAMES = [
     "Mixed cereal", "Sorghum",
 ]  # fmt: skip
 VOID = 19
+MARKER = "pastis.json"  # an import (source, folds, orbit): the only folder --overwrite replaces
 S1_NAMES = ["VV", "VH", "RATIO"]  # RATIO = VV/VH in dB (the third PASTIS-R channel)
 EPOCH = date(1970, 1, 1)
 
@@ -187,7 +189,10 @@ def import_pastis(
     workers: int = 4, overwrite: bool = False, orbit: str = "S1A",
 ) -> dict[str, list[str]]:
     """Convert ``src`` into tiles under ``dst``, all or nothing: written into a temp folder beside
-    ``dst`` and renamed into place at the end; returns the splits (also written to splits.json)."""
+    ``dst`` and renamed into place at the end; returns the splits (also written to splits.json).
+
+    ``dst`` must not be, contain or lie inside ``src``; ``overwrite`` replaces only an earlier import
+    (a folder holding ``pastis.json``), never the source or a folder someone else wrote."""
     src, dst = Path(src), Path(dst)
     parse_folds(folds)
     if orbit not in ("S1A", "S1D"):
@@ -198,7 +203,9 @@ def import_pastis(
     chosen = _choose(feats, folds, limit, src)
 
     splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-    with staged_dir(dst, "pastis: DST", overwrite=overwrite) as tmp:
+    with staged_dir(dst, "pastis: DST", overwrite=overwrite, marker=MARKER, inputs={"source folder SRC": src}) as tmp:
+        atomic_write_text(tmp / MARKER, json.dumps({"source": str(src), "folds": folds, "limit": limit,
+                                                    "orbit": orbit}, indent=1) + "\n")  # marks the dir as ours
 
         def one(item: tuple[str, dict[str, Any]]) -> tuple[str, str]:
             name, tile = convert_patch(src, item[1], crs, orbit)

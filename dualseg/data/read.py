@@ -121,7 +121,7 @@ def _window_shape(info: TileInfo, window: Window | None) -> tuple[int, int]:
 
 
 def read_tile(path: str | Path, s1_bands: list[str] | None = None, s2_bands: list[str] | None = None) -> Tile:
-    """Read a whole tile into memory (the inverse of :func:`write_tile`)."""
+    """Read a whole tile into memory (the inverse of :func:`~dualseg.data.write.write_tile`)."""
     info = open_tile(path, s1_bands, s2_bands)
     g = open_group(info.path, info.name)
     streams = {}

@@ -44,6 +44,21 @@ class Streamable(Protocol):
     def stream_plan(self) -> tuple[list[list[int]], int]: ...
 
 
+def unit_side(tile_bytes: int, pixels: int, patch_size: int, buffer_bytes: int, chunk: int) -> int | None:
+    """Side of the square block of patch origins per unit of a tile; None = the whole tile is one unit.
+
+    A unit's window (block + patch - 1) fits half the buffer (one unit decoding while another
+    is cut). Blocks are whole multiples of the zarr chunk side ``chunk`` where that fits, since a
+    window decodes every chunk it touches.
+    """
+    budget = buffer_bytes // 2
+    if buffer_bytes <= 0 or tile_bytes <= budget:
+        return None
+    per_px = tile_bytes / pixels
+    side = int((budget / per_px) ** 0.5) - (patch_size - 1)
+    return max(1, side // chunk * chunk if side >= chunk else side)
+
+
 def lane_sizes(n: int, batch_size: int, lanes: int) -> list[int]:
     """Items of each lane when position ``p`` of ``n`` goes to lane ``(p // batch_size) % lanes``."""
     sizes = [0] * lanes

@@ -22,11 +22,13 @@ import numpy as np
 
 from dualseg.config import S1_BANDS, S2_BANDS, SyntheticConfig
 from dualseg.data.splits import describe_splits, write_splits
-from dualseg.data.tile import Stream, Tile, tile_path, write_tile
+from dualseg.data.tile import Stream, Tile, tile_path
+from dualseg.data.write import write_tile
 from dualseg.errors import InputError, report_error
 from dualseg.io import atomic_write_text, staged_dir
 
 IGNORE_INDEX = 255
+MARKER = "synthetic.json"  # a generated dataset (its config): the only folder --overwrite replaces
 YEAR_START = int((np.datetime64("2021-01-01") - np.datetime64("1970-01-01")).astype(int))
 # Reflectance spectra (B02..B12) of bare soil, green vegetation and cloud.
 SOIL = np.array([0.08, 0.11, 0.14, 0.17, 0.19, 0.21, 0.23, 0.24, 0.30, 0.26], dtype=np.float32)
@@ -178,13 +180,14 @@ def synthetic_splits(n: int) -> dict[str, list[str]]:
 
 def generate(out: str | Path, cfg: SyntheticConfig | None = None, *, overwrite: bool = False) -> dict[str, list[str]]:
     """Write ``cfg.tiles`` tiles and ``splits.json`` into ``out``, all or nothing (a temp folder
-    beside it is renamed into place at the end; an existing dataset is replaced with ``overwrite``)."""
+    beside it is renamed into place at the end; an existing generated dataset is replaced with
+    ``overwrite``, a folder without ``synthetic.json`` never)."""
     cfg = cfg or SyntheticConfig()
     _check(cfg)
     splits = synthetic_splits(cfg.tiles)
     names = [n for s in splits.values() for n in s]
-    with staged_dir(out, "synthetic: --out", overwrite=overwrite) as tmp:
-        atomic_write_text(tmp / "synthetic.json", json.dumps(vars(cfg), indent=1) + "\n")  # marks the dir as ours
+    with staged_dir(out, "synthetic: --out", overwrite=overwrite, marker=MARKER) as tmp:
+        atomic_write_text(tmp / MARKER, json.dumps(vars(cfg), indent=1) + "\n")  # marks the dir as ours
 
         def one(i_name: tuple[int, str]) -> None:
             write_tile(tile_path(tmp, i_name[1]), make_tile(cfg, i_name[0]))
@@ -199,7 +202,7 @@ def generate(out: str | Path, cfg: SyntheticConfig | None = None, *, overwrite: 
 def _check_same(root: Path, cfg: SyntheticConfig) -> bool:
     """An existing generated dataset must match the requested config (else results would silently
     come from other data); returns False (nothing generated)."""
-    meta = root / "synthetic.json"
+    meta = root / MARKER
     if not meta.is_file():
         return False  # user data with a splits file: not ours to judge
     try:
@@ -236,7 +239,7 @@ def ensure_synthetic(root: str | Path, cfg: SyntheticConfig) -> bool:
         try:
             if (root / "splits.json").is_file():
                 return _check_same(root, cfg)
-            if any(root.glob("*.zarr")) and not (root / "synthetic.json").is_file():
+            if any(root.glob("*.zarr")) and not (root / MARKER).is_file():
                 raise InputError(
                     f"data.root {root} holds tiles but no splits.json; refusing to generate synthetic data there"
                 )

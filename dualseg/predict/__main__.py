@@ -18,7 +18,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m dualseg.predict",
         description="Apply a model to tiles (labels not needed) and write class/confidence maps.",
         epilog="per tile: <out>/<tile>.zarr (classes, confidence[, probabilities]) and <out>/<tile>.tif "
-               "when the tile has a CRS/transform. Tiles already mapped are skipped (--overwrite redoes them).",
+               "when the tile has a CRS/transform. Tiles already mapped are skipped (--overwrite redoes them); "
+               "--out may not be, hold or lie inside --tiles or the model, and nothing but maps is replaced.",
     )
     p.add_argument("--model", type=Path, required=True, help="best_model.pth (or a training checkpoint)")
     p.add_argument("--tiles", type=Path, required=True, help="tile root (<root>/<tile>.zarr)")
@@ -31,15 +32,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--no-geotiff", action="store_true", help="zarr only, even for georeferenced tiles")
-    p.add_argument("--overwrite", action="store_true", help="redo tiles whose map exists")
+    p.add_argument("--overwrite", action="store_true", help="redo tiles whose map (written by this tool) exists")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from dualseg.infer.modelfile import load_exported
     from dualseg.predict.maps import list_tiles, predict_tiles
-    from dualseg.train.export import load_exported
 
     try:
         model = load_exported(a.model)

@@ -14,9 +14,10 @@ import torch
 from dualseg.data.splits import read_splits
 from dualseg.data.tile import TileInfo, open_tile, tile_path
 from dualseg.errors import InputError
-from dualseg.predict.window import InputSpec, check_uint8, load_input, tile_logits, to_map, windows
+from dualseg.infer.modelfile import ModelFile, spec_of
+from dualseg.infer.window import check_uint8, load_input, tile_logits, to_map, windows
+from dualseg.predict.outputs import check_out, pending, removing_new_empty_dirs
 from dualseg.predict.writers import geotiff_path, map_path, write_geotiff, write_zarr
-from dualseg.train.export import ModelFile
 
 log = logging.getLogger("dualseg.predict")
 
@@ -75,11 +76,6 @@ def open_inputs(model: ModelFile, root: str | Path, names: list[str]) -> list[Ti
     return infos
 
 
-def spec_of(model: ModelFile) -> InputSpec:
-    return InputSpec(mean=model.mean, std=model.std, date_encoding=model.date_encoding, max_t=model.max_t,
-                     streams=model.model.streams)
-
-
 def predict_tiles(
     model: ModelFile,
     root: str | Path,
@@ -96,8 +92,11 @@ def predict_tiles(
 ) -> list[MapResult]:
     """Write ``<out>/<tile>.zarr`` (+ ``.tif`` when georeferenced) for each tile in ``names``.
 
-    Tiles whose zarr already exists are skipped unless ``overwrite`` (so a rerun, or a requeued
-    array task, does only what is left). ``progress`` (default: stderr is a terminal) shows a bar.
+    Tiles whose map already exists are skipped unless ``overwrite`` (so a rerun, or a requeued
+    array task, does only what is left). ``out`` is never an input, and only maps this package wrote
+    count as done or are replaced (:mod:`dualseg.predict.outputs`); all of it is checked before the
+    first write. A failed write (a full disk) is an :class:`InputError` naming the tile, and leaves no
+    temp file and no empty folder of this run. ``progress`` (default: stderr is a terminal) shows a bar.
     """
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
@@ -106,8 +105,9 @@ def predict_tiles(
     check_uint8(model.num_classes, model.ignore_index, f"--model {model.source}")
     dev = resolve_device(device)
     infos = open_inputs(model, root, names)
+    check_out(out, root, model.source)
     out = Path(out)
-    todo = [i for i in infos if overwrite or not map_path(out, i.name).exists()]
+    todo = pending(out, infos, overwrite=overwrite, geotiff=geotiff)
     results = [MapResult(i.name, "skipped", map_path(out, i.name), _tif_if_any(out, i)) for i in infos
                if i not in todo]
     if not todo:
@@ -118,7 +118,8 @@ def predict_tiles(
 
     show = sys.stderr.isatty() if progress is None else progress
     total = sum(len(windows(i.height, i.width, model.patch_size, overlap)) for i in todo)
-    with tqdm(total=total, unit="window", disable=not show, desc=f"predict {len(todo)} tile(s)") as bar:
+    with (tqdm(total=total, unit="window", disable=not show, desc=f"predict {len(todo)} tile(s)") as bar,
+          removing_new_empty_dirs(out)):
         for info in todo:
             t0 = time.monotonic()
             bar.set_postfix_str(info.name)
@@ -126,17 +127,34 @@ def predict_tiles(
             logits = tile_logits(net, tile, spec, patch=model.patch_size, overlap=overlap, batch_size=batch_size,
                                  device=dev, amp=model.amp, on_batch=bar.update)
             classes, conf, probs = to_map(logits, tile.has_input(spec.streams), model.ignore_index)
-            tif = None
-            crs, transform = info.attrs.get("crs"), info.attrs.get("transform")
-            if geotiff and crs and transform:
-                tif = write_geotiff(geotiff_path(out, info.name), classes, crs, transform, model.class_names,
-                                    model.ignore_index)
-            attrs = {"tile": info.name, "class_names": model.class_names, "ignore_index": model.ignore_index,
-                     "crs": crs, "transform": transform, "overlap": overlap, "model": model.source,
-                     "code_version": model.code_version}
-            zpath = write_zarr(map_path(out, info.name), classes, conf, probs if probabilities else None, attrs)
+            try:
+                zpath, tif = _write(model, out, info, classes, conf, probs if probabilities else None, overlap,
+                                    geotiff)
+            except OSError as exc:
+                raise InputError(f"--out: cannot write the map of tile {info.name} to {out}: "
+                                 f"{exc.strerror or exc}") from None
             results.append(MapResult(info.name, "written", zpath, tif, time.monotonic() - t0))
     return results
+
+
+def _write(model: ModelFile, out: Path, info: TileInfo, classes: np.ndarray, conf: np.ndarray,
+           probs: np.ndarray | None, overlap: float, geotiff: bool) -> tuple[Path, Path | None]:
+    """The GeoTIFF (when georeferenced), then the zarr that marks the tile done; a failed zarr takes
+    this tile's new GeoTIFF with it."""
+    tif = None
+    crs, transform = info.attrs.get("crs"), info.attrs.get("transform")
+    try:
+        if geotiff and crs and transform:  # georeferenced(info), narrowed for the types
+            tif = write_geotiff(geotiff_path(out, info.name), classes, crs, transform, model.class_names,
+                                model.ignore_index)
+        attrs = {"tile": info.name, "class_names": model.class_names, "ignore_index": model.ignore_index,
+                 "crs": crs, "transform": transform, "overlap": overlap, "model": model.source,
+                 "code_version": model.code_version}
+        return write_zarr(map_path(out, info.name), classes, conf, probs, attrs), tif
+    except BaseException:
+        if tif is not None:
+            tif.unlink(missing_ok=True)
+        raise
 
 
 def _tif_if_any(out: Path, info: TileInfo) -> Path | None:

@@ -1,7 +1,8 @@
 """Map outputs: one zarr per tile (always) and a GeoTIFF (when the tile is georeferenced).
 
 Both are written atomically (temp beside the target, fsync, rename), the zarr last: its presence
-means the tile is done, which is what a resumed run checks. The GeoTIFF needs rasterio (the
+means the tile is done, which is what a resumed run checks. A map zarr carries ``format:
+dualseg-map``, so a rerun (or ``--overwrite``) can tell its own maps from anything else. The GeoTIFF needs rasterio (the
 ``geo`` extra); the zarr needs nothing beyond the core dependencies.
 """
 
@@ -11,6 +12,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,9 @@ import numpy as np
 import zarr
 
 from dualseg.errors import InputError
-from dualseg.io import _fsync_dir, replace_dir
+from dualseg.io import _fsync_dir, atomic_write_bytes, replace_dir
+
+MAP_FORMAT = "dualseg-map"  # the ``format`` attribute of every map zarr: what marks it as ours
 
 # tab20 (matplotlib), so maps and report figures use the same colours without importing matplotlib
 PALETTE = [
@@ -58,7 +62,7 @@ def write_zarr(
     ch, cw = min(chunk, h), min(chunk, w)
     try:
         root = zarr.open_group(tmp, mode="w", zarr_format=3)
-        root.attrs.update(attrs)
+        root.attrs.update({**attrs, "format": MAP_FORMAT})
         root.create_array("classes", data=np.ascontiguousarray(classes, dtype=np.uint8), chunks=(ch, cw))
         root.create_array("confidence", data=np.ascontiguousarray(confidence, dtype=np.float32), chunks=(ch, cw))
         if probabilities is not None:
@@ -85,6 +89,7 @@ def write_geotiff(
     try:
         import rasterio
         import rasterio.crs
+        from rasterio.io import MemoryFile
         from rasterio.transform import Affine
     except ImportError:
         raise InputError("GeoTIFF output needs rasterio: pip install 'dualseg[geo]' (or pass --no-geotiff)") from None
@@ -101,10 +106,10 @@ def write_geotiff(
     }
     if h >= 16 and w >= 16:  # GeoTIFF tiles are multiples of 16 px
         profile.update(tiled=True, blockxsize=min(256, w // 16 * 16), blockysize=min(256, h // 16 * 16))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}.tif"
-    try:
-        with rasterio.open(tmp, "w", **profile) as dst:
+    # Built in memory, then written by dualseg.io: GDAL reports a failed write (a full disk) only as a
+    # log line and leaves a truncated file, where Python's own write raises OSError.
+    with MemoryFile() as mem:
+        with mem.open(**profile) as dst:
             dst.write(np.ascontiguousarray(classes, dtype=np.uint8), 1)
             cmap = {i: (*c, 255) for i, c in enumerate(class_colours(len(class_names)))}
             cmap[ignore] = (0, 0, 0, 0)
@@ -112,11 +117,38 @@ def write_geotiff(
             dst.update_tags(1, CLASS_NAMES=json.dumps(class_names),
                             **{f"CLASS_{i}": n for i, n in enumerate(class_names)})
             dst.set_band_description(1, "class")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+        data = mem.read()
+    return atomic_write_bytes(path, data)
+
+
+def is_map(path: Path) -> bool:
+    """A map zarr :func:`write_zarr` wrote (its ``format`` attribute; earlier maps by their attributes).
+
+    What ``--overwrite`` may replace and what counts as "already mapped": never a tile or a foreign zarr.
+    """
+    if path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        g = zarr.open_group(str(path), mode="r")
+        attrs = dict(g.attrs)
+        classes = g.get("classes")
+    except Exception:  # noqa: BLE001 - zarr raises many types for what is not a zarr group
+        return False
+    if attrs.get("format") == MAP_FORMAT:
+        return True
+    return {"tile", "model", "overlap", "class_names"} <= attrs.keys() and isinstance(classes, zarr.Array)
+
+
+def is_map_geotiff(path: Path) -> bool:
+    """A GeoTIFF :func:`write_geotiff` wrote (its ``CLASS_NAMES`` tag and ``class`` band)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        import rasterio
+
+        with warnings.catch_warnings():  # a foreign TIFF may warn (not georeferenced): not our line to print
+            warnings.simplefilter("ignore")
+            with rasterio.open(path) as src:
+                return "CLASS_NAMES" in src.tags(1) and src.descriptions[0] == "class"
+    except Exception:  # noqa: BLE001 - rasterio raises several types for what is not a GeoTIFF
+        return False

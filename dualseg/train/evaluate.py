@@ -1,6 +1,7 @@
 """Score a saved checkpoint on a split, with the model shape, classes and class weights it was trained with.
 
-The scores are those of the maps :mod:`dualseg.predict` writes (one inference path).
+The scores are those of the maps :mod:`dualseg.predict` writes: both come from :mod:`dualseg.infer`
+(one inference path, below training and prediction).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch
 
 from dualseg.config import Config, from_dict, to_dict
 from dualseg.errors import InputError, TrainingError
-from dualseg.train.checkpoint import load_checkpoint, load_model_state
+from dualseg.infer.checkpoint import load_checkpoint, load_model_state
+from dualseg.infer.window import InputSpec, load_input, score_map, tile_logits, to_map
 from dualseg.train.distributed import all_reduce_sum, cleanup, init_distributed
 from dualseg.train.metrics import majority_baseline, metrics_from_confusion
 from dualseg.train.steps import weighted_ce_sums
@@ -52,7 +54,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Loss, OA, mIoU, per-class IoU/F1 and the confusion matrix of ``path`` on ``split``.
 
-    Scores the maps of the one inference path (:func:`dualseg.predict.tile_logits`: sliding windows
+    Scores the maps of the one inference path (:func:`dualseg.infer.tile_logits`: sliding windows
     with ``overlap`` over whole tiles, blended logits), so the mIoU of maps written by
     ``python -m dualseg.predict`` with the same overlap equals this mIoU. With ``overlap=0`` on tiles
     whose sides are multiples of the patch size the windows are the validation grid, and the
@@ -74,7 +76,6 @@ def evaluate_checkpoint(
     from dualseg.data import build_data
     from dualseg.data.read import read_labels
     from dualseg.model import build_model
-    from dualseg.predict.window import InputSpec, load_input, score_map, tile_logits, to_map
 
     info = init_distributed(cfg.train.device)
     k = 0

@@ -9,7 +9,6 @@ Validation sums a confusion matrix plus loss/weight sums and all-reduces them in
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sized
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,26 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dualseg.errors import TrainingError
+from dualseg.infer.batch import autocast_ctx, forward, to_device
 from dualseg.train.distributed import all_reduce_max, all_reduce_sum
 from dualseg.train.metrics import confusion_matrix
-
-_KEYS_S1 = ("s1", "s1_pad", "s1_doy")
-_KEYS_S2 = ("s2", "s2_pad", "s2_doy")
-
-
-def to_device(batch: dict[str, Any], device: torch.device, streams: str = "both") -> dict[str, Any]:
-    """Move only what the model and loss use (non-blocking); an unused stream is not copied at all."""
-    keys = ("labels",) + (_KEYS_S1 if streams in ("both", "s1") else ()) \
-        + (_KEYS_S2 if streams in ("both", "s2") else ())
-    return {k: batch[k].to(device, non_blocking=True) for k in keys if batch.get(k) is not None}
-
-
-def forward(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-    """Logits (B,K,H,W) from a collated, device-resident batch."""
-    return model(
-        batch.get("s1"), batch.get("s2"), batch.get("s1_pad"), batch.get("s2_pad"),
-        s1_doy=batch.get("s1_doy"), s2_doy=batch.get("s2_doy"),
-    )
 
 
 def weighted_ce_sums(
@@ -55,13 +37,6 @@ def weighted_ce_sums(
     else:
         wsum = weight[labels.clamp(0, weight.numel() - 1)].masked_fill(~valid, 0).sum()
     return loss_sum, wsum
-
-
-def autocast_ctx(device: torch.device, amp: bool) -> Any:
-    """bf16 autocast on CUDA (no GradScaler needed for bf16); nothing on CPU."""
-    if amp and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 class StopRequested(Exception):

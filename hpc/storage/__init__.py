@@ -8,7 +8,7 @@ settings, connection budget, create-once), :mod:`.lock` (the study-wide critical
 from hpc.storage.database import (
     CONNECTIONS_PER_JOB,
     Database,
-    check_connection_budget,
+    check_server,
     connection_budget,
     create_or_load_study,
     engine_kwargs,
@@ -28,7 +28,7 @@ from hpc.storage.url import (
 
 __all__ = [
     "CONNECTIONS_PER_JOB", "LOCK_HELD_S", "OUTAGE", "PASSFILE_ENV", "PASSWORD_ENV", "STORAGE_ENV", "Database",
-    "DatabaseUnavailable", "LockTimeout", "RetryingStorage", "StorageURL", "call", "check_connection_budget",
+    "DatabaseUnavailable", "LockTimeout", "RetryingStorage", "StorageURL", "call", "check_server",
     "connection_budget",
     "create_or_load_study", "critical_section", "engine_kwargs", "exclusive", "is_connection_error", "job_storage",
     "open_database", "resolve_storage", "write_passfile",

@@ -41,25 +41,6 @@ def connection_budget(workers: int) -> int:
     return CONNECTIONS_PER_JOB * workers + 2
 
 
-def check_connection_budget(db: Database, workers: int) -> None:
-    """PostgreSQL: the server (``max_connections`` less the superuser reserve) and the role's ``CONNECTION
-    LIMIT`` must allow the search's peak; otherwise workers fail with "too many clients" hours later."""
-    if db.url.is_sqlite:
-        return
-    need = connection_budget(workers)
-    with db.engine.connect() as c:
-        server = int(c.execute(sqlalchemy.text("SHOW max_connections")).scalar_one())
-        reserved = int(c.execute(sqlalchemy.text("SHOW superuser_reserved_connections")).scalar_one())
-        role = c.execute(sqlalchemy.text("SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user")).scalar()
-    limits = [(server - reserved, f"max_connections {server} - {reserved} reserved")]
-    if role is not None and int(role) >= 0:
-        limits.append((int(role), f"the role's CONNECTION LIMIT {int(role)}"))
-    for allowed, what in limits:
-        if need > allowed:
-            raise InputError(f"--workers: {workers} worker(s) need up to {need} database connections (2 per worker "
-                             f"+ 2), but {db.url.masked} allows {allowed} ({what}); lower --workers or raise the limit")
-
-
 def engine_kwargs(storage: StorageURL) -> dict[str, Any]:
     """NullPool (no idle connections), bounded connect time, keepalives, no idling inside a transaction."""
     if storage.is_sqlite:
@@ -165,3 +146,34 @@ def create_or_load_study(db: Database, name: str, direction: str, attrs: dict[st
     for key, value in (attrs or {}).items():
         study.set_user_attr(key, value)
     return study
+
+
+def check_server(storage: StorageURL, workers: int) -> None:
+    """PostgreSQL, without writing anything (``--dry-run``): the server answers with these credentials, and it
+    (``max_connections`` less the superuser reserve) and the role's ``CONNECTION LIMIT`` allow the search's
+    peak connections; otherwise workers fail with "too many clients" hours later. One error line each."""
+    if storage.is_sqlite:
+        return
+    engine = sqlalchemy.create_engine(storage.connect, **engine_kwargs(storage))
+    try:
+        _check_budget(engine, storage, workers)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        what = "unreachable" if is_connection_error(exc) else "cannot connect"
+        raise InputError(f"storage {storage.masked}: {what}: {_driver_message(exc, storage)}") from None
+    finally:
+        engine.dispose()
+
+
+def _check_budget(engine: sqlalchemy.engine.Engine, storage: StorageURL, workers: int) -> None:
+    need = connection_budget(workers)
+    with engine.connect() as c:
+        server = int(c.execute(sqlalchemy.text("SHOW max_connections")).scalar_one())
+        reserved = int(c.execute(sqlalchemy.text("SHOW superuser_reserved_connections")).scalar_one())
+        role = c.execute(sqlalchemy.text("SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user")).scalar()
+    limits = [(server - reserved, f"max_connections {server} - {reserved} reserved")]
+    if role is not None and int(role) >= 0:
+        limits.append((int(role), f"the role's CONNECTION LIMIT {int(role)}"))
+    for allowed, what in limits:
+        if need > allowed:
+            raise InputError(f"--workers: {workers} worker(s) need up to {need} database connections (2 per worker "
+                             f"+ 2), but {storage.masked} allows {allowed} ({what}); lower --workers or raise it")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dualseg.config import Config, to_dict
+from dualseg.errors import InputError
 from dualseg.io import atomic_write_text
 from hpc import slurm
 from hpc.config import HpcConfig
@@ -129,6 +130,17 @@ def eval_script(plan: Plan, dependency: str | None, res: Resources) -> str:
 
 def partition_node(plan: Plan) -> slurm.NodeResources | None:
     return slurm.partition_resources(plan.hpc.partition) if slurm.available() else None
+
+
+def fit_cpus(plan: Plan, node: slurm.NodeResources | None) -> None:
+    """CPUs follow GPUs: without ``--cpus-per-task`` a GPU rank gets its share of the node's CPUs (the
+    partition's smallest node / GPUs per node), and the loader workers of a rank must fit its CPUs."""
+    h, workers = plan.hpc, plan.cfg.data.num_workers
+    if h.cpus_per_task is None and h.gpus_per_node and node is not None:
+        h.cpus_per_task = max(1, node.cpus // h.gpus_per_node)
+    if h.cpus_per_task is not None and workers + 1 > h.cpus_per_task:
+        raise InputError(f"data.num_workers: {workers} loader worker(s) + the rank itself need {workers + 1} CPUs per "
+                         f"rank, --cpus-per-task is {h.cpus_per_task}; lower data.num_workers or raise --cpus-per-task")
 
 
 def check_scripts(plan: Plan) -> Resources:

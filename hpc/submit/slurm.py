@@ -31,8 +31,11 @@ def executor_parameters(res: Resources, n: int) -> dict[str, Any]:
         params["signal_delay_s"] = res.signal_delay_s
     if res.requeue:
         params["additional_parameters"] = {"requeue": True}
-    if res.srun_args:
-        params["srun_args"] = list(res.srun_args)
+    # from SLURM 22.05 srun no longer inherits --cpus-per-task from the allocation: without it every rank is
+    # confined to one core that must feed its GPU and run the loader workers
+    srun_args = [*res.srun_args, *([f"--cpus-per-task={res.cpus_per_task}"] if res.cpus_per_task else [])]
+    if srun_args:
+        params["srun_args"] = srun_args
     if res.gpus_per_node:
         params["gpus_per_node"] = res.gpus_per_node
     for key in ("partition", "account", "qos", "mem", "cpus_per_task"):

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from dualseg.config import S1_BANDS, S2_BANDS, DataConfig
-from dualseg.data.tile import Stream, Tile, write_tile
+from dualseg.data.tile import Stream, Tile
+from dualseg.data.write import write_tile
 
 
 def make_tile(

@@ -16,7 +16,7 @@ import zarr
 
 from dualseg.config import SyntheticConfig
 from dualseg.data import build_data, read_tile
-from dualseg.data.tile import rewrite_manifest
+from dualseg.data.write import rewrite_manifest
 from dualseg.errors import InputError
 
 

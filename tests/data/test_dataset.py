@@ -1,4 +1,4 @@
-"""TileDataset items, determinism per (seed, epoch, index), augmentation, caching, and collate."""
+"""TileDataset items, determinism per (seed, epoch, index), augmentation, caching, DataLoader workers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from dualseg.data.dataset import TileDataset, collate, date_features, day_of_year
-from dualseg.data.tile import open_tile, write_tile
+from dualseg.data.batch import collate
+from dualseg.data.dataset import TileDataset
+from dualseg.data.tile import open_tile
+from dualseg.data.write import write_tile
 from dualseg.errors import InputError
 
 MEAN = {"s1": np.array([-12.0, -15.0]), "s2": np.full(10, 1500.0)}
@@ -36,23 +38,6 @@ def test_item_contract_and_normalisation(tmp_path, data):
     np.testing.assert_allclose(item["s2"][1].numpy(), expect, rtol=1e-5, atol=1e-6)
     assert item["s2"][0, 0, 0, 0] == 0.0  # NaN pixel -> 0
     assert not torch.isnan(item["s2"]).any()
-
-
-def test_day_of_year():
-    dates = np.array(["2021-01-01", "2021-12-31", "2020-12-31", "2022-03-01"], dtype="datetime64[D]")
-    days = (dates - np.datetime64("1970-01-01")).astype(int)
-    assert day_of_year(days).tolist() == [1, 365, 366, 60]
-
-
-def test_date_features_keep_order_across_new_year():
-    def days(*iso):
-        return (np.array(iso, dtype="datetime64[D]") - np.datetime64("1970-01-01")).astype(np.int64)
-
-    times = {"s1": days("2018-09-25", "2019-01-02"), "s2": days("2018-09-20", "2018-12-31", "2019-11-01")}
-    doy = date_features(times, "doy")
-    assert doy["s2"].tolist() == [263, 365, 305]  # wraps
-    d = date_features(times, "days")
-    assert d["s2"].tolist() == [263, 365, 670] and d["s1"].tolist() == [268, 367]
 
 
 def test_fully_cloudy_date_is_invalid(tmp_path, data):
@@ -136,60 +121,6 @@ def test_lru_cache_respects_budget(tmp_path, data):
     assert not ds.preload()
     ds.cache_bytes = 10 * one
     assert ds.preload() and len(ds._cache) == 3
-
-
-def test_collate_pads_time_and_masks(tmp_path, data):
-    infos = _tiles(tmp_path, data, n=2)  # s2: T=3 and T=4
-    ds = TileDataset(infos, MEAN, STD, patch_size=16, train=False)
-    items = [ds[0], ds[1]]
-    b = collate(items)
-    assert b["s2"].shape == (2, 10, 4, 16, 16) and b["s2_pad"].shape == (2, 4)
-    assert b["s2_pad"][0, 3] and (b["s2"][0, :, 3] == 0).all() and b["s2_doy"][0, 3] == 0
-    torch.testing.assert_close(b["s2"][0, :, :3], items[0]["s2"])
-    assert torch.equal(b["s2_pad"][1], ~items[1]["s2_valid"])
-    assert torch.equal(b["s2_pad"], ~b["s2_valid"])
-    assert b["labels"].shape == (2, 16, 16)
-    fixed = collate(items, max_t=6)
-    assert fixed["s1"].shape[2] == 6 and fixed["s2"].shape[2] == 6 and fixed["s1_pad"][:, 5].all()
-    with pytest.raises(InputError, match=r"max_t=3 is smaller than a s1 series of T=5"):
-        collate(items, max_t=3)
-
-
-@pytest.mark.parametrize("buckets", [None, 1, 4, 8])
-def test_time_buckets_pad_to_a_multiple_and_mask_the_padding(tmp_path, data, buckets):
-    infos = _tiles(tmp_path, data, n=3)  # s1: T=5 each; s2: T=3, 4, 5
-    ds = TileDataset(infos, MEAN, STD, patch_size=16, train=False)
-    items = [ds[0], ds[1]]  # s2 batch maximum 4
-    plain, b = collate(items), collate(items, time_buckets=buckets)
-    for key, t in (("s1", 5), ("s2", 4)):
-        want = t if buckets is None else -(-t // buckets) * buckets
-        assert b[key].shape[2] == b[f"{key}_pad"].shape[1] == b[f"{key}_doy"].shape[1] == want
-        torch.testing.assert_close(b[key][:, :, :t], plain[key], rtol=0, atol=0)  # same data, same place
-        assert torch.equal(b[f"{key}_pad"][:, :t], plain[f"{key}_pad"])
-        assert b[f"{key}_pad"][:, t:].all() and not b[f"{key}_valid"][:, t:].any()  # every added frame is padding
-        assert (b[key][:, :, t:] == 0).all() and (b[f"{key}_doy"][:, t:] == 0).all()
-    assert torch.equal(b["s2_pad"], ~b["s2_valid"])
-    if buckets == 8:  # a batch of another maximum lands in the same bucket: one shape, not one per maximum
-        assert collate([ds[2]], time_buckets=8)["s2"].shape[2] == 8
-
-
-@pytest.mark.parametrize("opts", [{}, {"temporal": "mean", "fusion": "early", "temporal_kernel": 3}])
-def test_time_buckets_do_not_change_the_models_output(tmp_path, data, opts):
-    """The model is padding-invariant (tests/model): the extra padded frames change no logit beyond 1e-5."""
-    from dualseg.config import ModelConfig
-    from dualseg.model import build_model
-
-    infos = _tiles(tmp_path, data, n=2)
-    ds = TileDataset(infos, MEAN, STD, patch_size=16, train=False)
-    items = [ds[0], ds[1]]
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(levels=2, base_width=8, n_heads=2, d_k=4, **opts), 2, 10, 3).eval()
-    keys = ("s1", "s2", "s1_pad", "s2_pad", "s1_doy", "s2_doy")
-    with torch.no_grad():
-        ref = model(**{k: v for k, v in collate(items).items() if k in keys})
-        for buckets in (4, 8, 16):
-            out = model(**{k: v for k, v in collate(items, time_buckets=buckets).items() if k in keys})
-            assert (out - ref).abs().max().item() <= 1e-5
 
 
 def test_dataloader_workers_and_distributed_sampler(tmp_path, data):

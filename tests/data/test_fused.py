@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dualseg.data.dataset import normalise
+from dualseg.data.inputs import normalise
 
 
 @pytest.mark.parametrize("with_cloud", [True, False])

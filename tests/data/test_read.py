@@ -7,7 +7,8 @@ import pytest
 import zarr
 
 from dualseg.data.read import read_all, read_labels, read_stream, read_tile
-from dualseg.data.tile import open_tile, write_tile
+from dualseg.data.tile import open_tile
+from dualseg.data.write import write_tile
 from dualseg.errors import InputError
 
 

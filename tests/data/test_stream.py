@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dualseg.data.dataset import TileDataset, collate
+from dualseg.data.batch import collate
+from dualseg.data.dataset import TileDataset
 from dualseg.data.stream import (
     StreamSampler,
     UnitBuffer,
@@ -17,7 +18,8 @@ from dualseg.data.stream import (
     lane_sizes,
     rank_order,
 )
-from dualseg.data.tile import open_tile, write_tile
+from dualseg.data.tile import open_tile
+from dualseg.data.write import write_tile
 from dualseg.errors import InputError
 from dualseg.train.loaders import train_loader
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dualseg.config import SyntheticConfig
-from dualseg.data.dataset import day_of_year
+from dualseg.data.inputs import day_of_year
 from dualseg.data.read import read_tile
 from dualseg.data.synthetic import IGNORE_INDEX, class_params, generate, make_tile
 from dualseg.data.validate import validate_tile

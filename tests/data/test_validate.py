@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import zarr
 
-from dualseg.data.tile import rewrite_manifest
 from dualseg.data.validate import validate_root
+from dualseg.data.write import rewrite_manifest
 from dualseg.errors import InputError
 
 

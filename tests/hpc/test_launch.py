@@ -61,11 +61,16 @@ def test_local_executor_refuses_multi_node(hpc_tools, tiny_args) -> None:
 
 
 @pytest.mark.slurm
-def test_dry_run_prints_every_script_and_submits_nothing(slurm_env, hpc_tools, tiny_args, tmp_path) -> None:
+@pytest.mark.postgres
+def test_dry_run_prints_every_script_and_submits_nothing(slurm_env, pg_db_url, hpc_tools, tiny_args,
+                                                         tmp_path) -> None:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(pg_db_url)
     r = hpc_tools.run_cli("launch.py", *tiny_args, "--dry-run", "--study", "dry-e9f1", "--nodes", "2", "--workers", "3",
                           "--parallel", "2", "--partition", slurm_env["partition"], "--time", "1:00:00", "--mem", "4G",
                           "--set", "hpc.signal_delay_s=45", "--set", "hpc.setup=[module load foo]",
-                          "--storage", "postgresql://me:T0pS3cret@db.example/optuna")
+                          "--storage", pg_db_url)  # the dry run checks the database too
     assert r.returncode == 0, r.stderr
     out = r.stdout
     for line in ("#SBATCH --nodes=2", "#SBATCH --array=0-2%2", "#SBATCH --time=60", "#SBATCH --mem=4G",
@@ -73,7 +78,7 @@ def test_dry_run_prints_every_script_and_submits_nothing(slurm_env, hpc_tools, t
                  "# setup\nmodule load foo",
                  "#SBATCH --dependency=afterany:<ARRAY_ID>", "-m hpc.evaluate", "--kill-on-bad-exit=1"):
         assert line in out, line
-    assert "T0pS3cret" not in out + r.stderr and "me:***@db.example" in out
+    assert str(url.password) not in out + r.stderr and f"{url.username}:***@{url.host}" in out
     assert hpc_tools.jobs_named("dry-e9f1") == set()
     assert not (tmp_path / "scratch").exists(), "a dry run must not write anything"
 

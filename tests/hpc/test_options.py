@@ -69,6 +69,6 @@ def test_launcher_parser_has_one_option_per_flag_field() -> None:
         assert action.default is None
     assert by_dest["executor"].choices == ("auto", "slurm", "local")
     assert by_dest["nodes"].type is int and by_dest["time"].type is str
-    explicit = {"help", "config", "set", "dry_run", "no_eval", "prepare_only"}
+    explicit = {"help", "config", "set", "dry_run", "no_eval", "prepare_only", "allow_change"}
     assert set(by_dest) == explicit | {f.name for f in flag_fields(HpcConfig)}
     assert {f.name for f in fields(HpcConfig)} >= {f.name for f in flag_fields(HpcConfig)}

@@ -51,6 +51,28 @@ def test_bad_input_is_one_line_and_submits_nothing(tiny_model: Path, tiny_data: 
     assert not out.exists()
 
 
+def test_an_out_inside_the_tiles_or_holding_a_tile_is_refused_before_submitting(
+    tiny_model: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same check as ``python -m dualseg.predict`` (dualseg.predict.outputs), before any job exists."""
+    import shutil
+
+    from hpc.predict import main
+
+    base = ["--model", str(tiny_model), "--tiles", str(tiny_data), "--executor", "local"]
+    assert main([*base, "--out", str(tiny_data / "maps")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --out: {tiny_data / 'maps'} is inside the tiles folder --tiles {tiny_data}\n"
+    name = _tiles(tiny_data)[0]
+    shutil.copytree(tiny_data / f"{name}.zarr", tmp_path / "maps" / f"{name}.zarr")  # a tile is not a map
+    assert main([*base, "--out", str(tmp_path / "maps")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out: {tmp_path / 'maps' / name}.zarr exists and is not a map"), err
+    assert err.count("\n") == 1
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == [f"{name}.zarr"]  # no logs/, nothing submitted
+    assert not (tiny_data / "maps").exists()
+
+
 @pytest.mark.slurm
 def test_dry_run_prints_the_array_and_submits_nothing(slurm_env, tiny_model: Path, tiny_data: Path, tmp_path: Path,
                                                       hpc_tools) -> None:

@@ -88,7 +88,7 @@ def test_a_full_scratch_pauses_the_trial_and_the_search_goes_on(tmpfs: Path, tmp
     filler.start()
     with open(log, "w") as out:
         r = subprocess.run([sys.executable, "hpc/launch.py", "--config", str(hpc_tools.tiny), "--scratch", str(tmpfs),
-                            "--storage", f"sqlite:///{db}", "--study", "full", "--trials", "2",
+                            "--storage", f"sqlite:///{db}", "--study", "full", "--trials", "2", "--executor", "local",
                             "--set", f"data.root={tiny_data}", "--set", "train.epochs=4",
                             "--set", "data.samples_per_tile=16", "--set", "hpc.env_outage_s=120"],
                            cwd=hpc_tools.repo, stdout=out, stderr=subprocess.STDOUT, timeout=420)
@@ -108,6 +108,7 @@ def test_a_job_with_nothing_to_train_gives_its_allocation_back(tmp_path: Path, t
     db = tmp_path / "s.db"
     r = subprocess.run([sys.executable, "hpc/launch.py", "--config", str(hpc_tools.tiny), "--scratch",
                         str(tmp_path / "scratch"), "--storage", f"sqlite:///{db}", "--study", "idle", "--trials", "1",
+                        "--executor", "local",
                         "--workers", "2", "--no-eval", "--set", f"data.root={tiny_data}", "--set", "train.epochs=3",
                         "--set", "data.samples_per_tile=8", "--set", "hpc.max_wait_s=1"],
                        cwd=hpc_tools.repo, capture_output=True, text=True, timeout=300)

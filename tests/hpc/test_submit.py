@@ -218,3 +218,24 @@ def test_a_real_sbatch_refusal_is_one_error_line(slurm_env, hpc_tools, tmp_path:
     assert str(e.value).startswith("sbatch refuses the test array (--nodes/") and "\n" not in str(e.value)
     assert capfd.readouterr().err == "", "sbatch's own lines are not printed besides the error line"
     assert hpc_tools.jobs_named(name) == set()
+
+
+def test_cpus_follow_gpus_and_the_loader_must_fit() -> None:
+    from dualseg.errors import InputError
+    from hpc import slurm
+    from hpc.submit.jobs import fit_cpus, worker_resources
+    from hpc.submit.slurm import render_array
+
+    node = slurm.NodeResources(cpus=32, mem_mb=None, gpus=4)
+    plan = _plan({}, gpus_per_node=4)
+    fit_cpus(plan, node)
+    assert plan.hpc.cpus_per_task == 8  # the node's CPUs per GPU
+    script = render_array(worker_resources(plan), 2)
+    assert "#SBATCH --cpus-per-task=8" in script and "--cpus-per-task=8" in script.split("srun", 1)[1]
+    cpu = _plan({}, gpus_per_node=0)
+    fit_cpus(cpu, node)
+    assert cpu.hpc.cpus_per_task is None  # a CPU rank takes what the site gives one task
+    plan.cfg.data.num_workers = 8
+    with pytest.raises(InputError, match=r"data.num_workers: 8 loader worker\(s\) \+ the rank itself need 9 CPUs per "
+                                         r"rank, --cpus-per-task is 8"):
+        fit_cpus(plan, node)

@@ -1,4 +1,4 @@
-"""Quickstart-size synthetic tiles (configs/default.yaml's generator), one trained model per session."""
+"""Unlabelled copies of tiles; the trained Quickstart model (``quick_cfg``, ``trained``) is in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -9,38 +9,12 @@ import pytest
 import torch
 import zarr
 
-from dualseg.config import Config, apply_overrides, load_config
-from dualseg.data import generate
-from dualseg.data.tile import consolidate
-from dualseg.train import fit
-from dualseg.train.export import export_model
-
-REPO = Path(__file__).resolve().parents[2]
+from dualseg.data.write import consolidate
 
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
     torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="session")
-def quick_cfg(tmp_path_factory: pytest.TempPathFactory) -> Config:
-    """The Quickstart config (its data: 12 tiles of 64x64, 4 classes), 1 epoch on the CPU."""
-    root = tmp_path_factory.mktemp("quick")
-    cfg = load_config(REPO / "configs" / "default.yaml")
-    assert cfg.data.synthetic is not None
-    generate(root / "tiles", cfg.data.synthetic)
-    return apply_overrides(cfg, {"data.root": str(root / "tiles"), "train.epochs": 1, "train.device": "cpu",
-                                 "train.scratch": str(root / "scratch"), "train.run_name": "quick"})
-
-
-@pytest.fixture(scope="session")
-def trained(quick_cfg: Config, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """``best`` (training checkpoint) and ``slim`` (exported model) of a 1-epoch Quickstart run."""
-    torch.set_num_threads(1)
-    res = fit(quick_cfg)
-    slim = export_model(res.run_dir / "best.pt", None, tmp_path_factory.mktemp("model") / "best_model.pth")
-    return {"best": res.run_dir / "best.pt", "slim": slim}
 
 
 def strip_labels(src_root: Path, names: list[str], dst_root: Path) -> Path:

@@ -12,7 +12,8 @@ import torch
 
 from dualseg.config import Config
 from dualseg.data.read import read_labels
-from dualseg.data.tile import consolidate, open_tile, tile_path
+from dualseg.data.tile import open_tile, tile_path
+from dualseg.data.write import consolidate
 from dualseg.errors import InputError
 from dualseg.predict import read_map, score_map
 from dualseg.predict.__main__ import main

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio  # the geo extra; part of the test extra, so CI has it
+import zarr
 
 from dualseg.config import Config
 from dualseg.data.read import read_tile
-from dualseg.data.tile import write_tile
+from dualseg.data.write import write_tile
 from dualseg.predict import class_colours, read_map
 from dualseg.predict.__main__ import main
+from dualseg.predict.writers import is_map, is_map_geotiff, write_geotiff, write_zarr
 from dualseg.train.export import load_exported
 
 TRANSFORM = [10.0, 0.0, 699960.0, 0.0, -10.0, 5300040.0]
@@ -45,3 +47,31 @@ def test_geotiff_round_trip(quick_cfg: Config, trained: dict[str, Path], tmp_pat
     with Image.open(out / f"{name}.tif") as im:  # TIFF tags 322/323: tiled, not striped
         assert (im.tag_v2.get(322), im.tag_v2.get(323)) == (64, 64)
     assert sorted(p.name for p in out.iterdir()) == [f"{name}.tif", f"{name}.zarr"]
+
+
+def test_maps_are_recognised_and_nothing_else(tmp_path: Path) -> None:
+    """What --overwrite may replace: maps this package wrote (also before the format marker), never a tile."""
+    classes, conf = np.zeros((16, 16), np.uint8), np.ones((16, 16), np.float32)
+    attrs = {"tile": "t", "class_names": ["a"], "ignore_index": 255, "overlap": 0.25, "model": "m.pth"}
+    m = write_zarr(tmp_path / "t.zarr", classes, conf, None, attrs)
+    assert is_map(m)
+    g = zarr.open_group(str(m), mode="a")
+    del g.attrs["format"]
+    assert is_map(m)  # a map written before the marker existed
+    del g.attrs["overlap"]
+    assert not is_map(m)
+    from dualseg.config import SyntheticConfig
+    from dualseg.data.synthetic import generate
+
+    generate(tmp_path / "tiles", SyntheticConfig(tiles=3, size=8, s1_dates=2, s2_dates=2))
+    (tmp_path / "link.zarr").symlink_to(write_zarr(tmp_path / "u.zarr", classes, conf, None, attrs))
+    for other in (tmp_path / "tiles" / "tile_000.zarr", tmp_path / "tiles" / "splits.json", tmp_path / "link.zarr",
+                  tmp_path / "none.zarr"):
+        assert not is_map(other), other
+    tif = write_geotiff(tmp_path / "t.tif", classes, "EPSG:32631", TRANSFORM, ["a"], 255)
+    assert is_map_geotiff(tif)
+    (tmp_path / "x.tif").write_bytes(b"II*\x00 not ours")
+    with (pytest.warns(rasterio.errors.NotGeoreferencedWarning),
+          rasterio.open(tmp_path / "y.tif", "w", driver="GTiff", height=8, width=8, count=1, dtype="uint8") as dst):
+        dst.write(np.zeros((1, 8, 8), np.uint8))  # a real TIFF, not a map (and not georeferenced)
+    assert not is_map_geotiff(tmp_path / "x.tif") and not is_map_geotiff(tmp_path / "y.tif")

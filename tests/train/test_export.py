@@ -7,13 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from dualseg.config import Config, ModelConfig
 from dualseg.data.tile import open_tile, tile_path
-from dualseg.errors import InputError
-from dualseg.predict import load_input, spec_of, tile_logits
+from dualseg.infer import load_input, spec_of, tile_logits
 from dualseg.train import fit
 from dualseg.train.export import export_model, load_exported, weight_bytes
 
@@ -54,15 +52,3 @@ def test_slim_model_reproduces_the_checkpoint_exactly(make_cfg: Callable[..., Co
         inp = load_input(info, spec_of(m))
         outs.append(tile_logits(m.build(), inp, spec_of(m), patch=m.patch_size, overlap=0.25, amp=False))
     assert torch.equal(outs[0], outs[1])
-
-
-def test_damaged_or_foreign_model_files_are_named(tmp_path: Path) -> None:
-    p = tmp_path / "x.pth"
-    torch.save({"weights": torch.zeros(2)}, p)
-    with pytest.raises(InputError, match="neither a dualseg model nor a training checkpoint"):
-        load_exported(p)
-    torch.save({"format": "dualseg-model", "version": 1, "model": {}}, p)
-    with pytest.raises(InputError, match="damaged dualseg model"):
-        load_exported(p)
-    with pytest.raises(InputError, match="file not found"):
-        load_exported(tmp_path / "none.pth")

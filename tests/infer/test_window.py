@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from dualseg.data.tile import Stream, Tile, open_tile, write_tile
+from dualseg.data.tile import Stream, Tile, open_tile
+from dualseg.data.write import write_tile
 from dualseg.errors import InputError
-from dualseg.predict import InputSpec, blend_weight, load_input, spec_of, tile_logits, to_map, windows
-from dualseg.train.export import load_exported
+from dualseg.infer import InputSpec, blend_weight, load_exported, load_input, spec_of, tile_logits, to_map, windows
 
 
 def constant_tile(model_bands: tuple[list[str], list[str]], h: int = 80, w: int = 72, value: float = 0.3,

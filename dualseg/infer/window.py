@@ -1,7 +1,8 @@
 """Sliding-window inference over a whole tile with smooth blending: the one inference path.
 
 Both maps (``python -m dualseg.predict``) and test metrics (``evaluate_checkpoint``) come from
-:func:`tile_logits`, so the mIoU of the written maps is the evaluated mIoU.
+:func:`tile_logits`, so the mIoU of the written maps is the evaluated mIoU; it lives in
+:mod:`dualseg.infer`, below both, and ``dualseg.predict`` re-exports its names.
 
 Inputs are normalised, masked and padded exactly as in training: :func:`dualseg.data.normalise`
 with the stored band statistics, a date is padding for a window when none of its pixels is valid
@@ -25,11 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from dualseg.data.dataset import collate, date_features, normalise
+from dualseg.data.batch import collate
+from dualseg.data.inputs import date_features, normalise
 from dualseg.data.read import read_stream
 from dualseg.data.tile import STREAMS, TileInfo, open_group
 from dualseg.errors import InputError
-from dualseg.train.steps import autocast_ctx, forward, to_device
+from dualseg.infer.batch import autocast_ctx, forward, to_device
 
 WEIGHT_FLOOR = 0.1
 
