@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from dualseg.config import MONITOR_MODES, Config, apply_overrides, to_dict
 from dualseg.errors import InputError, TrainingError
 from dualseg.train import rundir
-from dualseg.train.agree import decide
+from dualseg.train.agree import agree, decide
 from dualseg.train.checkpoint import (
     capture_rng,
     load_checkpoint,
