@@ -149,16 +149,12 @@ class TrialRunner:
         trial_cfg = apply_overrides(self.cfg, {**job.params, "train.run_name": f"trial-{job.number}",
                                                "train.monitor": self.hpc.objective})  # best.pt = what the study ranks
         run_dir = trial_dir(self.study_dir, job.number)
-        lost: list[str] = []
 
         def callback(epoch: int, metrics: dict[str, float]) -> bool:
-            if self.coord is None:
-                return False
-            try:
-                return self.coord.report(job.trial_id, epoch, float(metrics[self.hpc.objective]))
-            except TrialLost as exc:  # stop all ranks through the normal prune path, then drop it
-                lost.append(str(exc))
-                return True
+            # TrialLost (finished or taken over elsewhere) is raised through fit, on every rank alike, before
+            # this epoch's checkpoint: a job that lost its trial writes nothing more into its folder
+            return self.coord.report(job.trial_id, epoch, float(metrics[self.hpc.objective])) \
+                if self.coord is not None else False
 
         heartbeat = self.coord.heartbeat(job.trial_id) if self.coord is not None else NullHeartbeat()
         with heartbeat:  # beats through checkpoint seeding and environment pauses too
@@ -173,6 +169,12 @@ class TrialRunner:
                 except Exception as exc:
                     judged = broadcast(_judge(exc) if self.rank == 0 else None, self.world)  # rank 0 decides
                     release_resources(exc)
+                    if judged == "lost":
+                        log.warning("trial %d dropped: %s; going on with the next trial", job.number,
+                                    next(e for e in _chain(exc) if isinstance(e, TrialLost)) if self.rank == 0
+                                    else "rank 0 lost it")
+                        self.requeue.resume_trial_id = None
+                        return
                     if judged == "environment":
                         self._pause(job, exc, outage)
                         continue
@@ -187,9 +189,7 @@ class TrialRunner:
         set_log_context(epoch=None)
         if result.stopped == "interrupted":
             self._after_signal(job.trial_id)
-        if lost:
-            log.warning("trial %d dropped: %s; going on with the next trial", job.number, lost[0])
-        elif self.coord is not None:
+        if self.coord is not None:
             self._tell(job, result, run_dir)
         self.requeue.resume_trial_id = None
         set_log_context(trial=None)
@@ -251,10 +251,22 @@ class EnvironmentOutage:
         return 0.0 if self.since is None else time.monotonic() - self.since
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in out:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
 def _judge(exc: BaseException) -> str:
-    """``environment`` (retry, the trial keeps its state), ``trial`` (fail it, go on) or ``fatal`` (end the job)."""
+    """``lost`` (someone else finished or owns the trial: drop it), ``environment`` (retry, the trial keeps its
+    state), ``trial`` (fail it, go on) or ``fatal`` (end the job)."""
     from dualseg.train.failures import classify, environment_error
 
+    if any(isinstance(e, TrialLost) for e in _chain(exc)):
+        return "lost"
     return "environment" if environment_error(exc) is not None else classify(exc)
 
 

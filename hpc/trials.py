@@ -79,7 +79,7 @@ class Coordinator:
         self.study_dir = Path(spec.scratch) / spec.study
         self.label = SlurmEnv.read().label
         self._last_keepalive = 0.0
-        self._squeue_ok_at = time.monotonic()
+        self._squeue_failing_since: float | None = None  # squeue unknown since (it vouches for a bounded time)
         self._adopted = False
         self._owned: dict[int, str] = {}  # trial id -> the ask token this job took it with
 
@@ -221,9 +221,11 @@ class Coordinator:
         states = squeue_states([str(j) for j in queued.values()], names=[worker_job_name(self.spec.study)])
         now = time.monotonic()
         if states is not None:
-            self._squeue_ok_at = now
-        elif now - self._squeue_ok_at > self.hpc.grace_period:
-            return  # squeue unknown for a whole grace period: stop vouching; dead trials go stale in bounded time
+            self._squeue_failing_since = None
+        else:
+            self._squeue_failing_since = self._squeue_failing_since or now
+            if now - self._squeue_failing_since > max(self.hpc.grace_period, self.hpc.db_outage_s):
+                return  # squeue unknown for that long: stop vouching; dead trials go stale in bounded time
         for trial_id, job in queued.items():
             # a job RUNNING again adopts its trial within seconds; one RUNNING but training something else
             # must not keep this trial alive for ever

@@ -117,3 +117,18 @@ def test_a_job_with_nothing_to_train_gives_its_allocation_back(tmp_path: Path, t
     assert logs.count("releasing the allocation") == 1, logs[-3000:]
     trials = optuna.load_study(study_name="idle", storage=f"sqlite:///{db}").trials
     assert [t.state.name for t in trials] == ["COMPLETE"]
+
+
+def test_a_lost_trial_is_dropped_not_failed() -> None:
+    from dualseg.train.failures import PeerFailure
+    from hpc.trials import TrialLost
+
+    try:
+        try:
+            raise TrialLost("trial 3 belongs to another job now")
+        except TrialLost as lost:
+            raise PeerFailure(0, "TrialLost", "TrialLost: trial 3 belongs to another job now", "trial", False) \
+                from lost
+    except PeerFailure as agreed:
+        assert _judge(agreed) == "lost"
+    assert _judge(TrialLost("trial 3 is COMPLETE")) == "lost"
