@@ -8,7 +8,7 @@ at fault instead of letting a traceback from deep inside zarr/numpy/torch escape
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 
 class DualsegError(Exception):
@@ -21,6 +21,21 @@ class InputError(DualsegError, ValueError):
 
 class TrainingError(DualsegError, RuntimeError):
     """Training cannot go on (NaN loss, incompatible checkpoint). Exit code 1."""
+
+
+def cause_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception it was raised from, raised while handling, or wraps (a driver error's
+    ``orig``), each once: what went wrong is often several wrappers deep (Optuna, SQLAlchemy, our own)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        orig = getattr(e, "orig", None)
+        todo += [e.__cause__, e.__context__, orig if isinstance(orig, BaseException) else None]
 
 
 def one_line(exc: BaseException) -> str:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from optuna.trial import TrialState
 
 from dualseg.config import Config, apply_overrides
-from dualseg.errors import TrainingError
+from dualseg.errors import TrainingError, cause_chain
 from hpc import slurm
 from hpc.config import HpcConfig
 from hpc.paths import trial_dir
@@ -171,7 +171,7 @@ class TrialRunner:
                     release_resources(exc)
                     if judged == "lost":
                         log.warning("trial %d dropped: %s; going on with the next trial", job.number,
-                                    next(e for e in _chain(exc) if isinstance(e, TrialLost)) if self.rank == 0
+                                    next(e for e in cause_chain(exc) if isinstance(e, TrialLost)) if self.rank == 0
                                     else "rank 0 lost it")
                         self.requeue.resume_trial_id = None
                         return
@@ -251,21 +251,12 @@ class EnvironmentOutage:
         return 0.0 if self.since is None else time.monotonic() - self.since
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
-    out: list[BaseException] = []
-    e: BaseException | None = exc
-    while e is not None and e not in out:
-        out.append(e)
-        e = e.__cause__ or e.__context__
-    return out
-
-
 def _judge(exc: BaseException) -> str:
     """``lost`` (someone else finished or owns the trial: drop it), ``environment`` (retry, the trial keeps its
     state), ``trial`` (fail it, go on) or ``fatal`` (end the job)."""
     from dualseg.train.failures import classify, environment_error
 
-    if any(isinstance(e, TrialLost) for e in _chain(exc)):
+    if any(isinstance(e, TrialLost) for e in cause_chain(exc)):
         return "lost"
     return "environment" if environment_error(exc) is not None else classify(exc)
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 import errno
 import gc
 import re
-from collections.abc import Iterator
 from typing import Literal
 
 import torch
 
-from dualseg.errors import DualsegError, TrainingError, one_line
+from dualseg.errors import DualsegError, TrainingError, cause_chain, one_line
 
 Kind = Literal["trial", "fatal"]
 
@@ -58,20 +57,10 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXT)
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and the exceptions it was raised from or while handling (each once)."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        yield cur
-        cur = cur.__cause__ or cur.__context__
-
-
 def _poisoned(exc: BaseException) -> BaseException | None:
     """What left the process unusable, in ``exc``'s chain: a ``DistError``, or a RuntimeError naming
     NCCL/gloo or a poisoned CUDA context; None when nothing did."""
-    for e in _chain(exc):
+    for e in cause_chain(exc):
         if isinstance(e, torch.distributed.DistError):
             return e
         if isinstance(e, RuntimeError) and not isinstance(e, (torch.OutOfMemoryError, DualsegError)) and \
@@ -193,14 +182,4 @@ ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EST
 
 def environment_error(exc: BaseException) -> OSError | None:
     """The disk-full / quota / I/O / stale-handle / read-only error anywhere in ``exc``'s cause chain, if any."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
-            return e
-        todo += [e.__cause__, e.__context__]
-    return None
+    return next((e for e in cause_chain(exc) if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS), None)

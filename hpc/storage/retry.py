@@ -19,7 +19,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import optuna
@@ -27,6 +27,8 @@ import sqlalchemy
 from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
+
+from dualseg.errors import cause_chain
 
 T = TypeVar("T")
 log = logging.getLogger("hpc.storage")
@@ -51,18 +53,6 @@ _TRANSIENT = ("server closed the connection", "connection refused", "could not c
               "network is unreachable", "broken pipe", "connection timed out")
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        todo += [e.__cause__, e.__context__, getattr(e, "orig", None)]
-
-
 def sqlstate(exc: BaseException) -> str | None:
     """The server's SQLSTATE of a driver error (psycopg2 ``pgcode``, psycopg 3 ``sqlstate``), if any."""
     code = getattr(exc, "pgcode", None) or getattr(exc, "sqlstate", None)
@@ -80,7 +70,7 @@ def is_connection_error(exc: BaseException) -> bool:
 
     The SQLSTATE decides when the server sent one; the message text only where none exists.
     """
-    chain = list(_chain(exc))
+    chain = list(cause_chain(exc))
     codes = {c for e in chain if (c := sqlstate(e)) is not None}
     if codes:
         return not codes & PERMANENT_SQLSTATES and any(c[:2] == "08" or c in TRANSIENT_SQLSTATES for c in codes)
@@ -119,7 +109,7 @@ class Outage:
             if self.since is None:
                 self.since = now
                 self.count += 1
-                db_error = next((e for e in _chain(exc) if isinstance(e, sqlalchemy.exc.SQLAlchemyError)), exc)
+                db_error = next((e for e in cause_chain(exc) if isinstance(e, sqlalchemy.exc.SQLAlchemyError)), exc)
                 kind = type(db_error).__name__
                 log.warning("database outage: connection lost during %s (%s); retrying for up to %.0f s",
                             what, kind, budget_s)
