@@ -31,7 +31,7 @@ import errno, json, sys, time, torch
 torch.set_num_threads(1)
 from torch import nn
 import dualseg.model as model_mod
-import dualseg.train.trainer as trainer_mod
+import dualseg.train.runstate as runstate_mod
 from dualseg.config import Config, from_dict
 from dualseg.errors import InputError
 from dualseg.train import fit, setup_logging
@@ -75,7 +75,7 @@ class Flaky:  # a loader raising at its `fail_at`-th batch (over all epochs) and
 def oom():
     torch.empty(1 << 50, dtype=torch.uint8)  # the real allocator's error
 
-real_build, real_train, real_eval = model_mod.build_model, trainer_mod.train_loader, trainer_mod.eval_loader
+real_build, real_train, real_eval = model_mod.build_model, runstate_mod.train_loader, runstate_mod.eval_loader
 def boom(training, when, exc):
     model_mod.build_model = lambda *a, **k: Boom(real_build(*a, **k), training, when, exc)
 def flaky_train(at):  # 2 steps per epoch: batch 1 is the step of DDP's bucket rebuild, batch 2 epoch 1's first
@@ -83,7 +83,7 @@ def flaky_train(at):  # 2 steps per epoch: batch 1 is the step of DDP's bucket r
         loader, sampler, gen = real_train(*a, **k)
         damaged = InputError("data: tile t03: chunk (0, 2) of s2 is damaged (crc mismatch)")
         return (Flaky(loader, fail_at=at, exc=damaged) if rank == 1 else loader), sampler, gen
-    trainer_mod.train_loader = make
+    runstate_mod.train_loader = make
 def uneven_eval(*a, **k):  # rank 1 holds one validation batch more than rank 0 and fails in it
     loader = real_eval(*a, **k)
     if rank == 0:
@@ -102,7 +102,7 @@ elif scenario == "loader_later":
 elif scenario == "validation":
     boom(False, 2, ValueError("tile t05: no S2 date left after cloud masking"))
 elif scenario == "uneven":
-    trainer_mod.eval_loader = uneven_eval
+    runstate_mod.eval_loader = uneven_eval
 elif scenario == "callback":
     def callback(epoch, metrics):
         if rank == 0:
@@ -121,7 +121,7 @@ except Exception as exc:
                kind=classify(exc), oom=is_oom(exc), cause=type(exc.__cause__).__name__ if exc.__cause__ else None)
     release_resources(exc)
 out["fit_s"] = time.time() - t0
-model_mod.build_model, trainer_mod.train_loader, trainer_mod.eval_loader = real_build, real_train, real_eval
+model_mod.build_model, runstate_mod.train_loader, runstate_mod.eval_loader = real_build, real_train, real_eval
 res = fit(cfg, overrides={"train.run_name": "good", "train.epochs": 1})  # the next trial, same group
 clocks = ("train_time_s", "val_time_s")
 out["good"] = [res.stopped, [{k: v for k, v in h.items() if k not in clocks} for h in res.history]]

@@ -16,6 +16,7 @@ from dualseg.config import Config
 from dualseg.errors import InputError, TrainingError
 from dualseg.model import DualStreamUNet3D
 from dualseg.train import fit, read_metrics
+from dualseg.train import runstate as runstate_mod
 from dualseg.train import trainer as trainer_mod
 from dualseg.train.failures import PeerFailure, classify, describe, is_oom, release_resources
 
@@ -185,7 +186,7 @@ def test_disk_quota_on_save_fails_the_trial_cleanly(
     def full(*args: Any, **kwargs: Any) -> Any:
         raise OSError(errno.EDQUOT, "Disk quota exceeded", str(args[1]))
 
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", full)
+    monkeypatch.setattr(runstate_mod, "save_checkpoint", full)
     cfg = make_cfg(run_name="quota", epochs=1)
     with pytest.raises(OSError) as info:
         fit(cfg)
