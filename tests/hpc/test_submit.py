@@ -100,7 +100,8 @@ def test_launch_and_predict_scripts_come_from_one_renderer() -> None:
 
     assert srun(pred_script, pred.log_folder) == srun(jobs.array_script(plan), work.log_folder)
     assert srun(pred_script, pred.log_folder) == (f"srun --unbuffered --output <LOGS>/%A_%a_%t_log.out --error "
-                                                  f"<LOGS>/%A_%a_%t_log.err {shlex.quote(sys.executable)} -u -m "
+                                                  "<LOGS>/%A_%a_%t_log.err --cpus-per-task=4 "
+                                                  f"{shlex.quote(sys.executable)} -u -m "
                                                   "submitit.core._submit <LOGS>")
 
 

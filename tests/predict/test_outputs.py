@@ -26,7 +26,7 @@ import zarr
 from dualseg.config import S1_BANDS, S2_BANDS, ModelConfig, SyntheticConfig
 from dualseg.data.read import read_tile
 from dualseg.data.synthetic import generate
-from dualseg.data.tile import write_tile
+from dualseg.data.write import write_tile
 from dualseg.infer.modelfile import ModelFile, to_file
 from dualseg.io import atomic_torch_save
 from dualseg.model import build_model
