@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,3 +48,36 @@ def make_cfg(tiny_root: Path, tmp_path: Path) -> Callable[..., Config]:
         return from_dict(Config, tiny_dict(tiny_root, tmp_path / "scratch", **train))
 
     return make
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def two_ranks() -> Callable[..., list[str]]:
+    """``two_ranks(script, *args, timeout=240)``: ``python -c script *args`` as 2 gloo ranks with torchrun's
+    variables (``{rank}`` in an argument becomes the rank); asserts both exit 0 and returns their output.
+    No rank outlives the call (a hang is killed)."""
+
+    def run(script: str, *args: str, timeout: float = 240) -> list[str]:
+        port, procs = _free_port(), []
+        for rank in range(2):
+            env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                   "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                   "OMP_NUM_THREADS": "1", "DUALSEG_PROGRESS": "0"}
+            argv = [a.replace("{rank}", str(rank)) for a in args]
+            procs.append(subprocess.Popen([sys.executable, "-c", script, *argv], env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
+        try:
+            logs = [p.communicate(timeout=timeout)[0] for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+        for p, log in zip(procs, logs):
+            assert p.returncode == 0, log[-3000:]
+        return logs
+
+    return run

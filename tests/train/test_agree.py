@@ -7,9 +7,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +21,6 @@ from dualseg.config import Config, ModelConfig, to_dict
 from dualseg.model import build_model
 from dualseg.train.agree import forward_syncs
 from dualseg.train.steps import evaluate_batches, train_epoch
-from tests.train.test_distributed import _free_port
 
 WORKER = r"""
 import errno, json, sys, time, torch
@@ -143,24 +139,10 @@ EXPECT = {  # scenario: (failing rank, its error's one line (start), kind, oom, 
 
 @pytest.mark.parametrize("scenario", list(EXPECT))
 def test_one_rank_fails_every_rank_raises_at_once_then_the_next_trial_runs(
-    make_cfg: Callable[..., Config], tmp_path: Path, scenario: str
+    make_cfg: Callable[..., Config], tmp_path: Path, scenario: str, two_ranks: Callable[..., list[str]]
 ) -> None:
     cfg = make_cfg(run_name="x", epochs=2)
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "DUALSEG_PROGRESS": "0"}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-c", WORKER, json.dumps(to_dict(cfg)), f"{tmp_path}/out.{rank}", scenario],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    try:
-        logs = [p.communicate(timeout=200)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()  # no orphan ranks if one hangs
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
+    two_ranks(WORKER, json.dumps(to_dict(cfg)), f"{tmp_path}/out.{{rank}}", scenario, timeout=200)
     outs = [json.loads(Path(f"{tmp_path}/out.{rank}").read_text()) for rank in range(2)]
     failing, line, kind, oom, cause = EXPECT[scenario]
     injected = outs[failing]["injected_at"]

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,44 +47,21 @@ open(sys.argv[2], "w").write(json.dumps(out))
 """
 
 
-def _launch(script: str, cfg: Config, out: Path, *extra: str) -> list[dict]:
-    """Run ``script`` on 2 gloo ranks (torchrun-style env) and return each rank's JSON output."""
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "DUALSEG_PROGRESS": "0"}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-c", script, json.dumps(to_dict(cfg)), f"{out}.{rank}", *extra],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    for p in procs:
-        log = p.communicate(timeout=240)[0]
-        assert p.returncode == 0, log[-3000:]
+def _run(two_ranks: Callable[..., list[str]], script: str, cfg: Config, out: Path, *extra: str) -> list[dict]:
+    """``script`` on 2 gloo ranks; each rank's JSON output."""
+    two_ranks(script, json.dumps(to_dict(cfg)), f"{out}.{{rank}}", *extra)
+    return _outs(out)
+
+
+def _outs(out: Path) -> list[dict]:
     return [json.loads(Path(f"{out}.{rank}").read_text()) for rank in range(2)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_two_rank_gloo_identical_metrics(make_cfg: Callable[..., Config], tmp_path: Path) -> None:
+def test_two_rank_gloo_identical_metrics(make_cfg: Callable[..., Config], tmp_path: Path,
+                                         two_ranks: Callable[..., list[str]]) -> None:
     cfg = make_cfg(run_name="ddp", epochs=3)
-    port = _free_port()
-    procs, outs = [], []
-    for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
-               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-               "OMP_NUM_THREADS": "1", "DUALSEG_PROGRESS": "0"}
-        out = tmp_path / f"rank{rank}.json"
-        outs.append(out)
-        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(to_dict(cfg)), str(out)],
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    logs = [p.communicate(timeout=240)[0] for p in procs]
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
-    r0, r1 = (json.loads(o.read_text()) for o in outs)
+    logs = two_ranks(WORKER, json.dumps(to_dict(cfg)), f"{tmp_path / 'rank'}.{{rank}}")
+    r0, r1 = _outs(tmp_path / "rank")
     assert r0["stopped"] == r1["stopped"] == "callback" and r0["epochs_run"] == r1["epochs_run"] == 2
     assert not r0["nccl_env"] and not r1["nccl_env"]  # a gloo group leaves the NCCL settings alone
     clocks = ("val_time_s", "train_time_s")  # each rank's own wall time
@@ -106,13 +80,14 @@ def test_two_rank_gloo_identical_metrics(make_cfg: Callable[..., Config], tmp_pa
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2  # rank 0 only
 
 
-def test_two_rank_exact_resume_mid_epoch(make_cfg: Callable[..., Config], tmp_path: Path) -> None:
+def test_two_rank_exact_resume_mid_epoch(make_cfg: Callable[..., Config], tmp_path: Path,
+                                         two_ranks: Callable[..., list[str]]) -> None:
     """2 steps/epoch per rank; should_stop calls: 1 start-up, 2 before the first step, 3-4 steps, 5-6
     validation batches, 7 after epoch 0, 8 = epoch 1 after 1 step: every rank's RNG and loss sum resume."""
-    straight = _launch(RESUME_WORKER, make_cfg(run_name="straight", epochs=3), tmp_path / "a", "0")
-    first = _launch(RESUME_WORKER, make_cfg(run_name="split", epochs=3), tmp_path / "b", "8")
+    straight = _run(two_ranks, RESUME_WORKER, make_cfg(run_name="straight", epochs=3), tmp_path / "a", "0")
+    first = _run(two_ranks, RESUME_WORKER, make_cfg(run_name="split", epochs=3), tmp_path / "b", "8")
     assert first[0]["stopped"] == first[1]["stopped"] == "interrupted" and len(first[0]["history"]) == 1
-    second = _launch(RESUME_WORKER, make_cfg(run_name="split", epochs=3), tmp_path / "c", "0")
+    second = _run(two_ranks, RESUME_WORKER, make_cfg(run_name="split", epochs=3), tmp_path / "c", "0")
     assert second[0]["stopped"] == "completed"
     flat = lambda h: [v for pair in h for v in pair]  # noqa: E731
     assert flat(second[0]["history"]) == pytest.approx(flat(straight[0]["history"]), abs=1e-6)
@@ -223,25 +198,12 @@ open(sys.argv[2], "w").write(json.dumps(out))
 
 @pytest.mark.parametrize("owner", ["fit", "caller"])
 def test_failed_trial_then_next_trial_and_clean_exit(
-    make_cfg: Callable[..., Config], tmp_path: Path, owner: str
+    make_cfg: Callable[..., Config], tmp_path: Path, owner: str, two_ranks: Callable[..., list[str]]
 ) -> None:
     """A trial raising on both ranks, a stop during validation, then exit 0 with no gloo abort at exit."""
     cfg = make_cfg(run_name="trial", epochs=2)
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "DUALSEG_PROGRESS": "0"}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-c", FAILING_WORKER, json.dumps(to_dict(cfg)), f"{tmp_path}/out.{rank}", owner],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    try:
-        logs = [p.communicate(timeout=240)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()  # no orphan ranks if one hangs
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
+    logs = two_ranks(FAILING_WORKER, json.dumps(to_dict(cfg)), f"{tmp_path}/out.{{rank}}", owner)
+    for log in logs:
         assert "terminate called" not in log and "Traceback" not in log, log[-3000:]
     outs = [json.loads(Path(f"{tmp_path}/out.{rank}").read_text()) for rank in range(2)]
     for out in outs:
