@@ -20,7 +20,6 @@ if not __package__:  # run as a file: re-run as `python -m hpc.<name>` (hpc/_scr
 
 import argparse
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from dualseg.config import Config, load_config
 from dualseg.data.preflight import check_dataset
 from dualseg.errors import DualsegError, InputError, report_error
 from dualseg.io import check_writable_dir
-from hpc import slurm
+from hpc import follow, slurm
 from hpc.config import HpcConfig, parse_hpc
 from hpc.options import add_flags, flag_values
 from hpc.paths import REPO_ROOT, resolve_scratch
@@ -171,7 +170,6 @@ def run_local(plan: Plan) -> int:
     failures = follow_local(plan, workers)
     for line in failures:
         print(f"error: {line}", file=sys.stderr)
-    here = shlex.quote(sys.executable)
     if plan.hpc.eval:
         results = evaluate_study(plan.storage, plan.hpc.study, plan.scratch)
         r = results["test"]
@@ -179,12 +177,9 @@ def run_local(plan: Plan) -> int:
               f"results in {results['results_dir']}/results.json")
         if results.get("report"):
             print(f"report: {results['report']}")
-        out = shlex.quote(str(Path(results["results_dir"]) / "maps"))
-        print(f"maps:   {here} -m dualseg.predict --model {shlex.quote(results['results_dir'])}/best_model.pth "
-              f"--tiles {shlex.quote(plan.cfg.data.root)} --split test --out {out}")
-    scratch = shlex.quote(str(plan.scratch))
-    print(f"status: {here} hpc/status.py --study {plan.hpc.study} --scratch {scratch}")
-    print(f"report: {here} hpc/report.py --study {plan.hpc.study} --scratch {scratch}")
+        print(f"maps:   {follow.map_command(plan, results['results_dir'])}")
+    print(f"status: {follow.status_command(plan)}")
+    print(f"report: {follow.report_command(plan)}")
     return 1 if failures else 0
 
 
@@ -243,14 +238,8 @@ def _print_submitted(plan: Plan, array_id: str, eval_id: str | None) -> None:
         print(f"evaluation job {eval_id} (afterany:{array_id}) -> {plan.study_dir / 'results' / 'results.json'}")
     print(f"storage: {plan.storage.masked}")
     print(f"logs:    {plan.logdir}")
-    here = shlex.quote(sys.executable)
-    print("follow:")
-    first = f"{array_id}_0" if h.workers > 1 else array_id
-    print(f"  {here} hpc/logs.py {first} --follow --logdir {plan.logdir}")
-    print(f"  {here} hpc/status.py --study {h.study} --storage {shlex.quote(plan.storage.public)}")
-    print(f"  optuna-dashboard {shlex.quote(plan.storage.public)}")
-    print(f"  squeue -j {array_id}{',' + eval_id if eval_id else ''}")
-
+    for line in follow.submitted_lines(plan, array_id, eval_id):
+        print(line)
 
 if __name__ == "__main__":
     sys.exit(main())

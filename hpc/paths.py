@@ -38,6 +38,11 @@ def study_scratch(cli: str | Path | None, recorded: str | None) -> Path:
     return resolve_scratch(str(cli) if cli is not None else None)
 
 
+def log_dir(study_dir: str | Path) -> Path:
+    """``<scratch>/<study>/logs``: every job of the study logs here (submitit's and the plain sbatch scripts')."""
+    return Path(study_dir) / "logs"
+
+
 def trial_dir(study_dir: str | Path, number: int) -> Path:
     """``<scratch>/<study>/trial-<number>``."""
     return Path(study_dir) / f"trial-{number}"

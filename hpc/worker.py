@@ -30,7 +30,7 @@ from typing import Any
 from dualseg.config import Config, from_dict, to_dict
 from dualseg.errors import DualsegError, InputError, report_error
 from hpc.config import parse_hpc
-from hpc.paths import check_study_dir, resolve_scratch
+from hpc.paths import check_study_dir, log_dir, resolve_scratch
 from hpc.requeue import NoRequeue, RequeueStrategy, ScontrolRequeue, SubmititRequeue
 from hpc.runner import TrialRunner, broadcast
 from hpc.signals import SIGNALS
@@ -87,7 +87,7 @@ def run_worker(spec: WorkerSpec, requeue: RequeueStrategy | None = None) -> dict
     hpc = parse_hpc(cfg, spec.hpc_overrides)
     # kept for the whole loop (fit reuses it); a collective waits at most hpc.collective_timeout_s
     info = init_distributed(cfg.train.device, hpc.collective_timeout_s,
-                            trace_dir=Path(spec.scratch) / spec.study / "logs" / "nccl")
+                            trace_dir=log_dir(Path(spec.scratch) / spec.study) / "nccl")
     coord: Coordinator | None = None
     started = time.monotonic()
     runner: TrialRunner | None = None

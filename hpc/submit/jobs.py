@@ -22,7 +22,7 @@ from dualseg.errors import InputError
 from dualseg.io import atomic_write_text
 from hpc import slurm
 from hpc.config import HpcConfig
-from hpc.paths import REPO_ROOT
+from hpc.paths import REPO_ROOT, log_dir
 from hpc.storage import PASSFILE_ENV, StorageURL
 from hpc.submit.local import LocalBackend
 from hpc.submit.resources import Resources, eval_job_name, worker_job_name
@@ -53,7 +53,7 @@ class Plan:
 
     @property
     def logdir(self) -> Path:
-        return self.study_dir / "logs"
+        return log_dir(self.study_dir)
 
     def worker_spec(self) -> WorkerSpec:
         h = self.hpc
