@@ -217,7 +217,8 @@ class TrialRunner:
     def _tell(self, job: Assignment, result: FitResult, run_dir: Path) -> None:
         assert self.coord is not None
         outcome = TrialOutcome(best_epoch=result.best_epoch, monitor=result.monitor, epochs_run=result.epochs_run,
-                               stopped=result.stopped, run_dir=str(run_dir), busy_s=_busy_seconds(result.history))
+                               stopped=result.stopped, run_dir=str(run_dir), data_root=str(self.cfg.data.root),
+                               busy_s=_busy_seconds(result.history))
         if result.stopped == "callback":
             state, value = TrialState.PRUNED, None
         else:

@@ -93,6 +93,7 @@ class TrialRecord:
     epochs_run: int | None = None
     stopped: str | None = None
     run_dir: str | None = None
+    data_root: str | None = None  # the tiles it trained on (the study's config: --set overrides included)
     busy_s: float = 0.0
     retry_of: int | None = None  # the failed trial this one retries (Optuna's system attribute)
 
@@ -125,6 +126,7 @@ class TrialOutcome:
     epochs_run: int | None = None
     stopped: str | None = None
     run_dir: str | None = None
+    data_root: str | None = None
     busy_s: float | None = None
     error: str | None = None
     fatal: bool | None = None

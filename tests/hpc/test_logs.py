@@ -68,3 +68,42 @@ def test_bad_job_and_missing_files_exit_2(tmp_path: Path, hpc_tools) -> None:
     assert r.returncode == 2 and r.stderr.startswith("error: logs: job must look like")
     r = hpc_tools.run_cli("logs.py", "12", "--logdir", str(tmp_path))
     assert r.returncode == 2 and r.stderr.strip() == f"error: logs: no out files of job 12 in {tmp_path}"
+
+
+def test_a_plain_job_shows_its_ranks_and_a_task_of_it_is_refused_not_read_as_a_rank(tmp_path: Path, hpc_tools) -> None:
+    """--workers 1: no array, the files are <job>_<rank>_log.out; 55_1 must never show rank 1 as task 1."""
+    (tmp_path / "55_0_log.out").write_text(_line("01", "rank zero"))
+    (tmp_path / "55_1_log.out").write_text(_line("02", "rank one"))
+    assert set(match_files(tmp_path, "55", None, False).values()) == {"[rank 0]", "[rank 1]"}
+    assert match_files(tmp_path, "55_1", None, False) == {}
+    r = hpc_tools.run_cli("logs.py", "55_1", "--logdir", str(tmp_path))
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: logs: job 55 is not an array") and "dualseg-logs 55" in r.stderr
+    r = hpc_tools.run_cli("logs.py", "55", "--rank", "1", "--logdir", str(tmp_path))
+    assert r.returncode == 0 and r.stdout.strip().endswith("rank one") and "rank zero" not in r.stdout
+
+
+def test_the_log_folder_comes_from_the_study(tmp_path: Path, hpc_tools) -> None:
+    """--study finds <scratch>/<study>/logs through the scratch the launcher recorded: no --logdir needed."""
+    scratch, elsewhere = tmp_path / "scratch", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    r = hpc_tools.run_cli("launch.py", "--config", str(hpc_tools.tiny), "--scratch", str(scratch), "--storage", url,
+                          "--study", "lg", "--executor", "local", "--set", f"data.root={tmp_path / 'data'}",
+                          "--prepare-only")
+    assert r.returncode == 0, r.stderr
+    (scratch / "lg" / "logs" / "66_0_log.out").write_text(_line("01", "from the study's folder"))
+    env = {"DUALSEG_STORAGE": url, "SCRATCH": str(elsewhere)}  # $SCRATCH points elsewhere: the record wins
+    r = hpc_tools.run_cli("logs.py", "66", "--study", "lg", env=env)
+    assert r.returncode == 0 and "from the study's folder" in r.stdout, r.stderr
+    r = hpc_tools.run_cli("logs.py", "--where", "--study", "lg", "--trials", "3", env=env)  # a worker's options pass
+    assert r.returncode == 0 and r.stdout.strip() == str(scratch / "lg" / "logs"), r.stderr
+    r = hpc_tools.run_cli("logs.py", "--where", env={"DUALSEG_STUDY": "", "DUALSEG_LOGDIR": ""})
+    assert r.returncode == 2 and r.stderr.strip() == "error: --study: not given and $DUALSEG_STUDY is not set"
+
+
+def test_help_says_where_the_training_lines_are(hpc_tools) -> None:
+    r = hpc_tools.run_cli("logs.py", "--help")
+    assert r.returncode == 0
+    err_help = " ".join(r.stdout.split("\n  --err", 1)[1].split("\n  --follow")[0].split())
+    assert "warnings, tracebacks" in err_help and "training" not in err_help
