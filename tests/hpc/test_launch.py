@@ -52,6 +52,15 @@ def test_local_executor_runs_the_search_and_prints_the_result(hpc_tools, tiny_ar
     assert all((study_dir / f"trial-{i}" / n).exists() for i in (0, 1) for n in ("best.pt", "metrics.jsonl"))
     assert not any((study_dir / f"trial-{i}" / "last.pt").exists() for i in (0, 1)), "finished trials drop last.pt"
     assert [ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("trial ")] == ["0", "1"], r.stdout
+    elsewhere = tmp_path / "elsewhere"  # the printed commands work pasted in another directory
+    elsewhere.mkdir()
+    printed = {ln.split(":", 1)[0]: ln.split(":", 1)[1].strip() for ln in r.stdout.splitlines()
+               if ln.startswith(("status:", "report:")) and "index.html" not in ln}
+    for name, expected in (("status", "study loc (minimize): 2/2 finished"), ("report", "index.html")):
+        p = subprocess.run(["bash", "-c", printed[name]], cwd=elsewhere, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "SCRATCH": str(elsewhere)}, stdin=subprocess.DEVNULL)
+        assert p.returncode == 0 and expected in p.stdout, (printed[name], p.stdout, p.stderr[-2000:])
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_local_executor_refuses_multi_node(hpc_tools, tiny_args) -> None:
