@@ -14,6 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from hpc.paths import REPO_ROOT
 from hpc.submit.jobs import Plan
 
 
@@ -59,7 +60,7 @@ def logs_command(plan: Plan, job: str) -> str:
 
 
 def dashboard_command(plan: Plan) -> str:
-    """``optuna-dashboard URL``: ``pip install 'dualseg[dashboard]'`` installs it with the PostgreSQL driver."""
+    """``optuna-dashboard URL``: the ``dashboard`` extra (setup.cfg) installs it with the PostgreSQL driver."""
     return f"{_env(plan)}optuna-dashboard {_q(storage_url(plan))}"
 
 
@@ -70,7 +71,7 @@ def submitted_lines(plan: Plan, array_id: str, eval_id: str | None) -> list[str]
     return ["follow:",
             f"  {logs_command(plan, first)}",
             f"  {status_command(plan)}",
-            f"  {dashboard_command(plan)}    # pip install 'dualseg[dashboard]'",
+            f"  {dashboard_command(plan)}    # pip install -e {_q(f'{REPO_ROOT}[dashboard]')}",
             f"  squeue -j {array_id}{',' + eval_id if eval_id else ''}",
             f"  {report_command(plan)}    # once the evaluation job is done"]
 
