@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from hpc.paths import REPO_ROOT
-from hpc.submit.jobs import Plan
+from hpc.submit.jobs import Plan, worker_resources
 
 
 def entry_point(name: str, module: str) -> str:
@@ -81,3 +81,17 @@ def map_command(plan: Plan, results_dir: str | Path) -> str:
     out = Path(results_dir).resolve()
     return (f"{entry_point('dualseg-map', 'dualseg.predict')} --model {_q(out / 'best_model.pth')} "
             f"--tiles {_q(Path(plan.cfg.data.root).resolve())} --split test --out {_q(out / 'maps')}")
+
+
+def pickle_free_command(plan: Plan) -> str:
+    """After ``--prepare-only``: ``sbatch/train.sbatch`` with the launch's resources (docs/hpc.md section 6)."""
+    res, n = worker_resources(plan), plan.hpc.workers
+    opts = [f"--array=0-{n - 1}%{res.array_parallelism(n)}"] if n > 1 else []
+    opts += [f"--nodes={res.nodes}", f"--ntasks-per-node={res.tasks_per_node}", f"--time={res.time_min}"]
+    opts += [f"--gpus-per-node={res.gpus_per_node}"] if res.gpus_per_node else []
+    for key in ("cpus_per_task", "partition", "account", "qos", "mem"):
+        opts += [f"--{key.replace('_', '-')}={getattr(res, key)}"] if getattr(res, key) is not None else []
+    env = {"DUALSEG_STUDY": plan.hpc.study, "DUALSEG_STORAGE": storage_url(plan), "DUALSEG_REPO": str(REPO_ROOT),
+           "DUALSEG_PYTHON": sys.executable, **({"PGPASSFILE": str(plan.passfile)} if plan.passfile else {})}
+    opts.append("--export=ALL," + ",".join(f"{k}={v}" for k, v in env.items()))
+    return " ".join(["sbatch", *map(_q, opts), _q(REPO_ROOT / "sbatch" / "train.sbatch")])

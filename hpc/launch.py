@@ -211,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.prepare_only:
             prepare(plan)
             print(f"study {plan.hpc.study!r} ready in {plan.storage.masked}; scratch {plan.scratch}")
+            if plan.executor == "slurm":
+                print(f"submit its workers (sbatch/train.sbatch, no pickles):\n  {follow.pickle_free_command(plan)}")
             return 0
         if plan.executor == "local":
             return run_local(plan)

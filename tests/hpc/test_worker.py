@@ -53,6 +53,11 @@ def test_pickle_free_train_sbatch(slurm_env, pg_db_url, hpc_tools, tiny_args, ti
     r = hpc_tools.run_cli("launch.py", *tiny_args, "--study", "plain", "--trials", "2", "--prepare-only",
                           "--executor", "slurm", env={"DUALSEG_STORAGE": pg_db_url})
     assert r.returncode == 0, r.stderr
+    printed = r.stdout.split("submit its workers (sbatch/train.sbatch, no pickles):\n", 1)[1].splitlines()[0].strip()
+    assert printed.startswith("sbatch ") and make_url(pg_db_url).password not in printed, r.stdout
+    test_only = subprocess.run(["bash", "-c", printed.replace("sbatch ", "sbatch --test-only ", 1)], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=60)  # the printed line, pasted elsewhere
+    assert test_only.returncode == 0 and "to start at" in test_only.stderr, test_only.stderr
     before = set(os.listdir(hpc_tools.repo))
     public = make_url(pg_db_url)._replace(password=None).render_as_string(hide_password=False)
     passfile = tmp_path / "scratch" / "plain" / ".pgpass"  # written by --prepare-only: it knew the password
