@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", default=os.environ.get("DUALSEG_STUDY") or None,
                    help="the study whose log folder to read (default $DUALSEG_STUDY)")
     p.add_argument("--storage", default=None, help="its database URL (default $DUALSEG_STORAGE, else the local "
-                   "SQLite study under --scratch)")
+                   "SQLite study <$SCRATCH or ./runs>/<study>/study.db); not needed with --scratch")
     p.add_argument("--scratch", default=None, help="scratch root (default: the one the study recorded; without "
                    "--study: search <scratch>/*/logs, scratch being $SCRATCH or ./runs)")
     p.add_argument("--logdir", help="read this folder instead (default $DUALSEG_LOGDIR, else the study's)")
