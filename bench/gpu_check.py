@@ -55,7 +55,7 @@ def timed(fn: Callable[[], Any], dev: torch.device, steps: int, warmup_s: float)
 
 
 def make_data(root: Path, a: argparse.Namespace) -> Any:
-    """Synthetic tiles with a 3-band S1, and the training dataset over them."""
+    """Synthetic tiles with a 3-band S1 (as PASTIS-R's), and the training dataset over them."""
     from bench.bench_data import make_dataset
 
     make_dataset(root, a.tiles, size=a.size, s1_dates=a.t1, s2_dates=a.t2, s1_ratio=True)
@@ -116,11 +116,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ddp_rank(rank: int, world: int, port: int, a: argparse.Namespace, root: str, out: Any) -> None:
+def _ddp_rank(rank: int, world: int, port: int, a: argparse.Namespace, shape: Any, cpu_batch: dict[str, Any],
+              out: Any) -> None:
+    """One rank: the step without DDP, then under DDP, on the parent's batch (moved to this rank's GPU)."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from dualseg.data import build_data  # noqa: F401 - import before the process group: same as a rank
+    from dualseg.infer.batch import to_device
+
     cuda = not a.cpu
     if not cuda:
         torch.set_num_threads(1)
@@ -129,13 +132,12 @@ def _ddp_rank(rank: int, world: int, port: int, a: argparse.Namespace, root: str
         torch.cuda.set_device(dev)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
-                            **({"device_id": dev} if cuda else {}))
+                            device_id=dev if cuda else None)  # set_device first, as the trainer does
     try:
-        bundle = make_data_at(Path(root), a)
-        batch = first_batch(bundle, a, dev)
-        plain, opt = build(a, bundle, dev, "channels_last" if cuda else "contiguous")
+        batch, fmt = to_device(cpu_batch, dev), "channels_last" if cuda else "contiguous"
+        plain, opt = build(a, shape, dev, fmt)
         t_plain = timed(train_step(plain, opt, batch, dev, cuda), dev, a.steps, a.warmup_s)
-        model, opt = build(a, bundle, dev, "channels_last" if cuda else "contiguous")
+        model, opt = build(a, shape, dev, fmt)
         ddp = DistributedDataParallel(model, device_ids=[rank] if cuda else None, gradient_as_bucket_view=True)
         t_ddp = timed(train_step(ddp, opt, batch, dev, cuda), dev, a.steps, a.warmup_s)
         if rank == 0:
@@ -144,10 +146,13 @@ def _ddp_rank(rank: int, world: int, port: int, a: argparse.Namespace, root: str
         dist.destroy_process_group()
 
 
-def part_ddp(a: argparse.Namespace, root: Path) -> list[Row]:
+def part_ddp(a: argparse.Namespace, bundle: Any, cpu_batch: dict[str, Any]) -> list[Row]:
     world = max(1, torch.cuda.device_count()) if not a.cpu else 1
+    shape = argparse.Namespace(s1_channels=bundle.s1_channels, s2_channels=bundle.s2_channels,
+                               num_classes=bundle.num_classes)
     q = mp.get_context("spawn").Queue()
-    mp.start_processes(_ddp_rank, args=(world, _free_port(), a, str(root), q), nprocs=world, start_method="spawn")
+    mp.start_processes(_ddp_rank, args=(world, _free_port(), a, shape, cpu_batch, q), nprocs=world,
+                       start_method="spawn")
     t_plain, t_ddp = q.get(timeout=60)
     what = "NCCL" if not a.cpu else "gloo"
     note = f"world of {world} ({what})" + (": DDP's buckets and hooks only, no interconnect" if world == 1 else "")
@@ -164,13 +169,19 @@ def part_stats(a: argparse.Namespace, bundle: Any, dev: torch.device) -> list[Ro
     mb = sum(4 * i.height * i.width * sum(len(s.bands) * s.t for s in i.streams.values()) for i in infos) / 2**20
     rows: list[Row] = []
     backends = ["numpy"] + (["cupy"] if dev.type == "cuda" else [])
+    index = dev.index if dev.type == "cuda" else None
     for name in backends:
-        xp = get_xp(name if name == "numpy" else "auto", dev.index if dev.type == "cuda" else None)
+        xp = get_xp(name if name == "numpy" else "auto", index)
         if name == "cupy" and xp.__name__ == "numpy":
             rows.append(("statistics", "pass, cupy", math.nan, "MB/s", "CuPy cannot run here (see the warning)"))
             continue
-        sec = timed(lambda xp=xp: run_stats(xp, lambda m: compute_partial(infos, bundle.num_classes, channels, m)),
-                    torch.device("cpu"), max(1, a.steps // 5), a.warmup_s)
+
+        def one_pass(xp: Any = xp) -> None:  # run_stats frees CuPy's pools after the pass, as in training
+            run_stats(xp, lambda m: compute_partial(infos, bundle.num_classes, channels, m), index)
+            if xp.__name__ != "numpy":
+                xp.cuda.runtime.deviceSynchronize()
+
+        sec = timed(one_pass, torch.device("cpu"), max(1, a.steps // 5), a.warmup_s)
         rows.append(("statistics", f"pass, {name}", mb / sec, "MB/s",
                      f"{len(infos)} tiles, {mb:.2f} MB, zarr reads + host copies included"))
     return rows
@@ -191,13 +202,13 @@ def part_loader(bundle: Any, a: argparse.Namespace, gpu_rate: float) -> list[Row
     per_core = n / (time.perf_counter() - t0)
     shape = f"S1 {bundle.s1_channels} ch, S2 {bundle.s2_channels} ch, patch {a.patch}"
     return [("loader", "samples/s per core", per_core, "samples/s", f"1 process, no workers; {shape}"),
-            ("loader", "GPU samples/s, same batches", gpu_rate, "samples/s", "best layout of part 1"),
-            ("loader", "cores to feed one GPU", gpu_rate / per_core, "cores",
+            ("loader", "step samples/s, same batches", gpu_rate, "samples/s", "the train step's best layout"),
+            ("loader", "cores to feed one device", gpu_rate / per_core, "cores",
              "set hpc.cpus_per_task >= this + 1 (data.num_workers = cores)")]
 
 
 def make_data_at(root: Path, a: argparse.Namespace) -> Any:
-    """The dataset over tiles ``root`` already holds (written once by the parent)."""
+    """The training dataset over the tiles under ``root`` (band statistics computed, not cached)."""
     from dualseg.config import DataConfig
     from dualseg.data import build_data
 
@@ -206,22 +217,23 @@ def make_data_at(root: Path, a: argparse.Namespace) -> Any:
     return build_data(cfg, splits=("train",))
 
 
-def first_batch(bundle: Any, a: argparse.Namespace, dev: torch.device) -> dict[str, Any]:
-    from dualseg.infer.batch import to_device
-
+def first_batch(bundle: Any, a: argparse.Namespace) -> dict[str, Any]:
+    """One collated training batch (on the CPU), as the loader yields it."""
     ds = bundle.datasets["train"]
-    return to_device(bundle.collate_fn([ds[i] for i in range(a.batch)]), dev)
+    return dict(bundle.collate_fn([ds[i] for i in range(a.batch)]))
 
 
 def run(a: argparse.Namespace) -> list[Row]:
     """Every part; returns the table's rows (also the CI test's entry point)."""
+    from dualseg.infer.batch import to_device
+
     dev = torch.device("cpu") if a.cpu or not torch.cuda.is_available() else torch.device("cuda", 0)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         root = Path(tmp)
         bundle = make_data(root, a)
-        batch = first_batch(bundle, a, dev)
-        rows, gpu_rate = part_train(a, bundle, batch, dev)
-        rows += part_ddp(a, root)
+        cpu_batch = first_batch(bundle, a)
+        rows, gpu_rate = part_train(a, bundle, to_device(cpu_batch, dev), dev)
+        rows += part_ddp(a, bundle, cpu_batch)
         rows += part_stats(a, bundle, dev)
         rows += part_loader(bundle, a, gpu_rate)
     return rows
