@@ -56,7 +56,10 @@ def timed(fn: Callable[[], Any], dev: torch.device, steps: int, warmup_s: float)
 
 def make_data(root: Path, a: argparse.Namespace) -> Any:
     """Synthetic tiles with a 3-band S1 (as PASTIS-R's), and the training dataset over them."""
-    from bench.bench_data import make_dataset
+    try:  # run as bench/gpu_check.py (bench/ is sys.path[0]) or imported as bench.gpu_check (tests)
+        from bench_data import make_dataset  # type: ignore[import-not-found]
+    except ImportError:
+        from bench.bench_data import make_dataset
 
     make_dataset(root, a.tiles, size=a.size, s1_dates=a.t1, s2_dates=a.t2, s1_ratio=True)
     return make_data_at(root, a)

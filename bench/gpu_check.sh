@@ -12,7 +12,7 @@
 # (CUDA build for the GPU parts), cupy-cuda12x (pip install dualseg[gpu]) for CuPy. PEAK_TFLOPS (default
 # 989, dense bf16 of an H100/H200 SXM) sets the MFU denominator.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" DUALSEG_PROGRESS=0
 PY="${PYTHON:-python}"
 PEAK="${PEAK_TFLOPS:-989}"

