@@ -38,7 +38,8 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
     ``load_state_dict`` takes every hyperparameter from the saved groups, ``fused`` included: a CUDA
     checkpoint resumed on CPU would turn the CPU step fused, a CPU one resumed on a GPU unfused. The
     saved groups get this optimizer's flags first, so ``step`` is also placed as the current
-    implementation expects (on the parameter's device as float32 when fused).
+    implementation expects (on the parameter's device as float32 when fused), and the moments get the
+    parameters' memory layout (the checkpoint keeps the strides of the run that saved it).
     """
     mine = optimizer.param_groups
     groups = [dict(g) for g in state["param_groups"]]
@@ -47,3 +48,9 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
             if key in now:
                 saved[key] = now[key]
     optimizer.load_state_dict({**state, "param_groups": groups})
+    for group in optimizer.param_groups:  # moments saved from NHWC weights (train.memory_format) into NCHW ones, or
+        for p in group["params"]:  # back: the fused kernel walks param, grad and moments as one flat layout
+            st = optimizer.state.get(p, {})
+            for key, v in st.items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    st[key] = torch.empty_like(p).copy_(v)

@@ -51,3 +51,21 @@ def test_a_fused_state_resumes_plain_and_continues_exactly() -> None:
         p.grad = g.clone()
         opt.step()
     assert torch.equal(p_ref, q)
+
+
+def test_moments_saved_from_nhwc_weights_take_the_resumed_weights_layout() -> None:
+    """A checkpoint keeps strides: moments of channels_last weights resumed into contiguous ones (or back)
+    are re-laid like the parameters, values unchanged (the fused kernel reads them as one flat layout)."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(4, 3, 2, 2).contiguous(memory_format=torch.channels_last))
+    opt = torch.optim.AdamW([w], lr=1e-2)
+    w.grad = torch.randn(4, 3, 2, 2).contiguous(memory_format=torch.channels_last)
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    assert saved["state"][0]["exp_avg"].stride() == w.stride() != (12, 4, 2, 1)
+    q = torch.nn.Parameter(w.detach().contiguous())
+    resumed = build_optimizer([q], lr=1e-2, weight_decay=1e-2)
+    load_optimizer_state(resumed, saved)
+    for key in ("exp_avg", "exp_avg_sq"):
+        got = resumed.state[q][key]
+        assert got.stride() == q.stride() and torch.equal(got, saved["state"][0][key])
