@@ -42,7 +42,8 @@ if [ "$GPU" = 1 ]; then
   part "the GPU check table (bench/gpu_check.py)" 150 "$TMP/table.txt" "$PY" bench/gpu_check.py \
     --peak-tflops "$PEAK" --warmup-s 20
 else
-  part "the GPU check table, CPU shapes (bench/gpu_check.py --cpu)" 120 "$TMP/table.txt" "$PY" bench/gpu_check.py --cpu
+  # no 5-minute budget on a CPU machine: limits sized for a loaded 2-core one
+  part "the GPU check table, CPU shapes (bench/gpu_check.py --cpu)" 300 "$TMP/table.txt" "$PY" bench/gpu_check.py --cpu
   skipped+=("the table at GPU shapes (bf16 MFU, NCCL DDP overhead, CuPy pass, loader vs GPU)")
 fi
 
@@ -114,9 +115,9 @@ EOF
 [ "$GPU" = 1 ] || skipped+=("CuPy statistics (exactness and GiB/s vs GPU memory bandwidth)")
 
 # -- 2. the streaming loader with workers ----------------------------------------------------------------
-quick=(); [ "$GPU" = 1 ] || quick=(--quick)
+quick=(); limit=60; [ "$GPU" = 1 ] || { quick=(--quick); limit=180; }
 # ${quick[@]+"${quick[@]}"}: an empty array under set -u fails on bash < 4.4 otherwise
-part "loader at PASTIS-R shapes, 4 workers" 60 "$TMP/loader.txt" "$PY" bench/bench_data.py \
+part "loader at PASTIS-R shapes, 4 workers" "$limit" "$TMP/loader.txt" "$PY" bench/bench_data.py \
   --skip stats,disk,quickstart,generate ${quick[@]+"${quick[@]}"}
 echo
 if [ ${#skipped[@]} -gt 0 ]; then

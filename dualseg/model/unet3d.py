@@ -14,6 +14,7 @@ and ``temporal`` for why each step is padding-invariant).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dualseg.errors import InputError
@@ -149,7 +150,13 @@ class DualStreamUNet3D(nn.Module):
 
     def classify(self, y: torch.Tensor) -> torch.Tensor:
         """The 1x1 classifier in float32, also under bf16 autocast: logits, the loss, argmax (metrics, maps)
-        and the search objective then never see bf16 rounding (ties, ~3 significant digits)."""
+        and the search objective then never see bf16 rounding (ties, ~3 significant digits).
+
+        Run as a matmul over channels, the same maths as the 1x1 convolution: cuDNN convolutions may use
+        TF32 on CUDA by default (``torch.backends.cudnn.allow_tf32``), float32 matmuls do not
+        (``torch.backends.cuda.matmul.allow_tf32`` is off unless a site turns it on).
+        """
         device_type = y.device.type if y.device.type in ("cuda", "cpu", "xpu", "mps") else "cpu"  # meta: FLOPs
+        w = self.head.weight  # float32 (autocast casts copies, never the parameters)
         with torch.autocast(device_type=device_type, enabled=False):
-            return self.head(y.to(self.head.weight.dtype))  # float32 weights (autocast keeps them so)
+            return F.linear(y.to(w.dtype).movedim(1, -1), w.flatten(1), self.head.bias).movedim(-1, 1)
