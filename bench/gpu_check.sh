@@ -7,7 +7,8 @@
 #   1. statistics exactness: CuPy / numba moments vs numpy float64 (1e-12 relative on the means), and
 #      the on-device kernel's GiB/s vs the GPU's memory bandwidth (kernel only: part 0 has the real pass);
 #   2. the streaming loader at PASTIS-R shapes with workers (bench/bench_data.py).
-# Each part has its own time limit; cold compiles (cuDNN plans, CuPy, numba) happen in capped warm-ups.
+# Each part has its own time limit (180 + 45 + 45 s on a GPU); cold compiles (cuDNN plans, CuPy, numba)
+# happen in warm-ups capped at 10 s each, apart from the timed steps.
 # Without a CUDA GPU it runs the CPU parts (gpu_check.py --cpu) and says what it skipped. Needs torch
 # (CUDA build for the GPU parts), cupy-cuda12x (pip install dualseg[gpu]) for CuPy. PEAK_TFLOPS (default
 # 989, dense bf16 of an H100/H200 SXM) sets the MFU denominator.
@@ -39,8 +40,8 @@ part() {  # part NAME SECONDS LOG CMD...: run with a time limit (whole check <= 
 
 # -- 0. the table ------------------------------------------------------------------------------
 if [ "$GPU" = 1 ]; then
-  part "the GPU check table (bench/gpu_check.py)" 150 "$TMP/table.txt" "$PY" bench/gpu_check.py \
-    --peak-tflops "$PEAK" --warmup-s 20
+  part "the GPU check table (bench/gpu_check.py)" 180 "$TMP/table.txt" "$PY" bench/gpu_check.py \
+    --peak-tflops "$PEAK" --warmup-s 10
 else
   # no 5-minute budget on a CPU machine: limits sized for a loaded 2-core one
   part "the GPU check table, CPU shapes (bench/gpu_check.py --cpu)" 300 "$TMP/table.txt" "$PY" bench/gpu_check.py --cpu
@@ -48,7 +49,7 @@ else
 fi
 
 # -- 1. statistics ---------------------------------------------------------------------------
-part "statistics: exactness and kernel GiB/s" 60 "$TMP/stats.txt" "$PY" - "$GPU" <<'EOF'
+part "statistics: exactness and kernel GiB/s" 45 "$TMP/stats.txt" "$PY" - "$GPU" <<'EOF'
 import sys, time
 import numpy as np
 from dualseg.data import fused
@@ -115,7 +116,7 @@ EOF
 [ "$GPU" = 1 ] || skipped+=("CuPy statistics (exactness and GiB/s vs GPU memory bandwidth)")
 
 # -- 2. the streaming loader with workers ----------------------------------------------------------------
-quick=(); limit=60; [ "$GPU" = 1 ] || { quick=(--quick); limit=180; }
+quick=(); limit=45; [ "$GPU" = 1 ] || { quick=(--quick); limit=180; }
 # ${quick[@]+"${quick[@]}"}: an empty array under set -u fails on bash < 4.4 otherwise
 part "loader at PASTIS-R shapes, 4 workers" "$limit" "$TMP/loader.txt" "$PY" bench/bench_data.py \
   --skip stats,disk,quickstart,generate ${quick[@]+"${quick[@]}"}
