@@ -6,7 +6,7 @@
 #      samples/s per core vs the GPU's samples/s on the same batches (3-channel S1 on both sides);
 #   1. statistics exactness: CuPy / numba moments vs numpy float64 (1e-12 relative on the means), and
 #      the on-device kernel's GiB/s vs the GPU's memory bandwidth (kernel only: part 0 has the real pass);
-#   2. the streaming loader at PASTIS-R shapes with workers (bench/bench_data.py).
+#   2. the streaming loader with 4 workers, PASTIS-R bands at --quick sizes (bench/bench_data.py).
 # Each part has its own time limit (180 + 45 + 45 s on a GPU); cold compiles (cuDNN plans, CuPy, numba)
 # happen in warm-ups capped at 10 s each, apart from the timed steps.
 # Without a CUDA GPU it runs the CPU parts (gpu_check.py --cpu) and says what it skipped. Needs torch
@@ -116,9 +116,10 @@ EOF
 [ "$GPU" = 1 ] || skipped+=("CuPy statistics (exactness and GiB/s vs GPU memory bandwidth)")
 
 # -- 2. the streaming loader with workers ----------------------------------------------------------------
-quick=(); limit=45; [ "$GPU" = 1 ] || { quick=(--quick); limit=180; }
+# (--quick sizes: part 0 already compares the loader with the GPU; this adds the 4-worker streaming rate)
+quick=(--quick); limit=45; [ "$GPU" = 1 ] || limit=180
 # ${quick[@]+"${quick[@]}"}: an empty array under set -u fails on bash < 4.4 otherwise
-part "loader at PASTIS-R shapes, 4 workers" "$limit" "$TMP/loader.txt" "$PY" bench/bench_data.py \
+part "loader, PASTIS-R bands, 4 workers (bench_data.py --quick)" "$limit" "$TMP/loader.txt" "$PY" bench/bench_data.py \
   --skip stats,disk,quickstart,generate ${quick[@]+"${quick[@]}"}
 echo
 if [ ${#skipped[@]} -gt 0 ]; then
