@@ -27,6 +27,7 @@ S1_BANDS = ["VV", "VH"]
 S2_BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
 
 
+MemoryFormat = Literal["auto", "contiguous", "channels_last"]  # train.memory_format
 Monitor = Literal["val_loss", "val_miou", "val_oa"]  # what best.pt, early stopping and a search rank on
 # train.monitor -> direction (loss goes down, accuracy-like metrics go up)
 MONITOR_MODES: dict[str, Literal["min", "max"]] = {"val_loss": "min", "val_miou": "max", "val_oa": "max"}
@@ -121,6 +122,9 @@ class TrainConfig:
     seed: int = 0
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     device: str = "auto"  # "auto" | "cpu" | "cuda"
+    # layout of the 2-D convolutions' weights and frames (dualseg.model.layout): "auto" = channels_last on CUDA
+    # (NHWC is what bf16 tensor-core convolutions run in natively), contiguous on CPU; layout never changes results
+    memory_format: MemoryFormat = "auto"
     scratch: str | None = None  # default: $SCRATCH, else ./runs
     run_name: str = "run"
     log_every: int = 10

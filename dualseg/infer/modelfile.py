@@ -58,12 +58,14 @@ class ModelFile:
         return len(self.class_names)
 
     def build(self, device: str | torch.device = "cpu") -> nn.Module:
-        """The model with its weights, in eval mode on ``device``."""
+        """The model with its weights, in eval mode on ``device`` (channels_last on CUDA: same values, faster)."""
         from dualseg.model import build_model
+        from dualseg.model.layout import resolve_memory_format, set_memory_format
 
         net = build_model(self.model, len(self.s1_bands), len(self.s2_bands), self.num_classes)
         load_model_state(net, self.weights, source=f"model {self.source}")
-        return net.to(device).eval()
+        net = net.to(device).eval()
+        return set_memory_format(net, resolve_memory_format("auto", device))  # NHWC on CUDA, as in training
 
 
 def from_checkpoint(state: dict[str, Any], cfg: Config | None, source: str) -> ModelFile:

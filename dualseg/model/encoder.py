@@ -79,5 +79,7 @@ class StreamEncoder(nn.Module):
 
 def _unpack(frames: torch.Tensor, idx: torch.Tensor, b: int, t: int) -> torch.Tensor:
     """Scatter packed valid frames (N, C, H, W) back to (B, T, C, H, W) with zeros at padded dates."""
-    out = frames.new_zeros((b * t, *frames.shape[1:])).index_copy(0, idx, frames)
-    return out.view(b, t, *frames.shape[1:])
+    nhwc = not frames.is_contiguous() and frames.is_contiguous(memory_format=torch.channels_last)
+    out = frames.new_zeros((b * t, *frames.shape[1:]))
+    out = out.contiguous(memory_format=torch.channels_last) if nhwc else out
+    return out.index_copy_(0, idx, frames).view(b, t, *frames.shape[1:])  # keeps a channels_last layout

@@ -14,17 +14,20 @@ and ``temporal`` for why each step is padding-invariant).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dualseg.errors import InputError
 from dualseg.model.blocks import UpBlock2d
 from dualseg.model.encoder import StreamEncoder
 from dualseg.model.fusion import LevelFusion, merge_streams
+from dualseg.model.layout import frames_layout, like_layout
 from dualseg.model.temporal import TemporalAggregator
 
 
 def _frames(name: str, x: torch.Tensor | None, pad: torch.Tensor | None, days: torch.Tensor | None,
-            channels: int, divisor: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+            channels: int, divisor: int, dtype: torch.dtype, channels_last: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate one stream and return it in frame layout with padded frames zeroed, plus its mask."""
     if x is None or pad is None:
         raise InputError(f"model input: {name} and {name}_pad are required for this model's streams")
@@ -48,8 +51,8 @@ def _frames(name: str, x: torch.Tensor | None, pad: torch.Tensor | None, days: t
     if days is not None and tuple(days.shape) != (b, t):
         raise InputError(f"model input: {name}_doy must be (B, T) = ({b}, {t}), got {tuple(days.shape)}")
     frames = x.transpose(1, 2)
-    frames = torch.where(pad.to(x.device)[:, :, None, None, None], frames.new_zeros(()), frames).contiguous()
-    return frames, pad
+    frames = torch.where(pad.to(x.device)[:, :, None, None, None], frames.new_zeros(()), frames)
+    return frames_layout(frames, channels_last), pad
 
 
 def _on(device: torch.device, pad: torch.Tensor, days: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -104,6 +107,7 @@ class DualStreamUNet3D(nn.Module):
             UpBlock2d(widths[i + 1], widths[i], widths[i], dropout) for i in reversed(range(levels - 1))
         )
         self.head = nn.Conv2d(widths[0], num_classes, 1)
+        self.channels_last = False  # NHWC frames and maps (dualseg.model.layout.set_memory_format)
 
     def forward(self, s1: torch.Tensor | None, s2: torch.Tensor | None, s1_pad: torch.Tensor | None,
                 s2_pad: torch.Tensor | None, s1_doy: torch.Tensor | None = None,
@@ -112,8 +116,9 @@ class DualStreamUNet3D(nn.Module):
         div, dtype = 2 ** (self.levels - 1), self.head.weight.dtype
         use_s1 = self.streams in ("both", "s1")
         use_s2 = self.streams in ("both", "s2")
-        f1 = _frames("s1", s1, s1_pad, s1_doy, self.s1_channels, div, dtype) if use_s1 else None
-        f2 = _frames("s2", s2, s2_pad, s2_doy, self.s2_channels, div, dtype) if use_s2 else None
+        cl = self.channels_last
+        f1 = _frames("s1", s1, s1_pad, s1_doy, self.s1_channels, div, dtype, cl) if use_s1 else None
+        f2 = _frames("s2", s2, s2_pad, s2_doy, self.s2_channels, div, dtype, cl) if use_s2 else None
         if f1 is not None and f2 is not None:
             assert s1 is not None and s2 is not None
             if s1.shape[0] != s2.shape[0] or s1.shape[-2:] != s2.shape[-2:]:
@@ -123,6 +128,7 @@ class DualStreamUNet3D(nn.Module):
         if self.early:
             assert f1 is not None and f2 is not None and self.enc_joint is not None and self.tmp_joint is not None
             x, pad, days, sensor = merge_streams(f1[0], f2[0], f1[1], f2[1], s1_doy, s2_doy, self.gap)
+            x = frames_layout(x, cl) if cl else x
             maps = self.tmp_joint(self.enc_joint(x, pad), *_on(x.device, pad, days), sensor)
         else:
             per_stream = []
@@ -136,7 +142,21 @@ class DualStreamUNet3D(nn.Module):
                 maps = [fuse(a, b) for fuse, a, b in zip(self.fuse, *per_stream)]
             else:
                 maps = per_stream[0]
+        maps = [like_layout(m, cl) for m in maps]  # temporal aggregation hands back NCHW maps
         y = self.bottleneck_drop(maps[-1])
         for block, skip in zip(self.decoder, reversed(maps[:-1])):
             y = block(y, skip)
-        return self.head(y)
+        return self.classify(y)
+
+    def classify(self, y: torch.Tensor) -> torch.Tensor:
+        """The 1x1 classifier in float32, also under bf16 autocast: logits, the loss, argmax (metrics, maps)
+        and the search objective then never see bf16 rounding (ties, ~3 significant digits).
+
+        Run as a matmul over channels, the same maths as the 1x1 convolution: cuDNN convolutions may use
+        TF32 on CUDA by default (``torch.backends.cudnn.allow_tf32``), float32 matmuls do not
+        (``torch.backends.cuda.matmul.allow_tf32`` is off unless a site turns it on).
+        """
+        device_type = y.device.type if y.device.type in ("cuda", "cpu", "xpu", "mps") else "cpu"  # meta: FLOPs
+        w = self.head.weight  # float32 (autocast casts copies, never the parameters)
+        with torch.autocast(device_type=device_type, enabled=False):
+            return F.linear(y.to(w.dtype).movedim(1, -1), w.flatten(1), self.head.bias).movedim(-1, 1)

@@ -76,6 +76,7 @@ def evaluate_checkpoint(
     from dualseg.data import build_data
     from dualseg.data.read import read_labels
     from dualseg.model import build_model
+    from dualseg.model.layout import resolve_memory_format, set_memory_format
 
     info = init_distributed(cfg.train.device)
     k = 0
@@ -91,6 +92,7 @@ def evaluate_checkpoint(
         model = build_model(cfg.model, bundle.s1_channels, bundle.s2_channels, k)
         load_model_state(model, state["model"], source=f"checkpoint {path}")
         model.to(info.device).eval()
+        set_memory_format(model, resolve_memory_format(cfg.train.memory_format, info.device))
         weight = meta.get("class_weights")
         weight = weight.to(torch.float32) if isinstance(weight, torch.Tensor) else None
         spec = InputSpec(mean=ds.mean, std=ds.std, date_encoding=cfg.data.date_encoding, max_t=cfg.data.max_t,

@@ -37,6 +37,7 @@ from dualseg.train.distributed import (
 from dualseg.train.early_stopping import EarlyStopping
 from dualseg.train.loaders import eval_loader, steps_per_epoch, train_loader
 from dualseg.train.log import set_log_context
+from dualseg.train.optim import build_optimizer, load_optimizer_state
 from dualseg.train.schedule import build_scheduler
 from dualseg.train.state import bundle_meta, config_changes, gather_rng
 
@@ -94,6 +95,7 @@ class RunState:
         cfg, info = self.cfg, self.info
         from dualseg.data import collate
         from dualseg.model import build_model
+        from dualseg.model.layout import resolve_memory_format, set_memory_format
 
         torch.manual_seed(cfg.train.seed)  # same init on every rank (DDP also broadcasts rank 0's)
         np.random.seed(cfg.train.seed)
@@ -101,6 +103,7 @@ class RunState:
         try:  # one rank out of memory here must not leave the others in DDP's set-up collectives
             model = build_model(cfg.model, self.bundle.s1_channels, self.bundle.s2_channels,
                                 self.bundle.num_classes).to(info.device)
+            set_memory_format(model, resolve_memory_format(cfg.train.memory_format, info.device))  # before DDP
         except Exception as exc:  # noqa: BLE001 - re-raised below on every rank, as one PeerFailure
             error = exc
         agree(torch.zeros(1, device=info.device), error)
@@ -114,7 +117,7 @@ class RunState:
             else None
         )
         t = cfg.train
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.optimizer = build_optimizer(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         pin = info.device.type == "cuda"
         self.loader, self.sampler, self.generator = train_loader(
             self.bundle.datasets["train"], collate, batch_size=t.batch_size, rank=info.rank,
@@ -152,7 +155,7 @@ class RunState:
         if changed:
             log.warning("resuming %s with a changed config (optimizer/scheduler state comes from the "
                         "checkpoint): %s", last, "; ".join(changed))
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.early.load_state_dict(state["early_stopping"])
         self.history = list(state["history"])

@@ -130,3 +130,58 @@ def test_local_executor_maps_and_resumes(tiny_model: Path, tiny_data: Path, tmp_
     assert main([*args, "--tile", tiles[2]]) == 0  # one more tile: only it is mapped
     assert "1 map(s) written" in capsys.readouterr().out
     assert sorted(p.name for p in out.glob("*.zarr")) == [f"{t}.zarr" for t in sorted(tiles)]
+
+
+def test_every_tile_once_over_tasks_and_processes() -> None:
+    from hpc.predict import share
+
+    tiles = [f"t{i}" for i in range(11)]
+    got = [t for i in range(3) for r in range(2) for t in share(tiles, i, 3, r, 2)]
+    assert sorted(got) == sorted(tiles) and len(got) == len(tiles)
+    assert share(tiles, 1, 3) == ["t1", "t4", "t7", "t10"]  # one process per task: the task's whole share
+    assert share(tiles, 1, 3, 1, 2) == ["t4", "t10"]
+
+
+def test_each_process_takes_its_own_gpu() -> None:
+    from dualseg.errors import InputError
+    from hpc.predict import task_device
+
+    assert task_device(0, 0, 1) == "cpu"  # CPU task (--gpus 0: CUDA_VISIBLE_DEVICES is empty)
+    assert task_device(3, 1, 4) == "cuda:0"  # one GPU bound per process (--gpu-bind): its own
+    assert [task_device(r, 4, 4) for r in range(4)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]  # per node
+    with pytest.raises(InputError, match="LOCAL_RANK=2 but only 2 CUDA devices"):
+        task_device(2, 2, 4)
+
+
+def test_gpus_default_to_one_per_task_where_there_are_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpc.predict import default_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert default_gpus("local", None) == 0 or torch.cuda.device_count() > 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert default_gpus("local", None) == 1
+
+
+def test_local_tasks_get_distinct_gpus_and_gpus_n_runs_n_processes(tiny_model: Path, tiny_data: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planned, not run (no GPU here): 4 tasks on 2 visible GPUs become 2 tasks, GPUs 2 and 5; ``--gpus 2``
+    asks for 2 processes per task and 2 GPUs each."""
+    from hpc.predict import build_parser, plan, resources
+    from hpc.submit import LocalBackend
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    base = ["--model", str(tiny_model), "--tiles", str(tiny_data), "--out", str(tmp_path / "m"), "--executor", "local"]
+    a = build_parser().parse_args([*base, "--tasks", "4"])
+    spec, _, executor = plan(a)
+    assert (executor, a.gpus, spec.tasks, spec.ranks) == ("local", 1, 2, 1)
+    res = resources(a, spec)
+    assert LocalBackend().gpu_sets(spec.tasks, res, "x") == [[2], [5]]
+    a = build_parser().parse_args([*base, "--tasks", "1", "--gpus", "2"])
+    spec, _, _ = plan(a)
+    res = resources(a, spec)
+    assert (spec.ranks, res.tasks_per_node, res.gpus_per_node) == (2, 2, 2)
+    assert LocalBackend().gpu_sets(1, res, "x") == [[2, 5]]
+    a = build_parser().parse_args([*base, "--tasks", "2", "--gpus", "2"])  # asked for explicitly: not shrunk
+    spec, _, _ = plan(a)
+    with pytest.raises(Exception, match="needs 4 GPUs"):
+        LocalBackend().check(spec.tasks, resources(a, spec), "prediction array")

