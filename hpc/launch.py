@@ -49,6 +49,7 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 def build_parser() -> argparse.ArgumentParser:
     """The launcher's own options, then one per :func:`hpc.options.flag` field of :class:`HpcConfig`."""
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python hpc/launch.py",
         description="Distributed Optuna search of dualseg models on SLURM (or locally).",
         epilog="The grouped options (and --no-eval: eval: false) can also be set in the config's hpc: section; "

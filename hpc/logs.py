@@ -124,7 +124,7 @@ def show(logdir: Path, job: str, rank: int | None = None, err: bool = False, fol
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python hpc/logs.py", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python hpc/logs.py", description=__doc__.split("\n")[0])
     p.add_argument("job", help="job id (1234) or array task (1234_5)")
     p.add_argument("--rank", type=int, help="only this rank")
     p.add_argument("--err", action="store_true", help="stderr files (where the training log lines go)")

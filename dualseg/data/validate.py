@@ -117,7 +117,8 @@ def validate_root(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dualseg.data.validate", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False,
+                                 prog="python -m dualseg.data.validate", description=__doc__.splitlines()[0])
     ap.add_argument("root", help="tile root (holding <tile>.zarr and splits.json)")
     ap.add_argument("--s1-bands", nargs="+", default=None, help="bands that must exist (default: all listed)")
     ap.add_argument("--s2-bands", nargs="+", default=None)
