@@ -446,3 +446,51 @@ def test_train_evaluate_refuses_a_file_that_is_no_checkpoint(tmp_path: Path, con
     assert r.returncode == 2 and r.stderr.startswith(f"error: --evaluate: cannot load {bad}: "), r.stderr
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     assert _snapshot(tmp_path) == before
+
+
+def _trial_states(db: Path) -> list[str]:
+    import sqlite3
+
+    try:
+        with sqlite3.connect(db) as c:
+            return [r[0] for r in c.execute("SELECT state FROM trials ORDER BY number")]
+    except sqlite3.Error:  # not created yet
+        return []
+
+
+def test_ctrl_c_during_a_local_search_hands_the_trial_back_and_a_rerun_finishes(dataset: Path, tmp_path: Path) -> None:
+    """Ctrl-C as a terminal sends it (SIGINT to the whole process group: launcher, submitit's controller and
+    worker) while a trial trains: one line, exit 130, no trial left RUNNING, no worker left behind; the same
+    command then finishes exactly the requested trials, the interrupted one continued, none failed."""
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    scratch = tmp_path / "scratch"
+    cmd = [sys.executable, "hpc/launch.py", "--config", str(TINY), "--executor", "local", "--scratch", str(scratch),
+           "--set", f"data.root={data}", "--set", "data.patch_size=16", "--set", "data.synthetic=null",
+           "--set", "train.epochs=4", "--trials", "2", "--study", "ctrl-c", "--no-eval"]
+    env = {k: v for k, v in os.environ.items() if k != "DUALSEG_STORAGE"} | {"PYTHONPATH": str(REPO)}
+    db = scratch / "ctrl-c" / "study.db"
+    p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)  # its own process group, as a terminal's foreground job
+    try:
+        deadline = time.monotonic() + 300
+        while "RUNNING" not in _trial_states(db):
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.1)
+        os.killpg(p.pid, signal.SIGINT)
+        out, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130, (out, err)
+    assert err == "interrupted: trial 0 handed back; rerun the same command to resume\n", err
+    assert _trial_states(db) == ["WAITING"], "the trial is handed back, not left RUNNING or failed"
+    controller = int(re.search(r"local workers: (\d+)", out)[1])  # type: ignore[index]
+    with pytest.raises(ProcessLookupError):
+        os.kill(controller, 0)
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _trial_states(db) == ["COMPLETE", "COMPLETE"], again.stdout
