@@ -7,7 +7,7 @@ submits a submitit job array of multi-node DDP workers and an evaluation job tha
 the array, prints how to follow progress and exits. Run again with the same ``--study`` it adds
 workers for what is left. Without SLURM (``--executor local``, automatic on a laptop) it runs the same
 workers through submitit's local executor on a SQLite study, prints a line per finished trial, then
-evaluates and prints the result.
+evaluates and prints the result; Ctrl-C stops the workers, hands their trials back and exits 130.
 """
 
 from __future__ import annotations
@@ -169,8 +169,8 @@ def run_local(plan: Plan) -> int:
 
     prepare(plan)
     workers = jobs.run_local_workers(plan)
-    print(f"local workers: {', '.join(j.job_id for j in workers)}; logs in {plan.logdir}", flush=True)
     try:
+        print(f"local workers: {', '.join(j.job_id for j in workers)}; logs in {plan.logdir}", flush=True)
         failures = follow_local(plan, workers)
     except KeyboardInterrupt:  # the workers ignore Ctrl-C: stop them, hand their trials back, one line
         numbers = stop_local(plan, workers)
