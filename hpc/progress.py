@@ -59,10 +59,8 @@ def follow_local(plan: Plan, workers: list[Any], poll_s: float = 2.0) -> list[st
 
 
 def _local_job_gone(job: str) -> bool:
-    """A trial's job that has ended: a local worker (``local-<pid>``) whose process is gone, or none recorded
-    (asked, not yet labelled). SLURM jobs are never judged here."""
-    if not job:
-        return True
+    """A trial's job that has ended: a local worker (``local-<pid>``) whose process is gone. SLURM jobs and
+    unlabelled trials (a study may be shared) are never judged here: a dead one goes stale in time."""
     pid = job.removeprefix("local-")
     if pid == job or not pid.isdigit():
         return False
