@@ -256,15 +256,24 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Load a YAML config (``None``: all defaults), then apply dotted ``overrides``."""
+    """Load a YAML config (``None``: all defaults), then apply dotted ``overrides``.
+
+    A file that is empty or not a mapping is refused: it never stands for the defaults."""
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise InputError(f"config: file not found: {p}")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as exc:
             raise InputError(f"config: {p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"config: {p}: unreadable ({exc})") from None
+        if loaded is None:  # an empty file would silently mean "all defaults": a wrong path, a lost file
+            raise InputError(f"config: {p} is empty (leave out --config for all defaults)")
+        if not isinstance(loaded, dict):
+            raise InputError(f"config: {p}: top level must be a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
     cfg = from_dict(Config, raw)
     return apply_overrides(cfg, overrides) if overrides else cfg

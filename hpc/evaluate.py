@@ -123,7 +123,7 @@ def evaluate_study(storage: StorageURL, study_name: str, scratch: str | Path | N
 def main(argv: list[str] | None = None) -> int:
     from dualseg.train.log import setup_logging
 
-    p = argparse.ArgumentParser(prog="python -m hpc.evaluate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m hpc.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--study", default=os.environ.get("DUALSEG_STUDY"), help="study name (default $DUALSEG_STUDY)")
     p.add_argument("--storage", default=os.environ.get("DUALSEG_STORAGE_URL"),
                    help="study database URL (default $DUALSEG_STORAGE_URL, $DUALSEG_STORAGE)")

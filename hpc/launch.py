@@ -7,7 +7,7 @@ submits a submitit job array of multi-node DDP workers and an evaluation job tha
 the array, prints how to follow progress and exits. Run again with the same ``--study`` it adds
 workers for what is left. Without SLURM (``--executor local``, automatic on a laptop) it runs the same
 workers through submitit's local executor on a SQLite study, prints a line per finished trial, then
-evaluates and prints the result.
+evaluates and prints the result; Ctrl-C stops the workers, hands their trials back and exits 130.
 """
 
 from __future__ import annotations
@@ -43,11 +43,13 @@ from hpc.submit.jobs import Plan
 from hpc.submit.resources import eval_job_name
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
+INTERRUPTED = 130  # exit status after Ctrl-C (128 + SIGINT), as a shell reports it
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The launcher's own options, then one per :func:`hpc.options.flag` field of :class:`HpcConfig`."""
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python hpc/launch.py",
         description="Distributed Optuna search of dualseg models on SLURM (or locally).",
         epilog="The grouped options (and --no-eval: eval: false) can also be set in the config's hpc: section; "
@@ -162,12 +164,19 @@ def submit_slurm(plan: Plan) -> tuple[str, str | None]:
 def run_local(plan: Plan) -> int:
     """The embedded default: local executor, SQLite study, a line per finished trial, then evaluate."""
     from hpc.evaluate import evaluate_study
-    from hpc.progress import follow_local
+    from hpc.progress import follow_local, stop_local
 
     prepare(plan)
     workers = jobs.run_local_workers(plan)
-    print(f"local workers: {', '.join(j.job_id for j in workers)}; logs in {plan.logdir}", flush=True)
-    failures = follow_local(plan, workers)
+    try:
+        print(f"local workers: {', '.join(j.job_id for j in workers)}; logs in {plan.logdir}", flush=True)
+        failures = follow_local(plan, workers)
+    except KeyboardInterrupt:  # the workers ignore Ctrl-C: stop them, hand their trials back, one line
+        numbers = stop_local(plan, workers)
+        held = (f"trial{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))} handed back" if numbers
+                else "no trial was running")
+        print(f"interrupted: {held}; rerun the same command to resume", file=sys.stderr)
+        return INTERRUPTED
     for line in failures:
         print(f"error: {line}", file=sys.stderr)
     if plan.hpc.eval:
@@ -217,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         if plan.executor == "local":
             return run_local(plan)
         array_id, eval_id = submit_slurm(plan)
+    except KeyboardInterrupt:  # before the workers ran, or while evaluating: nothing half-written to hand back
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return INTERRUPTED
     except DualsegError as exc:
         def scrub(m: str) -> str:
             m = storage.scrub(m) if storage is not None else m

@@ -172,7 +172,7 @@ def show(logdir: Path, job: str, rank: int | None = None, err: bool = False, fol
 def where(argv: list[str]) -> int:
     """``--where``: print the study's log folder. Takes the worker's and evaluation's own options and
     environment (other options are ignored), so the sbatch templates pass their arguments through."""
-    p = argparse.ArgumentParser(prog="dualseg-logs --where", add_help=False)
+    p = argparse.ArgumentParser(prog="dualseg-logs --where", add_help=False, allow_abbrev=False)
     p.add_argument("--study", default=os.environ.get("DUALSEG_STUDY"))
     p.add_argument("--storage", default=os.environ.get("DUALSEG_STORAGE_URL") or None)
     p.add_argument("--scratch", default=os.environ.get("DUALSEG_SCRATCH") or None)
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--where"]:
         return where(argv[1:])
-    p = argparse.ArgumentParser(prog="dualseg-logs", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="dualseg-logs", description=__doc__.split("\n")[0],
                                 epilog="`python hpc/logs.py` is the same command. `dualseg-logs --where [--study S] "
                                 "[--storage URL] [--scratch DIR]` prints the study's log folder.")
     p.add_argument("job", help="array (1234: every task), array task (1234_5) or plain job (1234: every rank)")

@@ -35,12 +35,12 @@ from hpc.slurm import SlurmEnv
 from hpc.submit import Backend, LocalBackend, Resources, SlurmBackend, array_id
 from hpc.submit.local import visible_gpus
 
-WHAT = "prediction array (--partition/--account/--qos/--time/--mem/--gpus)"
+WHAT = "prediction array (--partition/--account/--qos/--time/--mem/--cpus-per-task/--gpus)"
 MAX_REQUEUES = 20  # a requeued task skips the tiles it already wrote
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python hpc/predict.py", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python hpc/predict.py", description=__doc__.split("\n")[0])
     a = p.add_argument
     a("--model", type=Path, required=True, help="best_model.pth (or a trial's best.pt)")
     a("--tiles", type=Path, required=True, help="tile root (<root>/<tile>.zarr)")

@@ -1,21 +1,26 @@
-"""Following a local search while it runs: one line per finished trial, then worker failures.
+"""Following a local search while it runs: one line per finished trial, then worker failures; Ctrl-C.
 
 The embedded default used to print nothing for minutes; now every finished trial prints its number,
 state, value, the best so far and the elapsed time. Workers are waited for with ``results()`` (a
-multi-task local job has one result per task) and each failure is reported as one line.
+multi-task local job has one result per task) and each failure is reported as one line. Ctrl-C reaches
+only the launcher (the workers ignore it, :mod:`hpc.submit.local`): :func:`stop_local` stops them the
+way SLURM does, and hands the trials they held back to the study, so the same command resumes them.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from typing import Any
 
 from optuna.trial import TrialState
 
 from dualseg.errors import one_line
-from hpc.study import Counts, TrialRecord, best, open_study
+from hpc.study import Counts, TrialRecord, best, hand_back, open_study
 from hpc.submit.jobs import Plan
+from hpc.submit.local import LocalBackend
 
 
 def _fmt(v: float | None) -> str:
@@ -51,3 +56,35 @@ def follow_local(plan: Plan, workers: list[Any], poll_s: float = 2.0) -> list[st
             why = f"{errors[-1][0]}: {errors[-1][1]}" if errors else one_line(exc)
             failures.append(f"local worker {w.job_id} failed: {why[:300]} (log: {plan.logdir})")
     return failures
+
+
+def _local_job_gone(job: str) -> bool:
+    """A trial's job that has ended: a local worker (``local-<pid>``) whose process is gone. SLURM jobs and
+    unlabelled trials (a study may be shared) are never judged here: a dead one goes stale in time."""
+    pid = job.removeprefix("local-")
+    if pid == job or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: alive
+        return False
+    return False
+
+
+def stop_local(plan: Plan, workers: list[Any], resend_s: float = 5.0) -> list[int]:
+    """After Ctrl-C: SIGTERM the workers (each saves its trial at the next step and exits), wait for them, then
+    hand their RUNNING trials back (WAITING: a rerun continues each from its checkpoint); returns the numbers.
+
+    SIGTERM is sent again every ``resend_s`` (a task still starting up has not installed its handler yet);
+    a second Ctrl-C meanwhile is ignored, so the trials are always handed back."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sent = float("-inf")
+    while any(not w.done() for w in workers):
+        if time.monotonic() - sent > resend_s:
+            LocalBackend.stop(workers)
+            sent = time.monotonic()
+        time.sleep(0.2)
+    with open_study(plan.storage, plan.hpc.study, budget_s=60) as opened:
+        return hand_back(opened.db, opened.study, _local_job_gone)

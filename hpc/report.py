@@ -32,12 +32,12 @@ import numpy as np
 import optuna
 from matplotlib.figure import Figure
 
-from dualseg.errors import DualsegError, InputError, report_error
+from dualseg.errors import DualsegError, report_error
 from dualseg.io import atomic_write_bytes, atomic_write_text
 from dualseg.train.rundir import METRICS
 from hpc import figures
 from hpc.paths import resolve_scratch, study_scratch, trial_dir
-from hpc.storage import STORAGE_ENV, StorageURL, resolve_storage
+from hpc.storage import STORAGE_ENV, StorageURL, study_storage
 from hpc.study import Counts, best, open_study, ranked
 
 DEFAULT_STUDY = "dualseg-default"
@@ -52,11 +52,7 @@ OPTUNA_PLOTS = {
 def load_study(storage: StorageURL | str | None, name: str, scratch: str | Path | None) -> tuple[optuna.Study, Path]:
     """The study (explicit storage, ``$DUALSEG_STORAGE``, else the local default SQLite file) and the scratch root."""
     root = resolve_scratch(str(scratch) if scratch else None)
-    url = storage if isinstance(storage, StorageURL) else resolve_storage(storage, None, root / name / "study.db")
-    assert url is not None
-    if url.sqlite_path is not None and not url.sqlite_path.is_file():
-        raise InputError(f"--storage: not given, $DUALSEG_STORAGE unset and no local study at {url.sqlite_path} "
-                         "(pass --storage or --scratch)")
+    url = storage if isinstance(storage, StorageURL) else study_storage(storage, root / name / "study.db")
     with open_study(url, name, budget_s=60) as opened:
         opened.trials()  # read now: the figures are drawn after the engine is closed
     return opened.study, study_scratch(scratch, opened.record.scratch)
@@ -212,7 +208,7 @@ def write_report(study_name: str = DEFAULT_STUDY, storage: StorageURL | str | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python hpc/report.py", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python hpc/report.py", description=__doc__.split("\n")[0])
     p.add_argument("--study", default=DEFAULT_STUDY, help=f"study name (default {DEFAULT_STUDY})")
     p.add_argument("--storage", help=f"database URL (default ${STORAGE_ENV}, else <scratch>/<study>/study.db)")
     p.add_argument("--scratch", help="scratch root (default: the study's record, $SCRATCH, ./runs)")

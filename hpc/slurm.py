@@ -147,16 +147,22 @@ def _partition_max_cpus(partition: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
+JOB_FLAGS = "--nodes/--partition/--account/--qos/--time/--mem/--cpus-per-task"  # what shapes a launcher's job
+
+
 def test_only(script: str, what: str) -> None:
-    """``sbatch --test-only`` of ``script``: SLURM itself judges account, QOS, time, nodes, CPUs, memory."""
+    """``sbatch --test-only`` of ``script``: SLURM itself judges account, QOS, time, nodes, CPUs, memory.
+
+    ``what`` names the job and may name, in parentheses, the options that shape it (the prediction
+    array's, the evaluation job's); otherwise the launcher's :data:`JOB_FLAGS` are named. One list."""
     with tempfile.NamedTemporaryFile("w", suffix=".sbatch", prefix="dualseg-check-") as fh:
         fh.write(script)
         fh.flush()
         out = subprocess.run(["sbatch", "--test-only", fh.name], capture_output=True, text=True, timeout=60)
     if out.returncode != 0:
         reason = _last_line(out.stderr).removeprefix("sbatch: error: ")
-        raise InputError(f"sbatch refuses the {what} (--nodes/--partition/--account/--qos/--time/--mem/"
-                         f"--cpus-per-task): {reason}")
+        flags = "" if "(" in what else f" ({JOB_FLAGS})"
+        raise InputError(f"sbatch refuses the {what}{flags}: {reason}")
 
 
 def refused(what: str, message: str) -> InputError:

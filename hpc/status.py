@@ -23,12 +23,12 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from dualseg.errors import DualsegError, InputError, report_error
+from dualseg.errors import DualsegError, report_error
 from hpc.accounting import allocation_efficiency
 from hpc.paths import resolve_scratch
 from hpc.retention import human, scratch_usage
 from hpc.slurm import QUEUED_STATES, squeue_states
-from hpc.storage import StorageURL, resolve_storage
+from hpc.storage import StorageURL, study_storage
 from hpc.study import Counts, TrialRecord, best, open_study
 from hpc.submit.resources import worker_job_name
 
@@ -98,7 +98,7 @@ def render(s: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python hpc/status.py", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python hpc/status.py", description=__doc__.split("\n")[0])
     p.add_argument("--study", default=os.environ.get("DUALSEG_STUDY") or "dualseg-default",
                    help="study name (default $DUALSEG_STUDY, else the local default study)")
     p.add_argument("--storage", default=None, help="study database URL (default $DUALSEG_STORAGE, else the local "
@@ -108,12 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     storage: StorageURL | None = None
     try:
         local = resolve_scratch(a.scratch) / a.study / "study.db"
-        storage = resolve_storage(a.storage, None, local)
-        assert storage is not None
-        path = storage.sqlite_path
-        if path is not None and not path.is_file():  # sqlite would create an empty database
-            raise InputError(f"--storage: SQLite file {path} does not exist "
-                             "(no study there; pass --storage or --scratch)")
+        storage = study_storage(a.storage, local)
         print(render(collect(storage, a.study)))
     except DualsegError as exc:
         return report_error(exc, storage.scrub if storage is not None else None)

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     SIGNALS.install()
     setup_logging(stream=sys.stdout)
-    p = argparse.ArgumentParser(prog="python -m hpc.worker", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m hpc.worker", description=__doc__.split("\n")[0])
     p.add_argument("--config", default=os.environ.get("DUALSEG_CONFIG") or None,
                    help="only for a study without a recorded config: a study prepared by `launch.py --prepare-only` "
                    "trains on the config recorded in it (--set overrides included), and --config is refused")

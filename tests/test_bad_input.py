@@ -3,7 +3,7 @@ no traceback, and nothing written.
 
 Each case damages a copy of a tiny generated dataset (3 tiles of 16x16: train tile_000, val
 tile_001, test tile_002) or passes a bad option, runs a real entry point's ``main`` (the data CLIs,
-``hpc/launch.py --dry-run/--prepare-only``, ``hpc/status.py``) and checks the exit code, that
+``hpc/launch.py --dry-run/--prepare-only``, ``hpc/status.py``, ``hpc/report.py``) and checks the exit code, that
 stderr is exactly one ``error:`` line matching the case, and that every file under the test's
 folder is byte-for-byte unchanged (no half-written dataset, study database or run folder).
 A few cases run as subprocesses: the training CLI, and a read-only ``--scratch`` as a second user.
@@ -82,6 +82,15 @@ def _nan_band(stream: str, band: str) -> Callable[[zarr.Group], object]:
     return edit
 
 
+def _int8_band(stream: str, band: str) -> Callable[[zarr.Group], object]:
+    """The band stored as int8 (the format says float32): a buggy exporter's quantised copy."""
+    def edit(g: zarr.Group) -> object:
+        shape = g[f"{stream}/{band}"].shape
+        return g[stream].create_array(band, data=np.ones(shape, "i1"), overwrite=True)
+
+    return edit
+
+
 def _splits(root: Path, **lists: list[str]) -> None:
     (root / "splits.json").write_text(json.dumps({"train": [TRAIN], "val": [VAL], "test": [TEST]} | lists))
 
@@ -137,6 +146,15 @@ def _then(damage: Callable[[Path], object], argv: Callable[[Path, Path], list[st
     def setup(ws: Path, data: Path) -> list[str]:
         damage(data)
         return argv(ws, data)
+
+    return setup
+
+
+def _config_file(text: str, mode: str) -> Setup:
+    """The launcher given a config file holding ``text`` (empty, or YAML that is not a mapping)."""
+    def setup(ws: Path, data: Path) -> list[str]:
+        (ws / "bad.yaml").write_text(text)
+        return ["--config", str(ws / "bad.yaml"), "--executor", "local", "--scratch", str(ws / "scratch"), mode]
 
     return setup
 
@@ -197,6 +215,15 @@ CASES = [
          rf"tile {TRAIN}: missing band s2/B99"),
     Case("validate-not-a-folder", "validate", lambda ws, d: [str(ws / "nowhere")],
          r"validate: .*nowhere is not a directory"),
+    # -- issue 18: a band in a dtype the format does not allow (checked from the zarr metadata, no data read)
+    Case("validate-int8-band", "validate", _then(lambda d: _rewrite(d, TRAIN, _int8_band("s2", "B04")), _validate),
+         rf"tile {TRAIN}: band s2/B04 is stored as int8; format version 1 allows float32$"),
+    Case("prepare-int8-band-in-test", "launch",
+         _then(lambda d: _rewrite(d, TEST, _int8_band("s1", "VH")), _launch("--prepare-only")),
+         rf"tile {TEST}: band s1/VH is stored as int8; format version 1 allows float32$"),
+    Case("dry-run-int8-band-in-val", "launch",
+         _then(lambda d: _rewrite(d, VAL, _int8_band("s2", "B08")), _launch("--dry-run")),
+         rf"tile {VAL}: band s2/B08 is stored as int8; format version 1 allows float32$"),
     # -- item 6: scratch, --out, status
     Case("dry-run-scratch-is-a-file", "launch",
          lambda ws, d: [*_launch("--dry-run")(ws, d), "--scratch", str(d / "splits.json")],
@@ -206,6 +233,10 @@ CASES = [
          r"--scratch: /sys/dualseg-scratch is not writable \(/sys cannot hold a new folder\): Permission denied"),
     Case("status-missing-sqlite", "status", lambda ws, d: ["--study", "s", "--storage", f"sqlite:///{ws}/no/study.db"],
          r"--storage: SQLite file .*/no/study.db does not exist"),
+    Case("report-missing-sqlite", "report", lambda ws, d: ["--study", "s", "--storage", f"sqlite:///{ws}/no/study.db"],
+         r"--storage: SQLite file .*/no/study.db does not exist \(no study there\)$"),
+    Case("report-unknown-scheme", "report", lambda ws, d: ["--study", "s", "--storage", "mysql://me@db/x"],
+         r"--storage: unsupported database 'mysql'"),
     Case("synthetic-out-is-a-file", "synthetic",
          lambda ws, d: ["--out", str(d / "splits.json"), "--tiles", "3", "--size", "8"],
          r"synthetic: --out: .*splits.json is a file, not a folder"),
@@ -264,6 +295,15 @@ CASES = [
          r"config: data.stats_cache: must be one of read, rebuild, off \(got 'maybe'\)"),
     Case("config-date-encoding-choice", "launch", _launch("--prepare-only", "data.date_encoding=weeks"),
          r"config: data.date_encoding: must be one of doy, days \(got 'weeks'\)"),
+    # -- issue 18: a config file that is empty or not a mapping never means "all defaults"
+    Case("config-file-empty", "launch", _config_file("", "--dry-run"),
+         r"config: .*bad.yaml is empty \(leave out --config for all defaults\)$"),
+    Case("config-file-only-a-comment", "launch", _config_file("# nothing yet\n", "--prepare-only"),
+         r"config: .*bad.yaml is empty"),
+    Case("config-file-a-list", "launch", _config_file("- data\n- model\n", "--dry-run"),
+         r"config: .*bad.yaml: top level must be a mapping of sections, got list$"),
+    Case("config-file-a-string", "launch", _config_file("tiny\n", "--prepare-only"),
+         r"config: .*bad.yaml: top level must be a mapping of sections, got str$"),
     # -- issue 18: checks that came too late (after the study was created) or not at all
     Case("set-not-yaml", "launch", _launch("--dry-run", "train.epochs=[1"),
          r"--set: train.epochs=\[1: not a YAML value"),
@@ -313,6 +353,10 @@ def _main(tool: str) -> Callable[[list[str]], int]:
         from hpc import status
 
         return status.main
+    if tool == "report":
+        from hpc import report
+
+        return report.main
     return {"validate": validate.main, "synthetic": synthetic.main, "pastis": pastis.main}[tool]
 
 
@@ -387,3 +431,66 @@ def test_launcher_entry_point_refuses_a_lost_chunk(dataset: Path, tmp_path: Path
     )
     assert r.returncode == 2 and r.stderr == f"error: tile {TEST}: array labels: missing chunk c/0/0\n", r.stderr
     assert not (tmp_path / "scratch").exists()
+
+
+@pytest.mark.parametrize("content", [b"garbage\n", b"PK\x03\x04 truncated zip"], ids=["text", "truncated-zip"])
+def test_train_evaluate_refuses_a_file_that_is_no_checkpoint(tmp_path: Path, content: bytes) -> None:
+    """``python -m dualseg.train --evaluate FILE`` on a damaged file: bad input (exit 2, as its help says), one
+    line naming the file, nothing written."""
+    bad = tmp_path / "garbage.pth"
+    bad.write_bytes(content)
+    before = _snapshot(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "dualseg.train", "--evaluate", str(bad), "--log-level", "ERROR"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 2 and r.stderr.startswith(f"error: --evaluate: cannot load {bad}: "), r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert _snapshot(tmp_path) == before
+
+
+def _trial_states(db: Path) -> list[str]:
+    import sqlite3
+
+    try:
+        with sqlite3.connect(db) as c:
+            return [r[0] for r in c.execute("SELECT state FROM trials ORDER BY number")]
+    except sqlite3.Error:  # not created yet
+        return []
+
+
+def test_ctrl_c_during_a_local_search_hands_the_trial_back_and_a_rerun_finishes(dataset: Path, tmp_path: Path) -> None:
+    """Ctrl-C as a terminal sends it (SIGINT to the whole process group: launcher, submitit's controller and
+    worker) while a trial trains: one line, exit 130, no trial left RUNNING, no worker left behind; the same
+    command then finishes exactly the requested trials, the interrupted one continued, none failed."""
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    scratch = tmp_path / "scratch"
+    cmd = [sys.executable, "hpc/launch.py", "--config", str(TINY), "--executor", "local", "--scratch", str(scratch),
+           "--set", f"data.root={data}", "--set", "data.patch_size=16", "--set", "data.synthetic=null",
+           "--set", "train.epochs=4", "--trials", "2", "--study", "ctrl-c", "--no-eval"]
+    env = {k: v for k, v in os.environ.items() if k != "DUALSEG_STORAGE"} | {"PYTHONPATH": str(REPO)}
+    db = scratch / "ctrl-c" / "study.db"
+    p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)  # its own process group, as a terminal's foreground job
+    try:
+        deadline = time.monotonic() + 300
+        while "RUNNING" not in _trial_states(db):
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.1)
+        os.killpg(p.pid, signal.SIGINT)
+        out, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130, (out, err)
+    assert err == "interrupted: trial 0 handed back; rerun the same command to resume\n", err
+    assert _trial_states(db) == ["WAITING"], "the trial is handed back, not left RUNNING or failed"
+    controller = int(re.search(r"local workers: (\d+)", out)[1])  # type: ignore[index]
+    with pytest.raises(ProcessLookupError):
+        os.kill(controller, 0)
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _trial_states(db) == ["COMPLETE", "COMPLETE"], again.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,19 @@ def test_missing_and_invalid_files(tmp_path: Path) -> None:
     bad.write_text("train: [unclosed\n")
     with pytest.raises(InputError, match="not valid YAML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", r" is empty \(leave out --config for all defaults\)$"),
+    ("# to do\n", r" is empty"),
+    ("- data\n", r": top level must be a mapping of sections, got list$"),
+    ("42\n", r": top level must be a mapping of sections, got int$"),
+])
+def test_a_file_that_holds_no_mapping_never_means_the_defaults(tmp_path: Path, text: str, message: str) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(InputError, match=rf"^config: {re.escape(str(f))}{message}"):
+        load_config(f)
 
 
 @pytest.mark.parametrize(

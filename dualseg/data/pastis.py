@@ -220,7 +220,8 @@ def import_pastis(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dualseg.data.pastis", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False,
+                                 prog="python -m dualseg.data.pastis", description=__doc__.splitlines()[0])
     ap.add_argument("src", help="PASTIS-R folder (metadata.geojson, DATA_S2, DATA_S1A, ANNOTATIONS)")
     ap.add_argument("dst", help="output tile root")
     ap.add_argument("--folds", default="1,2,3/4/5", help="TRAIN/VAL/TEST fold lists (default 1,2,3/4/5)")

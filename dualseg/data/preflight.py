@@ -3,9 +3,9 @@
 A search that finds an empty test list, a lost chunk or an all-NaN band in a val tile only after
 all its training has wasted the allocation. So the launcher (also ``--dry-run`` and
 ``--prepare-only``) calls this first: every split is non-empty, disjoint and on disk, and every
-train, val *and* test tile passes :func:`~dualseg.data.validate.validate_tile` (structure, sorted
-dates, every chunk against the manifest, each band finite somewhere, labels in range) with the
-configured bands; all tiles agree on classes and fit ``data.max_t``.
+train, val *and* test tile passes :func:`~dualseg.data.validate.validate_tile` (structure, band
+dtypes, sorted dates, every chunk against the manifest, each band finite somewhere, labels in range)
+with the configured bands; all tiles agree on classes and fit ``data.max_t``.
 
 Reading a large dataset in full takes a while, so a success is remembered in
 ``<root>/.dualseg-checked/<key>`` where the key covers the bands and every tile's content stamp
@@ -34,7 +34,8 @@ CHECKED_DIR = ".dualseg-checked"
 
 def _key(cfg: DataConfig, names: list[str]) -> str:
     stamps = [[n, content_stamp(tile_path(cfg.root, n))] for n in sorted(names)]
-    doc = {"v": 1, "s1": cfg.s1_bands, "s2": cfg.s2_bands, "max_t": cfg.max_t, "patch": cfg.patch_size, "tiles": stamps}
+    # v2: band dtypes are checked (tile.BAND_DTYPES); a success remembered by v1 did not check them
+    doc = {"v": 2, "s1": cfg.s1_bands, "s2": cfg.s2_bands, "max_t": cfg.max_t, "patch": cfg.patch_size, "tiles": stamps}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
 
 

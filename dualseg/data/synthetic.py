@@ -251,7 +251,8 @@ def ensure_synthetic(root: str | Path, cfg: SyntheticConfig) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     d = SyntheticConfig()
-    ap = argparse.ArgumentParser(prog="python -m dualseg.data.synthetic", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False,
+                                 prog="python -m dualseg.data.synthetic", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--tiles", type=int, default=d.tiles)
     ap.add_argument("--size", type=int, default=d.size, help="tile height = width in pixels")

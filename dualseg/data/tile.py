@@ -7,7 +7,8 @@ Layout of ``<root>/<tile>.zarr`` (see docs/data.md)::
     s2/  attrs bands=[...];  <band> (T2,H,W) float32 (reflectance);  time (T2,);  cloud (T2,H,W) bool (optional)
     labels (H,W) int16, attrs ignore_index
 
-Every stored band is its own array so a band subset reads only the bytes it needs. The writer
+Band dtypes are those :data:`BAND_DTYPES` allows for the tile's version (version 1: float32). Every
+stored band is its own array so a band subset reads only the bytes it needs. The writer
 (atomic; chunking and codecs) is :mod:`dualseg.data.write`; the pixel readers (``read_stream``,
 ``read_all``, ``read_labels``, ``read_tile``) live in :mod:`dualseg.data.read`.
 
@@ -33,6 +34,10 @@ from dualseg.errors import InputError
 
 FORMAT = "dualseg-tile"
 VERSION = 1
+# The dtypes a band may be stored in, per format version: the one declaration :func:`open_tile` checks
+# (so validate, pre-flight and prediction) from the zarr metadata alone. A new version that stores
+# quantised bands adds its entry here.
+BAND_DTYPES: dict[int, tuple[str, ...]] = {1: ("float32",)}
 STREAMS = ("s1", "s2")
 DEFAULT_IGNORE_INDEX = 255
 DEFAULT_CHUNK_HW = 128
@@ -156,8 +161,13 @@ def open_tile(
     name = path.name.removesuffix(".zarr")
     root = open_group(path, name)
     attrs = dict(root.attrs)
-    if attrs.get("format") == FORMAT and int(cast(int, attrs.get("version", VERSION))) > VERSION:
+    version = int(cast(int, attrs.get("version", VERSION))) if attrs.get("format") == FORMAT else VERSION
+    if version > VERSION:
         raise InputError(f"tile {name}: format version {attrs['version']} is newer than this dualseg reads ({VERSION})")
+    allowed = BAND_DTYPES.get(version)
+    if allowed is None:
+        raise InputError(f"tile {name}: unknown format version {attrs.get('version')!r} "
+                         f"(this dualseg reads {', '.join(map(str, sorted(BAND_DTYPES)))})")
     class_names = attrs.get("class_names")
     if not require_labels and class_names is None:  # a bare input tile: the model knows the classes
         class_names = []
@@ -187,8 +197,9 @@ def open_tile(
                 raise InputError(f"tile {name}: missing band {key}/{band}")
             if not isinstance(arr, zarr.Array) or arr.ndim != 3:
                 raise InputError(f"tile {name}: {key}/{band} must be a (T,H,W) array")
-            if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-                raise InputError(f"tile {name}: {key}/{band} has non-numeric dtype {arr.dtype}")
+            if str(arr.dtype) not in allowed:  # metadata only: no chunk is read
+                raise InputError(f"tile {name}: band {key}/{band} is stored as {arr.dtype}; format version "
+                                 f"{version} allows {' or '.join(allowed)}")
             if arr.shape[0] != time.shape[0]:
                 raise InputError(
                     f"tile {name}: {key}/{band} has T={arr.shape[0]} but {key}/time has {time.shape[0]} dates"

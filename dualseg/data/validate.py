@@ -1,9 +1,10 @@
 """Value checks of tiles, and ``python -m dualseg.data.validate ROOT`` to check a dataset before a run.
 
-Reads each tile in full: structure and dates, every array and chunk against the tile's manifest
-(missing array, missing chunk, changed bytes), all-NaN bands, label range; checks that all tiles
-agree on classes and that the splits are non-empty and disjoint. Prints one summary line, or one
-``error:`` line naming the first bad tile (and how many are bad) and exits 2.
+Reads each tile in full: structure, band dtypes (the format's, from metadata) and dates, every array
+and chunk against the tile's manifest (missing array, missing chunk, changed bytes), all-NaN bands,
+label range; checks that all tiles agree on classes and that the splits are non-empty and disjoint.
+Prints one summary line, or one ``error:`` line naming the first bad tile (and how many are bad) and
+exits 2.
 """
 
 from __future__ import annotations
@@ -117,7 +118,8 @@ def validate_root(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dualseg.data.validate", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False,
+                                 prog="python -m dualseg.data.validate", description=__doc__.splitlines()[0])
     ap.add_argument("root", help="tile root (holding <tile>.zarr and splits.json)")
     ap.add_argument("--s1-bands", nargs="+", default=None, help="bands that must exist (default: all listed)")
     ap.add_argument("--s2-bands", nargs="+", default=None)

@@ -15,6 +15,7 @@ from dualseg.errors import DualsegError, report_error
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m dualseg.predict",
         description="Apply a model to tiles (labels not needed) and write class/confidence maps.",
         epilog="per tile: <out>/<tile>.zarr (classes, confidence[, probabilities]) and <out>/<tile>.tif "

@@ -1,7 +1,7 @@
 """CLI: ``python -m dualseg.train --config X.yaml [--set train.lr=1e-3 ...] [--evaluate CKPT]``.
 
 Exit codes: 0 ok, 1 TrainingError (NaN loss, incompatible checkpoint), 2 InputError (bad config,
-option, tile, unwritable scratch), 130 interrupted by Ctrl-C.
+option, tile, unwritable scratch, an ``--evaluate`` file that is no checkpoint), 130 interrupted by Ctrl-C.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m dualseg.train",
         description="Train a dualseg model (resuming from last.pt), or evaluate a checkpoint.",
         epilog="exit codes: 0 ok, 1 training error (NaN loss, incompatible checkpoint), 2 bad input",
@@ -65,10 +66,17 @@ def main(argv: list[str] | None = None) -> int:
         overrides = dict(parse_override(s) for s in args.overrides)
         cfg = load_config(args.config, overrides)
         if args.evaluate is not None:
+            from dualseg.infer.checkpoint import CheckpointError
             from dualseg.train.evaluate import evaluate_checkpoint
 
             cfg_eval = cfg if (args.config or overrides) else None
-            print(json.dumps(evaluate_checkpoint(args.evaluate, cfg_eval, split=args.split), indent=2))
+            try:
+                results = evaluate_checkpoint(args.evaluate, cfg_eval, split=args.split)
+            except CheckpointError as exc:  # the file the user named is bad input, not a training failure
+                if exc.path != args.evaluate:
+                    raise
+                raise InputError(f"--evaluate: cannot load {exc.path}: {exc.reason}") from None
+            print(json.dumps(results, indent=2))
             return 0
         from dualseg.train.trainer import fit
 

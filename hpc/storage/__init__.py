@@ -23,6 +23,7 @@ from hpc.storage.url import (
     StorageURL,
     job_storage,
     resolve_storage,
+    study_storage,
     write_passfile,
 )
 
@@ -31,5 +32,5 @@ __all__ = [
     "DatabaseUnavailable", "LockTimeout", "RetryingStorage", "StorageURL", "call", "check_server",
     "connection_budget",
     "create_or_load_study", "critical_section", "engine_kwargs", "exclusive", "is_connection_error", "job_storage",
-    "open_database", "resolve_storage", "write_passfile",
+    "open_database", "resolve_storage", "study_storage", "write_passfile",
 ]

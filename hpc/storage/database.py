@@ -140,9 +140,14 @@ def create_or_load_study(db: Database, name: str, direction: str, attrs: dict[st
             raise InputError(f"--study: {name!r} exists and {have}s; this config would {direction} "
                              "(use another --study)")
         study = existing
-    else:
-        study = optuna.create_study(study_name=name, storage=db.storage, load_if_exists=True,
-                                    direction=optuna.study.StudyDirection[direction.upper()])
+    else:  # without Optuna's "[I ...] A new study created" line on stderr: the callers say what they made
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            study = optuna.create_study(study_name=name, storage=db.storage, load_if_exists=True,
+                                        direction=optuna.study.StudyDirection[direction.upper()])
+        finally:
+            optuna.logging.set_verbosity(verbosity)
     for key, value in (attrs or {}).items():
         study.set_user_attr(key, value)
     return study

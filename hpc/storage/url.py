@@ -130,6 +130,23 @@ def resolve_storage(cli: str | None, configured: str | None, local_default: Path
     return None
 
 
+def study_storage(cli: str | None, local_default: Path) -> StorageURL:
+    """The database of an existing study for the tools that read one (status, report): the default chain
+    of :func:`resolve_storage`, and one line naming what is wrong when its SQLite file does not exist
+    (SQLite would create an empty one): the given URL's file, or the local default's when none was given."""
+    given = cli or os.environ.get(STORAGE_ENV)
+    url = resolve_storage(cli, None, local_default)
+    assert url is not None
+    path = url.sqlite_path
+    if path is not None and not path.is_file():
+        if given:
+            source = "--storage" if cli else f"${STORAGE_ENV}"
+            raise InputError(f"{source}: SQLite file {path} does not exist (no study there)")
+        raise InputError(f"--storage: not given, ${STORAGE_ENV} unset and no local study at {path} "
+                         "(pass --storage or --scratch)")
+    return url
+
+
 def job_storage(public: str) -> StorageURL:
     """The URL a job connects with: the public one it was given, plus the password of ``$DUALSEG_STORAGE``
     when that names the same database (a user who exported the full URL; it stays in memory). Otherwise

@@ -10,7 +10,7 @@ One concept a module, like Optuna's ``storages/``: :mod:`.record` (the typed stu
 from hpc.study.access import OpenStudy, open_study, update_record
 from hpc.study.counts import Counts, best, ranked
 from hpc.study.decide import Decision, decide
-from hpc.study.fail import fail_trials, retry_callback
+from hpc.study.fail import fail_trials, hand_back, retry_callback
 from hpc.study.heartbeat import Heartbeat, NullHeartbeat
 from hpc.study.record import (
     JOB_ID,
@@ -26,5 +26,5 @@ from hpc.study.record import (
 __all__ = [
     "JOB_ID", "RECORD_VERSION", "REQUEUED_JOB", "RETRY_OF", "Counts", "Decision", "Heartbeat", "NullHeartbeat",
     "OpenStudy", "StudyRecord", "TrialOutcome", "TrialRecord", "allocation_key", "best", "decide", "fail_trials",
-    "open_study", "ranked", "retry_callback", "update_record",
+    "hand_back", "open_study", "ranked", "retry_callback", "update_record",
 ]

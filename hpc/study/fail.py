@@ -1,5 +1,5 @@
-"""Failing trials whose workers are gone: one function for the ask (stale heartbeats) and the healing
-(every worker gone), so both re-queue alike.
+"""Trials whose workers are gone: failing them (one function for the ask's stale heartbeats and the
+healing, so both re-queue alike) or, when the workers were stopped on purpose, handing them back.
 
 A failed trial is re-queued as WAITING with its parameters and intermediate values by Optuna's
 ``RetryHeartbeatStaleTrialCallback`` (at most ``max_retry`` retries per chain); the next ask pops it and
@@ -10,12 +10,13 @@ A failed trial is re-queued as WAITING with its parameters and intermediate valu
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import optuna
 from optuna.trial import TrialState
 
-from hpc.storage import Database
+from hpc.storage import Database, critical_section
+from hpc.study import schema
 
 log = logging.getLogger("hpc.study")
 
@@ -46,3 +47,18 @@ def fail_trials(db: Database, study: optuna.Study, trial_ids: Iterable[int], why
         callback(study, frozen)
         failed.append(frozen.number)
     return failed
+
+
+def hand_back(db: Database, study: optuna.Study, gone: Callable[[str], bool]) -> list[int]:
+    """Hand back every RUNNING trial whose job (its ``requeued_job``, else ``job_id``) ``gone`` says has ended:
+    WAITING, not failed, so the next ask continues it from its checkpoint (a local search stopped by Ctrl-C,
+    whose workers saved and exited). Under the study lock; returns the trial numbers."""
+    numbers = []
+    with critical_section(db.engine, db.url, study.study_name) as s:
+        for tid, job in schema.running_jobs(s, schema.study_id(study)).items():
+            if gone(job):
+                numbers.append(schema.trial_number(s, tid))
+                schema.release(s, tid)
+    for n in numbers:
+        log.info("trial %d: its worker was stopped; handed back to the study", n)
+    return sorted(numbers)

@@ -105,6 +105,10 @@ def release(s: Session, trial_id: int) -> None:
     s.execute(sa.delete(SA).where(SA.trial_id == trial_id, SA.key == ASK_TOKEN))
 
 
+def trial_number(s: Session, trial_id: int) -> int:
+    return int(s.execute(sa.select(T.number).where(T.trial_id == trial_id)).scalar_one())
+
+
 def stale_trials(s: Session, sid: int, grace_s: float) -> list[int]:
     """RUNNING trials without a heartbeat for ``grace_s`` (or, created without any, started that long ago).
 

@@ -170,9 +170,10 @@ def submit_eval(plan: Plan, dependency: str, res: Resources) -> str:
 
 
 def run_local_workers(plan: Plan) -> list[Any]:
-    """The same workers through the local backend: one disjoint GPU set per worker."""
+    """The same workers through the local backend: one disjoint GPU set per worker. They ignore Ctrl-C: the
+    launcher stops them (:meth:`LocalBackend.stop`) and hands their trials back."""
     from hpc.worker import Worker
 
-    n = plan.hpc.workers
-    return LocalBackend().submit_array([Worker(plan.worker_spec()) for _ in range(n)], worker_resources(plan),
-                                       f"{WORKERS} (--workers x --gpus-per-node)")
+    fns = [Worker(plan.worker_spec()) for _ in range(plan.hpc.workers)]
+    return LocalBackend(own_interrupt=True).submit_array(fns, worker_resources(plan),
+                                                        f"{WORKERS} (--workers x --gpus-per-node)")

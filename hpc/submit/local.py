@@ -4,12 +4,21 @@ The same callables as on SLURM run as local processes (``tasks_per_node`` each) 
 limit and requeue budget; task ``i`` sees GPUs ``[i*g, (i+1)*g)`` of the visible ones, so two tasks
 never share a GPU. Nodes, CPUs, memory, partition and ``setup`` lines are cluster notions and are
 ignored here.
+
+Ctrl-C: a terminal sends SIGINT to the whole foreground process group, and submitit's controller and
+tasks would each die with a ``KeyboardInterrupt`` traceback in the middle of a trial. With
+``own_interrupt`` the tasks start with SIGINT ignored (inherited across exec, as a shell runs a
+background job), so Ctrl-C reaches only the caller, which stops them with :meth:`LocalBackend.stop`:
+SIGTERM, the workers' own stop signal (the controller forwards it to every task).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from dualseg.errors import InputError
@@ -30,8 +39,37 @@ def visible_gpus() -> list[int]:
         return []
 
 
+@contextmanager
+def _sigint_ignored(active: bool) -> Iterator[None]:
+    """Processes started inside ignore SIGINT (only the main thread may change a handler)."""
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class LocalBackend:
-    """Run the array here; ``job_id`` of each job is its controller's pid."""
+    """Run the array here; ``job_id`` of each job is its controller's pid.
+
+    ``own_interrupt``: the tasks ignore Ctrl-C; the caller stops them with :meth:`stop` (see module doc).
+    """
+
+    def __init__(self, own_interrupt: bool = False) -> None:
+        self.own_interrupt = own_interrupt
+
+    @staticmethod
+    def stop(jobs: Sequence[Any]) -> None:
+        """SIGTERM to every controller still running (forwarded to its tasks: they save and exit)."""
+        for job in jobs:
+            if not job.done():
+                try:
+                    os.kill(int(job.job_id), signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
 
     def gpu_sets(self, n: int, res: Resources, what: str) -> list[list[int]]:
         """Task ``i``'s GPUs (empty lists for CPU tasks); one InputError line when too few are visible."""
@@ -57,8 +95,9 @@ class LocalBackend:
             params["signal_delay_s"] = res.signal_delay_s
         ex.update_parameters(**params)
         jobs = []
-        for fn, gpus in zip(fns, sets):
-            if gpus:
-                ex.update_parameters(visible_gpus=gpus)
-            jobs.append(ex.submit(fn))
+        with _sigint_ignored(self.own_interrupt):
+            for fn, gpus in zip(fns, sets):
+                if gpus:
+                    ex.update_parameters(visible_gpus=gpus)
+                jobs.append(ex.submit(fn))
         return jobs

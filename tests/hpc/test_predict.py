@@ -88,6 +88,13 @@ def test_dry_run_prints_the_array_and_submits_nothing(slurm_env, tiny_model: Pat
     bad = hpc_tools.run_cli("predict.py", "--model", str(tiny_model), "--tiles", str(tiny_data), "--out", str(out),
                             "--partition", "nosuchpart", "--executor", "slurm")
     assert bad.returncode == 2 and "error: --partition: unknown partition 'nosuchpart'" in bad.stderr
+    gpus = hpc_tools.run_cli("predict.py", "--model", str(tiny_model), "--tiles", str(tiny_data), "--out", str(out),
+                             "--gpus", "1", "--partition", slurm_env["partition"], "--executor", "slurm", "--dry-run")
+    lines = gpus.stderr.strip().splitlines()  # the bed has no GPUs: one line, one list of the options at fault
+    assert gpus.returncode == 2 and len(lines) == 1 and lines[0].startswith(
+        "error: sbatch refuses the prediction array (--partition/--account/--qos/--time/--mem/--cpus-per-task/--gpus): "
+    ) and lines[0].count("(--") == 1, gpus.stderr
+    assert not out.exists()
 
 
 @pytest.mark.slurm

@@ -72,6 +72,20 @@ def test_unknown_study_is_one_line(local_search: Path, capsys: pytest.CaptureFix
     assert "S3cret" not in err
 
 
+@pytest.mark.parametrize("tool", ["report", "status"])
+def test_a_misspelled_option_is_named_not_taken_for_another(tool: str, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """``--storag URL`` was argparse's abbreviation of --storage; every parser refuses abbreviations now."""
+    import importlib
+
+    main = importlib.import_module(f"hpc.{tool}").main
+    with pytest.raises(SystemExit) as e:
+        main(["--study", "s", "--storag", f"sqlite:///{tmp_path / 'study.db'}"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "error: unrecognized arguments: --storag " in err, err
+    assert "not given" not in err and list(tmp_path.iterdir()) == []
+
+
 def test_index_renders_in_a_real_browser(local_search: Path, hpc_tools, tmp_path: Path) -> None:
     """Headless Chromium screenshot of index.html: the figures load (a broken <img> is a tiny grey icon)."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

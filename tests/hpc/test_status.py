@@ -46,6 +46,6 @@ def test_cli_errors_are_one_line(tmp_path: Path, hpc_tools) -> None:
     assert r.returncode == 2 and r.stderr.strip() == f"error: --study: no study named 'nope' in storage {url}"
     r = hpc_tools.run_cli("status.py", "--study", "s", "--scratch", str(tmp_path / "none"), env={"DUALSEG_STORAGE": ""})
     missing = tmp_path / "none" / "s" / "study.db"
-    assert r.returncode == 2 and r.stderr.strip() == (f"error: --storage: SQLite file {missing} does not exist "
-                                                      "(no study there; pass --storage or --scratch)")
+    assert r.returncode == 2 and r.stderr.strip() == ("error: --storage: not given, $DUALSEG_STORAGE unset and no "
+                                                      f"local study at {missing} (pass --storage or --scratch)")
     assert not missing.exists() and not missing.parent.exists(), "status must not create an empty database"

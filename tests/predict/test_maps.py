@@ -13,7 +13,7 @@ import torch
 from dualseg.config import Config
 from dualseg.data.read import read_labels
 from dualseg.data.tile import open_tile, tile_path
-from dualseg.data.write import consolidate
+from dualseg.data.write import consolidate, rewrite_manifest
 from dualseg.errors import InputError
 from dualseg.predict import read_map, score_map
 from dualseg.predict.__main__ import main
@@ -107,4 +107,23 @@ def test_missing_band_and_bad_model_are_named(quick_cfg: Config, trained: dict[s
     junk.write_bytes(b"not a model")
     assert main(["--model", str(junk), "--tiles", str(root), "--out", str(out)]) == 2
     assert f"error: --model: cannot load {junk}" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_band_in_a_dtype_the_format_does_not_allow_is_refused(quick_cfg: Config, trained: dict[str, Path],
+                                                                tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                unlabelled: Callable[..., Path]) -> None:
+    """An int8 band (the format says float32) is one line naming tile, band and dtype; no map is written."""
+    import zarr
+
+    root = Path(quick_cfg.data.root)
+    name = json.loads((root / "splits.json").read_text())["test"][0]
+    bare = unlabelled(root, [name], tmp_path / "bare")
+    g = zarr.open_group(str(bare / f"{name}.zarr"), mode="a")
+    g["s2"].create_array("B03", data=np.ones(g["s2/B03"].shape, "i1"), overwrite=True)
+    rewrite_manifest(bare / f"{name}.zarr")
+    out = tmp_path / "maps"
+    assert main(["--model", str(trained["slim"]), "--tiles", str(bare), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"error: tile {name}: band s2/B03 is stored as int8; format version 1 "
+                                       "allows float32\n")
     assert not out.exists()

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from sqlalchemy.orm import Session
 
 from hpc.storage import Database, StorageURL, create_or_load_study, critical_section, open_database
-from hpc.study import Counts, fail_trials, schema
+from hpc.study import JOB_ID, REQUEUED_JOB, Counts, fail_trials, hand_back, schema
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -103,3 +103,24 @@ def test_stale_and_attributes(db: Database) -> None:
     db.storage.set_trial_state_values(tid, TrialState.PRUNED)
     with Session(db.engine) as s:
         assert schema.running_with_attr(s, sid, "requeued_job") == {} and schema.stale_trials(s, sid, 60) == []
+
+
+def test_hand_back_releases_only_the_trials_of_ended_jobs(db: Database) -> None:
+    """A local search stopped by Ctrl-C: the trials its stopped workers held go back WAITING (not FAIL), keep
+    their numbers, and lose the stopped job's labels when popped again; a live job's trial is untouched."""
+    study = db.load_study("s")
+    sid = schema.study_id(study)
+    stopped, _, _ = _start(db, study, "tok-a")
+    requeued, _, _ = _start(db, study, "tok-b")
+    alive, _, _ = _start(db, study, "tok-c")
+    db.storage.set_trial_user_attr(stopped, JOB_ID, "local-1")
+    db.storage.set_trial_user_attr(requeued, JOB_ID, "local-2")
+    db.storage.set_trial_user_attr(requeued, REQUEUED_JOB, "local-2")  # a worker's SIGTERM path marks it
+    db.storage.set_trial_user_attr(alive, JOB_ID, "local-3")
+    assert hand_back(db, study, lambda job: job in ("local-1", "local-2")) == [0, 1]
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    assert states == {0: TrialState.WAITING, 1: TrialState.WAITING, 2: TrialState.RUNNING}
+    assert _start(db, study, "tok-d")[1:] == (0, "handed back")
+    assert _start(db, study, "tok-e")[1:] == (1, "handed back")
+    with Session(db.engine) as s:
+        assert schema.running_jobs(s, sid) == {stopped: "", requeued: "", alive: "local-3"}
