@@ -57,6 +57,8 @@ class FinalConfig:
              "hpc.final.epochs: refit train+val has no validation split to stop on or choose a checkpoint with, "
              "so train.epochs (the search's cap) is no derived epoch count; use epochs: best (the best trial's "
              "best epoch) or a number"),
+            (self.refit == "train", "hpc.final.refit: train+val is not supported yet (the trainer needs a validation "
+                                    "split disjoint from its training tiles); use refit: train"),
         ]
         for ok, message in checks:
             if not ok:
