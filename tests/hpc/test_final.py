@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -107,3 +108,32 @@ def test_local_search_with_two_seeds_ends_with_spread_and_ensemble(hpc_tools: Si
     assert section["members"][0]["test"]["miou"] == pytest.approx(results["test"]["miou"])
     st = hpc_tools.run_cli("status.py", "--study", "fin", "--scratch", str(tmp_path / "scratch"))
     assert "final runs: 2/2 members complete, 0 running" in st.stdout, st.stdout + st.stderr
+
+
+def test_slurm_search_with_two_seeds_runs_final_members_as_two_node_trials(slurm_env, pg_db_url, hpc_tools,
+                                                                          tiny_args, tmp_path) -> None:
+    """The real bed: the evaluation job submits the final array (same 2-node shape) and an evaluation job
+    afterany it; that one evaluates, and results.json holds the members, their spread and the ensemble."""
+    r = hpc_tools.run_cli("launch.py", *tiny_args, "--nodes", "2", "--trials", "2", "--workers", "1",
+                          "--partition", slurm_env["partition"], "--time", "10", "--study", "finbed",
+                          "--storage", pg_db_url, "--set", "hpc.final={seeds: 2}", timeout=120)
+    assert r.returncode == 0, r.stderr
+    array, eval_id = hpc_tools.job_ids_from(r.stdout)
+    assert eval_id
+    deadline = time.monotonic() + 900
+    while hpc_tools.jobs_named("-finbed"):  # the search, its evaluation, the final array, the final evaluation
+        assert time.monotonic() < deadline, f"jobs of finbed still queued: {hpc_tools.jobs_named('-finbed')}"
+        time.sleep(2)
+    study_dir = tmp_path / "scratch" / "finbed"
+    final = optuna.load_study(study_name="finbed/final", storage=pg_db_url)
+    assert [t.state for t in final.trials] == [TrialState.COMPLETE] * 2
+    record = StudyRecord.read(final)
+    assert record.final is not None and [m.seed for m in record.final.members] == [0, 1] and record.arrays
+    logs = study_dir / "final" / "logs"
+    final_array = record.arrays[0]
+    for rank in (0, 1):  # the final runs are 2-node DDP trials like the search's
+        text = (logs / f"{final_array}_{rank}_log.out").read_text()
+        assert f"[rank {rank}/2 node n" in text and ("is member" in text) == (rank == 0), text[-2000:]
+    section = json.loads((study_dir / "results" / "results.json").read_text())["final"]
+    assert section["complete"] == 2 and section["summary"]["metrics"]["miou"]["n"] == 2
+    assert section["summary"]["ensemble"] is not None
