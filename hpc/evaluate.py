@@ -109,7 +109,11 @@ def evaluate_study(storage: StorageURL, study_name: str, scratch: str | Path | N
     results["allocation"] = allocation_efficiency(trials, record)
     final = final_name(study_name)
     if final_config(record).on and _exists(storage, final):
-        results["final"] = final_results(storage, final, scratch)
+        try:
+            results["final"] = final_results(storage, final, scratch)
+        except (DualsegError, ValueError) as exc:  # e.g. no member finished: the search's results still count
+            log.warning("final runs not evaluated: %s", exc)
+            results["final"] = {"study": final, "error": str(exc)}
     write_results(out / "results.json", results)
     try:
         results["report"] = str(write_report(study_name, storage, study_dir.parent, results_dir=out))

@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 from sqlalchemy.orm import Session
 
 from hpc.config import HpcConfig
+from hpc.final import claim_member
 from hpc.paths import seed_from_retry
 from hpc.search import build_pruner, build_sampler, suggest
 from hpc.slurm import WAITING_STATES, SlurmEnv, squeue_states
@@ -168,11 +169,8 @@ class Coordinator:
         return self._read(lambda fresh: schema.stale_trials(fresh, self.study_id, self.hpc.grace_period), "stale")
 
     def _sample(self, trial_id: int, number: int) -> dict[str, Any]:
-        """Parameters of the trial: drawn by a sampler seeded for this trial number (fixed ones kept);
-        a final study's trial gets its member's overrides (:func:`hpc.final.member_overrides`)."""
-        if self.final is not None:
-            from hpc.final import claim_member
-
+        """Parameters of the trial: drawn by a sampler seeded for this trial number (fixed ones kept)."""
+        if self.final is not None:  # a final study's trial: its member's overrides (hpc.final), nothing drawn
             final, spec = self.final, self.spec
             return self._retry(lambda: claim_member(self.db, spec.study, self.study_id, trial_id, final, spec.config,
                                                     self.hpc.lock_timeout_s), "final member")
