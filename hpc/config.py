@@ -21,6 +21,48 @@ from hpc.slurm import time_to_minutes
 
 Objective = Monitor  # the study ranks trials on what the trainer monitors
 Executor = Literal["auto", "slurm", "local"]
+FINAL_SUFFIX = "/final"  # the final runs' study is "<study>/final", in the same storage (hpc.final)
+
+
+@dataclass
+class FinalConfig:
+    """``hpc.final``: after the search, retrain the best configuration(s) as a second study ``<study>/final``.
+
+    ``seeds`` members per configuration (0: off, today's single best trial); ``top_k`` best configurations;
+    ``folds: all`` once per fold rotation of a folded dataset (fold i test, i+1 val, the rest train);
+    ``refit: train+val`` trains on the validation tiles too, for ``epochs`` = ``best`` (the best trial's best
+    epoch) or a number; ``fixed`` keeps ``train.epochs`` with validation and early stopping as in the search.
+    """
+
+    seeds: int = 0
+    top_k: int = 1
+    folds: Literal["none", "all"] = "none"
+    refit: Literal["train", "train+val"] = "train"
+    epochs: Literal["best", "fixed"] | int = "fixed"
+
+    @property
+    def on(self) -> bool:
+        return self.seeds > 0
+
+    def check(self, trials: int) -> None:
+        """The checks that need no data (also run by ``--dry-run``): one error line each."""
+        checks = [
+            (self.seeds >= 0, f"hpc.final.seeds: must be >= 0 (0: no final runs; got {self.seeds})"),
+            (self.top_k >= 1, f"hpc.final.top_k: must be >= 1 (got {self.top_k})"),
+            (self.top_k <= trials, f"hpc.final.top_k: {self.top_k} configurations asked, but the search has at most "
+                                   f"{trials} complete trials (--trials)"),
+            (not isinstance(self.epochs, int) or self.epochs >= 1,
+             f"hpc.final.epochs: must be best, fixed or a number >= 1 (got {self.epochs})"),
+            (not (self.refit == "train+val" and self.epochs == "fixed"),
+             "hpc.final.epochs: refit train+val has no validation split to stop on or choose a checkpoint with, "
+             "so train.epochs (the search's cap) is no derived epoch count; use epochs: best (the best trial's "
+             "best epoch) or a number"),
+            (self.refit == "train", "hpc.final.refit: train+val is not supported yet (the trainer needs a validation "
+                                    "split disjoint from its training tiles); use refit: train"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
 
 
 # --help groups of the launcher's options (hpc.options.flag fields below; config-only keys have no flag)
@@ -84,6 +126,7 @@ class HpcConfig:
     signal_delay_s: int = 90
     setup: list[str] = field(default_factory=list)
     keep: KeepPolicy = field(default_factory=KeepPolicy)
+    final: FinalConfig = field(default_factory=FinalConfig)
 
     @property
     def direction(self) -> str:
@@ -128,7 +171,7 @@ def parse_hpc(cfg: Config, overrides: dict[str, Any] | None = None) -> HpcConfig
          f"database outage the other ranks wait in a collective (got {hpc.collective_timeout_s:g})"),
         (hpc.lock_timeout_s > 0, "hpc.lock_timeout_s: must be > 0"),
         (hpc.max_wait_s >= 0, "hpc.max_wait_s: must be >= 0"),
-        (re.fullmatch(r"[A-Za-z0-9_.-]+", hpc.study) is not None,
+        (re.fullmatch(r"[A-Za-z0-9_.-]+(/final)?", hpc.study) is not None,
          f"--study: {hpc.study!r} may only contain letters, digits, '_', '-', '.'"),
         (hpc.mem is None or _MEM.fullmatch(hpc.mem) is not None, f"--mem: cannot parse {hpc.mem!r} (use e.g. 16G)"),
         (hpc.eval_mem is None or _MEM.fullmatch(hpc.eval_mem) is not None,
@@ -137,6 +180,7 @@ def parse_hpc(cfg: Config, overrides: dict[str, Any] | None = None) -> HpcConfig
     for ok, message in checks:
         if not ok:
             raise InputError(message)
+    hpc.final.check(hpc.trials)
     time_to_minutes(hpc.time)
     time_to_minutes(hpc.eval_time, "--eval-time")
     return hpc

@@ -5,6 +5,13 @@ short of its count with no worker left, it resubmits workers and a new evaluatio
 evaluating. It then picks the best COMPLETE trial, evaluates that trial's ``best.pt`` — chosen on the
 study's objective (``train.monitor``), so the evaluated model is the one ranked best — on the test
 tiles and writes everything a paper table or a re-run needs. Outputs are written atomically.
+
+With ``hpc.final`` on, a complete search first gets its final runs (:mod:`hpc.final`): this job creates the
+study ``<study>/final``, submits its worker array and a new evaluation job ``afterany`` that array, and
+exits; that job re-enters here (its ``$DUALSEG_STUDY`` is the final study, mapped to its search), heals
+the final study like any other and only then evaluates, adding ``results.json``'s ``final`` section.
+Re-entry rather than a second kind of job: ``afterany`` fires however the array ends (failed, cancelled,
+timed out), and the healing of a re-entered evaluation job is exactly what makes a search robust to that.
 """
 
 from __future__ import annotations
@@ -16,9 +23,7 @@ if not __package__:  # run as a file: re-run as `python -m hpc.<name>` (hpc/_scr
     runpy.run_path(os.path.join(os.path.dirname(__file__), "_script.py"))
 
 import argparse
-import json
 import logging
-import math
 import os
 import sys
 import time
@@ -31,12 +36,13 @@ from optuna.trial import TrialState
 from dualseg import code_version
 from dualseg.config import Config, apply_overrides, from_dict
 from dualseg.errors import DualsegError, InputError, report_error
-from dualseg.io import atomic_write_text
 from dualseg.train.export import export_model
 from dualseg.train.rundir import BEST
 from hpc.accounting import allocation_efficiency
+from hpc.final import final_config, final_name, final_stage, parent_name
 from hpc.paths import study_scratch, trial_dir
 from hpc.report import write_report
+from hpc.results import final_results, write_results
 from hpc.retention import keep_policy, on_study_finished, scratch_usage
 from hpc.slurm import SlurmEnv
 from hpc.storage import StorageURL, resolve_storage
@@ -56,17 +62,6 @@ def _timings(trials: list[optuna.trial.FrozenTrial]) -> dict[str, Any]:
         "search_wall_s": (max(ends) - min(starts)).total_seconds() if starts and ends else None,
         "trial_mean_s": sum(durations) / len(durations) if durations else None,
     }
-
-
-def _finite(obj: Any) -> Any:
-    """JSON without NaN/inf (invalid JSON for strict readers): such values become null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def evaluate_study(storage: StorageURL, study_name: str, scratch: str | Path | None = None,
@@ -112,12 +107,27 @@ def evaluate_study(storage: StorageURL, study_name: str, scratch: str | Path | N
     results["retention"] = on_study_finished(study_dir, trials, study.direction, policy)
     results["scratch"] = scratch_usage(study_dir)
     results["allocation"] = allocation_efficiency(trials, record)
-    atomic_write_text(out / "results.json", json.dumps(_finite(results), indent=2, sort_keys=True, default=str) + "\n")
+    final = final_name(study_name)
+    if final_config(record).on and _exists(storage, final):
+        try:
+            results["final"] = final_results(storage, final, scratch)
+        except (DualsegError, ValueError) as exc:  # e.g. no member finished: the search's results still count
+            log.warning("final runs not evaluated: %s", exc)
+            results["final"] = {"study": final, "error": str(exc)}
+    write_results(out / "results.json", results)
     try:
         results["report"] = str(write_report(study_name, storage, study_dir.parent, results_dir=out))
     except DualsegError as exc:  # a report that cannot be drawn must never cost the results
         log.warning("report not written: %s", exc)
     return results
+
+
+def _exists(storage: StorageURL, name: str) -> bool:
+    try:
+        with open_study(storage, name, budget_s=60):
+            return True
+    except InputError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,17 +146,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not a.study:
             raise InputError("--study: not given and $DUALSEG_STUDY is not set")
+        study = parent_name(a.study)  # the final runs' evaluation job evaluates their search
         storage = resolve_storage(a.storage, None, None)
         if storage is None:
             raise InputError("--storage: not given and $DUALSEG_STORAGE is not set")
         if SlurmEnv.read().in_job and not a.no_heal:
             from hpc.heal import heal
 
-            with open_study(storage, a.study, budget_s=300) as opened:
-                outcome = heal(opened, storage, Path(a.scratch) if a.scratch else None)
+            scratch = Path(a.scratch) if a.scratch else None
+            with open_study(storage, study, budget_s=300) as opened:
+                outcome = heal(opened, storage, scratch)
             if outcome in ("waiting", "resubmitted"):
                 return 0
-        r = evaluate_study(storage, a.study, a.scratch, a.out)
+            final = final_stage(storage, study, scratch) if outcome == "complete" else "off"
+            if final in ("submitted", "waiting", "resubmitted"):
+                return 0  # the final runs' own evaluation job (afterany their array) comes back here
+        r = evaluate_study(storage, study, a.scratch, a.out)
     except DualsegError as exc:
         return report_error(exc, storage.scrub if storage is not None else None)
     t = r["test"]

@@ -29,7 +29,8 @@ from dualseg.data.preflight import check_dataset
 from dualseg.errors import DualsegError, InputError, report_error
 from dualseg.io import check_writable_dir
 from hpc import follow, slurm
-from hpc.config import HpcConfig, parse_hpc
+from hpc.config import FINAL_SUFFIX, HpcConfig, parse_hpc
+from hpc.final import check_final
 from hpc.options import add_flags, flag_values
 from hpc.paths import REPO_ROOT, resolve_scratch
 from hpc.prepare import prepare, record_submission
@@ -111,6 +112,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
     configured_storage = cfg.hpc.get("storage")
     cfg.hpc = {k: v for k, v in cfg.hpc.items() if k != "storage"}  # parsed once, below, as a StorageURL
     hpc = parse_hpc(cfg, overrides)
+    if hpc.study.endswith(FINAL_SUFFIX):
+        raise InputError(f"--study: {hpc.study!r}: names ending in {FINAL_SUFFIX} are the final runs' studies "
+                         "(hpc.final); launch the search itself")
     executor = hpc.executor
     if executor == "auto":
         executor = "slurm" if slurm.available() else "local"
@@ -130,6 +134,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     data_root = Path(cfg.data.root)  # absolute paths: jobs may start in another directory
     if not data_root.is_absolute():
         cfg.data.root = str((Path.cwd() / data_root).resolve())
+    check_final(cfg, hpc.final)  # folds: all on a dataset without folds, before anything exists
     cfg.train.scratch = str(scratch)
     if hasattr(cfg.train, "monitor"):
         cfg.train.monitor = hpc.objective  # best.pt is chosen on what the study optimises
@@ -171,6 +176,10 @@ def run_local(plan: Plan) -> int:
     try:
         print(f"local workers: {', '.join(j.job_id for j in workers)}; logs in {plan.logdir}", flush=True)
         failures = follow_local(plan, workers)
+        if plan.hpc.eval and plan.hpc.final.on and not failures:
+            from hpc.final import run_final_local
+
+            failures = run_final_local(plan.storage, plan.hpc.study, plan.scratch)
     except KeyboardInterrupt:  # the workers ignore Ctrl-C: stop them, hand their trials back, one line
         numbers = stop_local(plan, workers)
         held = (f"trial{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))} handed back" if numbers

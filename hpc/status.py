@@ -25,6 +25,8 @@ from optuna.trial import TrialState
 
 from dualseg.errors import DualsegError, report_error
 from hpc.accounting import allocation_efficiency
+from hpc.config import FINAL_SUFFIX
+from hpc.final import final_progress
 from hpc.paths import resolve_scratch
 from hpc.retention import human, scratch_usage
 from hpc.slurm import QUEUED_STATES, squeue_states
@@ -60,7 +62,7 @@ def collect(storage: StorageURL, study_name: str) -> dict[str, Any]:
             "best": None if top is None else {"number": top.number, "value": top.value, "params": top.params},
             "running": running, "failed": failed, "direction": study.direction.name.lower(),
             "resubmits": record.resubmits, "arrays": record.arrays, "scratch": usage,
-            "allocation": allocation_efficiency(trials, record)}
+            "allocation": allocation_efficiency(trials, record), "final": final_progress(storage, study_name)}
 
 
 def render(s: dict[str, Any]) -> str:
@@ -87,6 +89,10 @@ def render(s: dict[str, Any]) -> str:
     if s["resubmits"]:
         arrays = ", ".join(map(str, s["arrays"]))
         lines.append(f"self-healing: workers resubmitted {s['resubmits']} time(s); arrays {arrays}")
+    if s.get("final"):
+        f = s["final"]
+        lines.append(f"final runs: {f['complete']}/{f['total']} members complete, {f['running']} running, "
+                     f"{f['waiting']} waiting, {f['failed']} failed (study {s['study']}{FINAL_SUFFIX})")
     a = s["allocation"]
     if a["efficiency"] is not None:
         lines.append(f"allocation efficiency: {a['efficiency']:.2f} (training+validation steps "

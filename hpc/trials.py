@@ -28,11 +28,13 @@ from optuna.trial import TrialState
 from sqlalchemy.orm import Session
 
 from hpc.config import HpcConfig
+from hpc.final import claim_member
 from hpc.paths import seed_from_retry
 from hpc.search import build_pruner, build_sampler, suggest
 from hpc.slurm import WAITING_STATES, SlurmEnv, squeue_states
 from hpc.storage import OUTAGE, Database, LockTimeout, call, critical_section, job_storage, open_database
 from hpc.study import JOB_ID, REQUEUED_JOB, Counts, Heartbeat, TrialOutcome, allocation_key, decide, fail_trials, schema
+from hpc.study.record import StudyRecord
 from hpc.submit.resources import worker_job_name
 
 log = logging.getLogger("hpc.trials")
@@ -76,6 +78,9 @@ class Coordinator:
                                       grace_period=hpc.grace_period, max_retry=hpc.max_retry, budget_s=hpc.db_outage_s)
         self.study = self.db.load_study(spec.study, pruner=build_pruner(hpc.pruner))
         self.study_id = schema.study_id(self.study)
+        self.final = StudyRecord.read(self.study).final  # a final study (hpc.final): members, never sampled
+        if self.final is not None:
+            self.study.pruner = optuna.pruners.NopPruner()  # a final run is a result, never pruned
         self.study_dir = Path(spec.scratch) / spec.study
         self.label = SlurmEnv.read().label
         self._last_keepalive = 0.0
@@ -165,6 +170,11 @@ class Coordinator:
 
     def _sample(self, trial_id: int, number: int) -> dict[str, Any]:
         """Parameters of the trial: drawn by a sampler seeded for this trial number (fixed ones kept)."""
+        if self.final is not None:  # a final study's trial: its member's overrides (hpc.final), nothing drawn
+            final, spec = self.final, self.spec
+            return self._retry(lambda: claim_member(self.db, spec.study, self.study_id, trial_id, final, spec.config,
+                                                    self.hpc.lock_timeout_s), "final member")
+
         def go() -> dict[str, Any]:
             self.study.sampler = build_sampler(self.hpc, number)
             schema.forget_cached_trials(self.study)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from dualseg.config import S2_BANDS
+from dualseg.data.folds import write_folds
 from dualseg.data.splits import describe_splits, write_splits
 from dualseg.data.tile import Stream, Tile, tile_path
 from dualseg.data.write import write_tile
@@ -207,15 +208,18 @@ def import_pastis(
         atomic_write_text(tmp / MARKER, json.dumps({"source": str(src), "folds": folds, "limit": limit,
                                                     "orbit": orbit}, indent=1) + "\n")  # marks the dir as ours
 
-        def one(item: tuple[str, dict[str, Any]]) -> tuple[str, str]:
+        def one(item: tuple[str, dict[str, Any]]) -> tuple[str, str, int]:
             name, tile = convert_patch(src, item[1], crs, orbit)
             write_tile(tile_path(tmp, name), tile)
-            return item[0], name
+            return item[0], name, int(item[1]["properties"]["Fold"])
 
+        by_fold: dict[int, list[str]] = {}
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for split, name in pool.map(one, chosen):
+            for split, name, fold in pool.map(one, chosen):
                 splits[split].append(name)
+                by_fold.setdefault(fold, []).append(name)
         write_splits(tmp / "splits.json", splits)
+        write_folds(tmp, {str(f): by_fold[f] for f in sorted(by_fold)})  # hpc.final.folds: all rotates them
     return splits
 
 

@@ -131,3 +131,39 @@ def evaluate_checkpoint(
         "unpredicted": unpredicted_total,  # labelled pixels without any valid input: no class in the map
         "tiles": list(bundle.tiles.get(split, [])),
     }
+
+
+def evaluate_ensemble(paths: list[str | Path], cfg: Config, split: str = "test",
+                      overlap: float = DEFAULT_OVERLAP) -> dict[str, Any]:
+    """The ensemble of checkpoints ``paths`` (mean of their probabilities, :mod:`dualseg.infer.ensemble`)
+    scored on ``split`` of ``cfg.data`` like :func:`evaluate_checkpoint` scores one model. One process."""
+    from dualseg.data import build_data
+    from dualseg.data.read import read_labels
+    from dualseg.infer.ensemble import load_members, mean_probabilities
+
+    device = "cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu"
+    members = load_members(paths, device)
+    first = members[0].file
+    state = load_checkpoint(Path(paths[0]))
+    weight = (state.get("data") or {}).get("class_weights")
+    weight = weight.to(torch.float32) if isinstance(weight, torch.Tensor) else None
+    bundle = build_data(cfg.data, splits=(split,), gather=None)
+    k, ignore = first.num_classes, first.ignore_index
+    cm_total = torch.zeros(k, k, dtype=torch.int64)
+    loss_sum = wsum = 0.0
+    unpredicted_total = 0
+    for tile in bundle.datasets[split].tiles:
+        probs, has_input = mean_probabilities(members, tile, overlap=overlap, batch_size=cfg.train.batch_size,
+                                              device=device)
+        log_probs = probs.clamp_min(1e-12).log()  # softmax(log p) = p: the ensemble's logits
+        labels = torch.from_numpy(read_labels(tile))
+        classes, _, _ = to_map(log_probs, has_input, ignore, dtype=np.int64)
+        cm, unpredicted = score_map(classes, labels.numpy(), k, ignore)
+        ls, ws = weighted_ce_sums(log_probs[None], labels[None], weight, ignore)
+        cm_total += cm.to(torch.int64)
+        loss_sum, wsum, unpredicted_total = loss_sum + float(ls), wsum + float(ws), unpredicted_total + unpredicted
+    if int(cm_total.sum()) == 0:
+        raise InputError(f"evaluate: the {split} split has no labelled pixel (all ignore_index)")
+    return {"split": split, "members": [str(p) for p in paths], "loss": loss_sum / wsum if wsum > 0 else float("nan"),
+            **metrics_from_confusion(cm_total), "class_names": list(first.class_names), "overlap": overlap,
+            "unpredicted": unpredicted_total, "tiles": [t.name for t in bundle.datasets[split].tiles]}

@@ -14,9 +14,12 @@ from hpc.study.fail import fail_trials, hand_back, retry_callback
 from hpc.study.heartbeat import Heartbeat, NullHeartbeat
 from hpc.study.record import (
     JOB_ID,
+    MEMBER,
     RECORD_VERSION,
     REQUEUED_JOB,
     RETRY_OF,
+    FinalMember,
+    FinalPlan,
     StudyRecord,
     TrialOutcome,
     TrialRecord,
@@ -24,7 +27,8 @@ from hpc.study.record import (
 )
 
 __all__ = [
-    "JOB_ID", "RECORD_VERSION", "REQUEUED_JOB", "RETRY_OF", "Counts", "Decision", "Heartbeat", "NullHeartbeat",
+    "JOB_ID", "MEMBER", "RECORD_VERSION", "FinalMember", "FinalPlan",
+    "REQUEUED_JOB", "RETRY_OF", "Counts", "Decision", "Heartbeat", "NullHeartbeat",
     "OpenStudy", "StudyRecord", "TrialOutcome", "TrialRecord", "allocation_key", "best", "decide", "fail_trials",
     "hand_back", "open_study", "ranked", "retry_callback", "update_record",
 ]

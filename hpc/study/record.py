@@ -9,7 +9,7 @@ read and write them by hand, and the copies drifted. Every key lives here now, r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import optuna
@@ -20,6 +20,39 @@ RECORD_VERSION = 1
 VERSION_KEY = "record_version"
 ALLOC_PREFIX = "alloc:"  # one study attribute per job run: alloc:<array>_<task>:<restart> -> rank-seconds
 RETRY_OF = "failed_trial"  # system attribute set by Optuna's RetryHeartbeatStaleTrialCallback on a retry
+
+
+@dataclass
+class FinalMember:
+    """One final run: the parent study's trial whose configuration it retrains, with which seed and fold.
+
+    ``rank`` is the configuration's place in the parent's ranking (0 = best); ``fold`` the fold rotation
+    (None without folds); ``epochs`` the epoch count it trains when derived (``hpc.final.epochs``).
+    """
+
+    parent_study: str
+    parent_trial: int
+    rank: int
+    seed: int
+    params: dict[str, Any] = field(default_factory=dict)
+    fold: int | None = None
+    fold_name: str | None = None
+    epochs: int | None = None
+
+
+@dataclass
+class FinalPlan:
+    """What the final study ``<study>/final`` is: its members, in member order (a trial's ``member``)."""
+
+    parent: str
+    members: list[FinalMember] = field(default_factory=list)
+    refit: str = "train"
+
+    @classmethod
+    def from_attr(cls, raw: dict[str, Any]) -> FinalPlan:
+        from dualseg.config import from_dict
+
+        return from_dict(cls, raw, "final")
 
 
 @dataclass
@@ -40,6 +73,7 @@ class StudyRecord:
     arrays: list[str] = field(default_factory=list)
     resubmits: int = 0
     allocations: dict[str, float] = field(default_factory=dict)  # job-run key -> allocated rank-seconds
+    final: FinalPlan | None = None  # set on a final study only: which parent trial/seed/fold each member is
     record_version: int = RECORD_VERSION
 
     @classmethod
@@ -53,6 +87,8 @@ class StudyRecord:
         values["arrays"] = [str(a) for a in values.get("arrays", [])]
         values["trials"] = int(values.get("trials", 0))
         values["resubmits"] = int(values.get("resubmits", 0))
+        if "final" in values:
+            values["final"] = FinalPlan.from_attr(values["final"])
         allocations = {k: float(v) for k, v in attrs.items() if k.startswith(ALLOC_PREFIX)}
         return cls(**values, allocations=allocations, record_version=version)
 
@@ -64,7 +100,7 @@ class StudyRecord:
         """The attributes the launcher writes when it creates or resumes the study."""
         return {"config": self.config, "trials": self.trials, "scratch": self.scratch, "objective": self.objective,
                 "code_version": self.code_version, "incarnation": self.incarnation, "launch": self.launch,
-                VERSION_KEY: RECORD_VERSION}
+                **({"final": asdict(self.final)} if self.final is not None else {}), VERSION_KEY: RECORD_VERSION}
 
     @property
     def world_size(self) -> int:
@@ -95,6 +131,7 @@ class TrialRecord:
     run_dir: str | None = None
     data_root: str | None = None  # the tiles it trained on (the study's config: --set overrides included)
     busy_s: float = 0.0
+    member: int | None = None  # a final study's trial: its index in the study's FinalPlan.members
     retry_of: int | None = None  # the failed trial this one retries (Optuna's system attribute)
 
     @classmethod
@@ -113,7 +150,8 @@ class TrialRecord:
 # Keys other modules write by name (trial attributes set one at a time during a run).
 JOB_ID = "job_id"
 REQUEUED_JOB = "requeued_job"
-for _key in (JOB_ID, REQUEUED_JOB):
+MEMBER = "member"  # kept across retries (Optuna's retry copies user attributes; not a per-run key)
+for _key in (JOB_ID, REQUEUED_JOB, MEMBER):
     assert _key in {f.name for f in fields(TrialRecord)}
 
 

@@ -50,6 +50,8 @@ def test_import_round_trip_and_folds(tmp_path):
     assert splits == {"train": ["pastis_10000", "pastis_10001", "pastis_10002"], "val": ["pastis_10003"],
                       "test": ["pastis_10004"]}
     assert json.loads((tmp_path / "out" / "splits.json").read_text()) == splits
+    assert json.loads((tmp_path / "out" / "folds.json").read_text()) == {  # hpc.final.folds: all rotates these
+        str(i + 1): [f"pastis_1000{i}"] for i in range(5)}
     t = read_tile(tmp_path / "out" / "pastis_10001.zarr")
     s2 = np.load(src / "DATA_S2" / "S2_10001.npy")
     s1 = np.load(src / "DATA_S1A" / "S1A_10001.npy")

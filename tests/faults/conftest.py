@@ -269,6 +269,11 @@ def faults(hpc_tools):  # noqa: F811 - the imported fixture, requested by name
         launched.append(launch_search(hpc_tools, *a, **k))
         return launched[-1]
 
-    yield SimpleNamespace(launch=launch, exact=assert_exact, wait_for=wait_for)
+    def follow(parent: Search, study: str, array: str) -> Search:
+        """A study the search started (its final runs, ``<study>/final``) and its array; cancelled at teardown too."""
+        launched.append(Search(hpc_tools, parent.scratch, study, parent.url, f"submitted array {array}\n"))
+        return launched[-1]
+
+    yield SimpleNamespace(launch=launch, exact=assert_exact, wait_for=wait_for, follow=follow)
     for search in launched:
         search.cancel()

@@ -198,3 +198,37 @@ def test_one_cpu_partition_without_cpus_per_task(slurm_env, pg_db_url, tiny_args
     faults.exact(s, 1)
     script = next(s.logdir.glob("eval-*.sbatch")).read_text()
     assert "#SBATCH --cpus-per-task=1" in script and "#SBATCH --partition=one" in script
+
+
+def test_sigkill_of_a_final_runs_rank_heals_and_keeps_the_exact_count(slurm_env, pg_db_url, tiny_args,
+                                                                      faults) -> None:
+    """hpc.final: a rank of the final runs' job is killed mid-trial; the final study's evaluation job heals it
+    like any search (resubmits, the killed member's retry resumes), exactly 2 members finish, results.json."""
+    import json
+
+    import optuna
+
+    from hpc.study import StudyRecord, TrialRecord
+
+    s = faults.launch(tiny_args, pg_db_url, "fkill", "--nodes", "2", "--trials", "1", "--workers", "1",
+                      "--time", "10", "--set", "train.epochs=3", "--set", "hpc.final={seeds: 2}", *SLOW)
+
+    def final_arrays() -> list[str]:
+        try:
+            return StudyRecord.read(optuna.load_study(study_name="fkill/final", storage=pg_db_url)).arrays
+        except KeyError:
+            return []
+
+    faults.wait_for(lambda: bool(final_arrays()), 300, "the final runs' array")
+    final = faults.follow(s, "fkill/final", final_arrays()[0])
+    final.wait_line(final.log(None), "epoch 0:", 200)
+    os.kill(_rank_pid(final.array, 1), signal.SIGKILL)
+    s.wait_done(timeout=600)
+    trials = faults.exact(final, 2, epochs=3)
+    assert sorted(TrialRecord.of(t).member for t in trials if t.state.name == "COMPLETE") == [0, 1]
+    assert len(StudyRecord.read(optuna.load_study(study_name="fkill/final", storage=pg_db_url)).arrays) >= 2
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") is not None and t.state.name == "COMPLETE"]
+    assert retried, [(t.number, t.state.name) for t in trials]
+    section = json.loads((s.study_dir / "results" / "results.json").read_text())["final"]
+    assert section["complete"] == 2 and section["summary"]["ensemble"] is not None
+    faults.exact(s, 1)

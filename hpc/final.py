@@ -1,0 +1,220 @@
+"""Final runs (``hpc.final``): the best configuration(s) retrained over seeds and folds, as trials of a second study.
+
+One search result is one draw; a publishable number is a mean with its spread. Once the search is complete
+the evaluation job creates the study ``<study>/final`` in the same storage, with one WAITING trial per member
+(``enqueue_trial``: parameters fixed to the parent trial's, the member index a trial attribute), and submits
+workers for it: the *same* :class:`hpc.worker.Worker` array through :mod:`hpc.submit`, so final runs get the
+exact count, checkpoints, requeue, heartbeat retry and self-healing of any trial. The final study's
+:class:`hpc.study.StudyRecord` says which parent trial, seed and fold each member is
+(:class:`hpc.study.FinalPlan`); the worker's :class:`hpc.trials.Coordinator` turns a member into its
+overrides (:func:`member_overrides`) instead of sampling, and never prunes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from optuna.trial import FrozenTrial, TrialState
+
+from dualseg import code_version
+from dualseg.config import Config, DataConfig, from_dict
+from dualseg.data.folds import read_folds, require_folds, rotation
+from dualseg.errors import InputError
+from hpc.config import FINAL_SUFFIX, FinalConfig, parse_hpc
+from hpc.paths import claim_study_dir, new_incarnation, study_scratch
+from hpc.storage import Database, StorageURL, create_or_load_study, critical_section, exclusive, open_database
+from hpc.study import MEMBER, FinalMember, FinalPlan, OpenStudy, StudyRecord, TrialRecord, open_study, ranked
+
+log = logging.getLogger("hpc.final")
+Stage = Literal["off", "submitted", "waiting", "resubmitted", "complete", "exhausted"]
+
+
+def final_name(study: str) -> str:
+    return study + FINAL_SUFFIX
+
+
+def parent_name(study: str) -> str:
+    """The search a study name belongs to (a final study's evaluation job is the parent's)."""
+    return study.removesuffix(FINAL_SUFFIX)
+
+
+def final_config(record: StudyRecord) -> FinalConfig:
+    """The parent study's ``hpc.final``, as launched."""
+    return parse_hpc(from_dict(Config, record.config or {})).final if record.config else FinalConfig()
+
+
+def check_final(cfg: Config, final: FinalConfig) -> None:
+    """The checks that need the data (launch and ``--dry-run``): folds on a dataset that has none."""
+    if final.on and final.folds == "all":
+        require_folds(cfg.data)
+
+
+def plan_members(parent: str, trials: list[FrozenTrial], direction: Any, final: FinalConfig,
+                 cfg: Config) -> list[FinalMember]:
+    """Members in order: configuration (best first) x fold rotation x seed."""
+    top = ranked(trials, direction)
+    if len(top) < final.top_k:
+        raise InputError(f"hpc.final.top_k: {final.top_k} configurations asked, but study {parent!r} has only "
+                         f"{len(top)} complete trial(s)")
+    folds = require_folds(cfg.data) if final.folds == "all" else None
+    rotations: list[tuple[int | None, str | None]] = \
+        [(i, name) for i, name in enumerate(folds)] if folds is not None else [(None, None)]
+    members = []
+    for rank, trial in enumerate(top[:final.top_k]):
+        epochs = _epochs(trial, final)
+        for fold, fold_name in rotations:
+            members += [FinalMember(parent, trial.number, rank, cfg.train.seed + s, dict(trial.params), fold,
+                                    fold_name, epochs) for s in range(final.seeds)]
+    return members
+
+
+def _epochs(trial: FrozenTrial, final: FinalConfig) -> int | None:
+    if isinstance(final.epochs, int):
+        return final.epochs
+    if final.epochs == "fixed":
+        return None
+    best_epoch = TrialRecord.of(trial).best_epoch
+    if best_epoch is None or best_epoch < 0:
+        raise InputError(f"hpc.final.epochs: best, but trial {trial.number} recorded no best epoch")
+    return best_epoch + 1  # epochs are counted from 0
+
+
+def member_overrides(member: FinalMember, data: DataConfig) -> dict[str, Any]:
+    """What makes a member itself beyond its parameters: its seed (model init and data order), its fold's
+    tile lists, its epoch count (no early stop then: the count was derived to be trained)."""
+    out: dict[str, Any] = {**member.params, "train.seed": member.seed, "data.seed": member.seed}
+    if member.fold is not None:
+        folds = read_folds(data)
+        if folds is None or member.fold_name not in folds:
+            raise InputError(f"hpc.final: member of fold {member.fold_name} but {data.root} no longer records it")
+        split = rotation(folds, member.fold)
+        out |= {"data.train_tiles": split["train"], "data.val_tiles": split["val"], "data.test_tiles": split["test"]}
+    if member.epochs is not None:
+        out |= {"train.epochs": member.epochs, "train.patience": member.epochs + 1}
+    return out
+
+
+def claim_member(db: Database, study: str, sid: int, trial_id: int, final: FinalPlan, config: dict[str, Any],
+                 lock_timeout_s: float) -> dict[str, Any]:
+    """The overrides of the member a final trial runs (the worker's Coordinator, instead of sampling): the
+    trial's own ``member`` (enqueued, or inherited by a retry), else the first member no live trial holds
+    (a member whose retries ran out gets a fresh trial), chosen under the study lock."""
+    frozen = db.storage.get_trial(trial_id)
+    index = TrialRecord.of(frozen).member
+    if index is None:
+        with critical_section(db.engine, db.url, study, lock_timeout_s):
+            others = [t for t in db.storage.get_all_trials(sid, deepcopy=False)
+                      if t.number != frozen.number and t.state != TrialState.FAIL]
+            held = {TrialRecord.of(t).member for t in others}
+            index = next((i for i in range(len(final.members)) if i not in held), None)
+            if index is None:
+                raise InputError(f"final trial {frozen.number}: every member of {study} is held by another trial")
+            db.storage.set_trial_user_attr(trial_id, MEMBER, index)
+    member = final.members[index]
+    log.info("final trial %d is member %d: trial %d of %s, seed %d%s", frozen.number, index, member.parent_trial,
+             member.parent_study, member.seed, "" if member.fold is None else f", fold {member.fold_name}")
+    return member_overrides(member, from_dict(Config, config).data)
+
+
+def member_config(record: StudyRecord, member: FinalMember) -> Config:
+    from dualseg.config import apply_overrides
+
+    cfg = from_dict(Config, record.config or {})
+    return apply_overrides(cfg, member_overrides(member, cfg.data))
+
+
+def ensure_final_study(parent: OpenStudy, storage: StorageURL, scratch: Path | None) -> tuple[StudyRecord, bool]:
+    """The final study of a complete search, created once (its members enqueued); (record, created now)."""
+    name = final_name(parent.study.study_name)
+    db = parent.db
+    with exclusive(db.engine, db.url, f"{name}/create", timeout_s=600):
+        try:
+            return StudyRecord.read(db.load_study(name)), False
+        except InputError:
+            pass
+        rec = parent.record
+        final = final_config(rec)
+        cfg = from_dict(Config, rec.config or {})
+        members = plan_members(parent.study.study_name, parent.trials(), parent.study.direction, final, cfg)
+        workers = max(1, min(int(rec.launch.get("workers", 1)), len(members)))
+        record = StudyRecord(config=rec.config, trials=len(members), scratch=rec.scratch, objective=rec.objective,
+                             code_version=code_version(), incarnation=new_incarnation(),
+                             launch={**rec.launch, "study": name, "trials": len(members), "workers": workers},
+                             final=FinalPlan(parent.study.study_name, members, final.refit))
+        assert record.incarnation is not None
+        claim_study_dir(study_scratch(scratch, rec.scratch) / name, record.incarnation, name)
+        study = create_or_load_study(db, name, parent.study.direction.name.lower(), record.launch_attrs())
+        with critical_section(db.engine, db.url, name):  # every trial of a study is created under its lock
+            for i, m in enumerate(members):
+                study.enqueue_trial(m.params, user_attrs={MEMBER: i})
+        log.warning("study %s: %d final run(s) of the best %d configuration(s) in study %s", name, len(members),
+                    final.top_k, parent.study.study_name)
+        return record, True
+
+
+def final_stage(storage: StorageURL, parent: str, scratch: Path | None, local: bool = False) -> Stage:
+    """The evaluation job's step after a complete search: create and submit the final runs, or heal them.
+
+    ``submitted``/``waiting``/``resubmitted``: a later evaluation job (afterany the final array) comes back.
+    """
+    with open_study(storage, parent, budget_s=300) as opened:
+        if not final_config(opened.record).on:
+            return "off"
+        record, created = ensure_final_study(opened, storage, scratch)
+    name = final_name(parent)
+    if local:
+        return "submitted" if created else "complete"
+    from hpc.heal import heal, plan_from_record
+    from hpc.submit import jobs
+
+    if created:
+        plan = plan_from_record(record, name, storage, scratch)
+        plan.logdir.mkdir(parents=True, exist_ok=True)
+        res = jobs.eval_resources(plan, jobs.partition_node(plan))
+        array_id = jobs.submit_array(plan, plan.hpc.workers)
+        with open_study(storage, name, budget_s=60) as final:
+            from hpc.study import update_record
+
+            update_record(final, lambda r: {"arrays": [*r.arrays, array_id]})
+        eval_id = jobs.submit_eval(plan, array_id, res)
+        print(f"final runs: array {array_id} ({len(record.final.members) if record.final else 0} member(s)); "
+              f"evaluation job {eval_id} follows it", flush=True)
+        return "submitted"
+    with open_study(storage, name, budget_s=300) as final:
+        return heal(final, storage, scratch)
+
+
+def run_final_local(storage: StorageURL, parent: str, scratch: Path) -> list[str]:
+    """The local default: the final study's workers through the local backend, followed like the search."""
+    from hpc.heal import plan_from_record
+    from hpc.progress import follow_local
+    from hpc.submit import jobs
+
+    if final_stage(storage, parent, scratch, local=True) == "off":
+        return []
+    name = final_name(parent)
+    with open_study(storage, name, budget_s=60) as opened:
+        plan = plan_from_record(opened.record, name, storage, scratch)
+    plan.executor = "local"
+    plan.logdir.mkdir(parents=True, exist_ok=True)
+    print(f"final runs: study {name}, {plan.hpc.trials} member(s)", flush=True)
+    return follow_local(plan, jobs.run_local_workers(plan))
+
+
+def final_progress(storage: StorageURL, parent: str) -> dict[str, int] | None:
+    """Members complete/running/total of the final study, or None when there is none (status)."""
+    from hpc.study import Counts
+
+    db = open_database(storage, budget_s=30)
+    try:
+        try:
+            study = db.load_study(final_name(parent))
+        except InputError:
+            return None
+        counts, record = Counts.of(study.get_trials(deepcopy=False)), StudyRecord.read(study)
+    finally:
+        db.close()
+    return {"complete": counts.complete, "running": counts.running, "waiting": counts.waiting,
+            "failed": counts.fail, "total": record.trials}

@@ -1,0 +1,139 @@
+"""Final runs (hpc.final): the config, the members, the final study's record, and the local search end to end."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+
+from dualseg.config import Config, DataConfig
+from dualseg.data.folds import write_folds
+from dualseg.errors import InputError
+from hpc.config import FinalConfig, parse_hpc
+from hpc.final import final_name, member_overrides, parent_name, plan_members
+from hpc.study import FinalMember, FinalPlan, StudyRecord, TrialRecord
+
+MIN = optuna.study.StudyDirection.MINIMIZE
+
+
+def _trial(number: int, value: float, lr: float, best_epoch: int) -> optuna.trial.FrozenTrial:
+    t = optuna.create_trial(state=TrialState.COMPLETE, value=value, params={"train.lr": lr},
+                            distributions={"train.lr": FloatDistribution(1e-4, 1.0)},
+                            user_attrs={"best_epoch": best_epoch})
+    t.number = number
+    return t
+
+
+TRIALS = [_trial(0, 0.9, 0.1, 4), _trial(1, 0.5, 0.2, 2), _trial(2, 0.7, 0.3, 0)]
+
+
+def test_config_defaults_off_and_is_validated_where_declared() -> None:
+    assert not parse_hpc(Config()).final.on  # today's behaviour stays the default
+    f = parse_hpc(Config(hpc={"final": {"seeds": 3, "top_k": 2, "epochs": 7}})).final
+    assert (f.on, f.seeds, f.top_k, f.folds, f.refit, f.epochs) == (True, 3, 2, "none", "train", 7)
+    for bad, message in (({"seeds": -1}, "hpc.final.seeds: must be >= 0"), ({"top_k": 0}, "top_k: must be >= 1"),
+                         ({"top_k": 9}, "at most 8 complete trials"), ({"epochs": 0}, "a number >= 1"),
+                         ({"epochs": "last"}, "hpc.final.epochs"), ({"folds": "five"}, "hpc.final.folds")):
+        with pytest.raises(InputError, match=message):
+            parse_hpc(Config(hpc={"final": bad}))
+
+
+def test_members_are_configuration_by_fold_by_seed(tmp_path: Path) -> None:
+    cfg = Config(data=DataConfig(root=str(tmp_path)))
+    cfg.train.seed = 10
+    members = plan_members("s", TRIALS, MIN, FinalConfig(seeds=2, top_k=2, epochs="best"), cfg)
+    assert [(m.parent_trial, m.rank, m.seed, m.epochs, m.fold) for m in members] == [
+        (1, 0, 10, 3, None), (1, 0, 11, 3, None), (2, 1, 10, 1, None), (2, 1, 11, 1, None)]
+    assert members[0].params == {"train.lr": 0.2}
+    assert [m.epochs for m in plan_members("s", TRIALS, MIN, FinalConfig(seeds=1), cfg)] == [None]  # fixed
+    with pytest.raises(InputError, match=r"top_k: 4 configurations asked, but study 's' has only 3 complete"):
+        plan_members("s", TRIALS, MIN, FinalConfig(seeds=1, top_k=4), cfg)
+    with pytest.raises(InputError, match="needs a dataset with folds"):
+        plan_members("s", TRIALS, MIN, FinalConfig(seeds=1, folds="all"), cfg)
+    write_folds(tmp_path, {"a": ["t0"], "b": ["t1"], "c": ["t2"]})
+    folded = plan_members("s", TRIALS, MIN, FinalConfig(seeds=2, folds="all"), cfg)
+    assert [(m.fold, m.fold_name, m.seed) for m in folded] == [
+        (0, "a", 10), (0, "a", 11), (1, "b", 10), (1, "b", 11), (2, "c", 10), (2, "c", 11)]
+    o = member_overrides(folded[3], cfg.data)
+    assert o == {"train.lr": 0.2, "train.seed": 11, "data.seed": 11, "data.train_tiles": ["t0"],
+                 "data.val_tiles": ["t2"], "data.test_tiles": ["t1"]}
+    assert member_overrides(members[0], cfg.data)["train.epochs"] == 3
+
+
+def test_final_record_round_trips_typed() -> None:
+    plan = FinalPlan("s", [FinalMember("s", 1, 0, 10, {"train.lr": 0.2}, 2, "c", 3)])
+    rec = StudyRecord(config={}, trials=1, final=plan)
+    back = StudyRecord.from_attrs(json.loads(json.dumps(rec.launch_attrs())))
+    assert back.final == plan and isinstance(back.final.members[0], FinalMember)
+    assert StudyRecord.from_attrs(StudyRecord(trials=2).launch_attrs()).final is None
+    assert final_name("s") == "s/final" and parent_name("s/final") == "s" and parent_name("s") == "s"
+    t = optuna.create_trial(state=TrialState.WAITING, user_attrs={"member": 4})
+    assert TrialRecord.of(t).member == 4
+
+
+def test_local_search_with_two_seeds_ends_with_spread_and_ensemble(hpc_tools: SimpleNamespace, tiny_args: list[str],
+                                                                   tmp_path: Path) -> None:
+    r = hpc_tools.run_cli("launch.py", *tiny_args, "--executor", "local", "--trials", "2", "--study", "fin",
+                          "--set", "hpc.final={seeds: 2}", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "final runs: study fin/final, 2 member(s)" in r.stdout
+    study_dir = tmp_path / "scratch" / "fin"
+    storage = f"sqlite:///{study_dir / 'study.db'}"
+    final = optuna.load_study(study_name="fin/final", storage=storage)
+    assert [t.state for t in final.trials] == [TrialState.COMPLETE] * 2  # exactly the members, no extra trial
+    record = StudyRecord.read(final)
+    best = optuna.load_study(study_name="fin", storage=storage).best_trial
+    assert record.final is not None and [(m.parent_study, m.parent_trial, m.seed) for m in record.final.members] \
+        == [("fin", best.number, 0), ("fin", best.number, 1)]
+    assert sorted(TrialRecord.of(t).member for t in final.trials) == [0, 1]
+    results = json.loads((study_dir / "results" / "results.json").read_text())
+    section = results["final"]
+    assert (section["study"], section["planned"], section["complete"]) == ("fin/final", 2, 2)
+    assert [m["seed"] for m in section["members"]] == [0, 1]
+    assert all((study_dir / "final" / f"trial-{m['trial']}" / "best.pt").is_file() for m in section["members"])
+    mious = [m["test"]["miou"] for m in section["members"]]
+    s = section["summary"]["metrics"]["miou"]
+    assert s["n"] == 2 and s["mean"] == pytest.approx(sum(mious) / 2) and s["low"] <= s["mean"] <= s["high"]
+    assert s["std"] == pytest.approx(abs(mious[0] - mious[1]) / 2 ** 0.5)
+    assert len(section["summary"]["iou"]) == len(section["class_names"])
+    ensemble = section["summary"]["ensemble"]
+    assert ensemble is not None and 0.0 <= ensemble["miou"] <= 1.0 and len(ensemble["members"]) == 2
+    # the seed-0 member retrains the best trial itself: same seed, same parameters, same test score
+    assert section["members"][0]["test"]["miou"] == pytest.approx(results["test"]["miou"])
+    st = hpc_tools.run_cli("status.py", "--study", "fin", "--scratch", str(tmp_path / "scratch"))
+    assert "final runs: 2/2 members complete, 0 running" in st.stdout, st.stdout + st.stderr
+
+
+def test_slurm_search_with_two_seeds_runs_final_members_as_two_node_trials(slurm_env, pg_db_url, hpc_tools,
+                                                                          tiny_args, tmp_path) -> None:
+    """The real bed: the evaluation job submits the final array (same 2-node shape) and an evaluation job
+    afterany it; that one evaluates, and results.json holds the members, their spread and the ensemble."""
+    r = hpc_tools.run_cli("launch.py", *tiny_args, "--nodes", "2", "--trials", "2", "--workers", "1",
+                          "--partition", slurm_env["partition"], "--time", "10", "--study", "finbed",
+                          "--storage", pg_db_url, "--set", "hpc.final={seeds: 2}", timeout=120)
+    assert r.returncode == 0, r.stderr
+    array, eval_id = hpc_tools.job_ids_from(r.stdout)
+    assert eval_id
+    deadline = time.monotonic() + 900
+    while hpc_tools.jobs_named("-finbed"):  # the search, its evaluation, the final array, the final evaluation
+        assert time.monotonic() < deadline, f"jobs of finbed still queued: {hpc_tools.jobs_named('-finbed')}"
+        time.sleep(2)
+    study_dir = tmp_path / "scratch" / "finbed"
+    final = optuna.load_study(study_name="finbed/final", storage=pg_db_url)
+    assert [t.state for t in final.trials] == [TrialState.COMPLETE] * 2
+    record = StudyRecord.read(final)
+    assert record.final is not None and [m.seed for m in record.final.members] == [0, 1] and record.arrays
+    logs = study_dir / "final" / "logs"
+    final_array = record.arrays[0]
+    for rank in (0, 1):  # the final runs are 2-node DDP trials like the search's
+        text = (logs / f"{final_array}_{rank}_log.out").read_text()
+        assert f"[rank {rank}/2 node n" in text and ("is member" in text) == (rank == 0), text[-2000:]
+    section = json.loads((study_dir / "results" / "results.json").read_text())["final"]
+    assert section["complete"] == 2 and section["summary"]["metrics"]["miou"]["n"] == 2
+    assert section["summary"]["ensemble"] is not None
