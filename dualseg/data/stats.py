@@ -32,7 +32,7 @@ from dualseg.io import atomic_write_text
 
 log = logging.getLogger("dualseg.data.stats")
 
-CACHE_VERSION = 2  # 2: keyed by tile contents (was the root zarr.json stamp)
+CACHE_VERSION = 3  # 2: keyed by tile contents (was the root zarr.json stamp); 3: + tile format version
 CACHE_MODES = ("read", "rebuild", "off")
 
 
@@ -142,7 +142,7 @@ def fingerprint(infos: list[TileInfo], bands: dict[str, list[str]]) -> str:
     manifest plus every stored file's key, size and mtime: :func:`~dualseg.data.manifest.content_stamp`),
     so rewriting any band of any train tile in place misses the cache. No chunk is read."""
     h = hashlib.sha256()
-    stamp = [[info.name, content_stamp(info.path)] for info in sorted(infos, key=lambda i: i.name)]
+    stamp = [[info.name, info.version, content_stamp(info.path)] for info in sorted(infos, key=lambda i: i.name)]
     h.update(json.dumps({"v": CACHE_VERSION, "bands": bands, "tiles": stamp}, sort_keys=True).encode())
     return h.hexdigest()[:20]
 

@@ -2,10 +2,12 @@
 
 Layout of ``<root>/<tile>.zarr`` (see docs/data.md)::
 
-    attrs: format="dualseg-tile", version=1, class_names=[...], nodata=<float|null>, crs, transform
-    s1/  attrs bands=[...];  <band> (T1,H,W) float32 (dB);  time (T1,) int32 days since 1970-01-01
-    s2/  attrs bands=[...];  <band> (T2,H,W) float32 (reflectance);  time (T2,);  cloud (T2,H,W) bool (optional)
+    attrs: format="dualseg-tile", version=2 (or 1), class_names=[...], nodata=<float|null>, crs, transform
+    s1/  attrs bands=[...];  <band> (T1,H,W) int16 dB x 100 (v1: float32 dB);  time (T1,) int32 days
+    s2/  attrs bands=[...];  <band> (T2,H,W) uint16 (v1: float32 reflectance x 1e4);  time;  cloud (T2,H,W) bool
     labels (H,W) int16, attrs ignore_index
+    version 2 bands carry scale/offset/nodata/valid_range (:mod:`dualseg.data.quant`); readers
+    dequantise them to float32, so version 1 and 2 tiles read alike.
 
 Every stored band is its own array so a band subset reads only the bytes it needs. The writer
 (atomic; chunking and codecs) is :mod:`dualseg.data.write`; the pixel readers (``read_stream``,
@@ -29,10 +31,16 @@ import numpy as np
 import zarr
 
 from dualseg.data.manifest import check_chunks
+from dualseg.data.quant import Quant
 from dualseg.errors import InputError
 
 FORMAT = "dualseg-tile"
-VERSION = 1
+VERSION = 2  # what writers write; every version in FORMAT_DTYPES is read
+# THE table of band dtypes per format version and stream (checks read it; nothing else lists them)
+FORMAT_DTYPES: dict[int, dict[str, frozenset[str]]] = {
+    1: {"s1": frozenset({"float32"}), "s2": frozenset({"float32"})},
+    2: {"s1": frozenset({"int16"}), "s2": frozenset({"uint16"})},
+}
 STREAMS = ("s1", "s2")
 DEFAULT_IGNORE_INDEX = 255
 DEFAULT_CHUNK_HW = 128
@@ -68,6 +76,7 @@ class StreamInfo:
     bands: list[str]
     time: np.ndarray  # (T,) int64
     has_cloud: bool
+    quant: list[Quant] | None = None  # per band (version 2), None = float bands (version 1)
 
     @property
     def t(self) -> int:
@@ -88,6 +97,7 @@ class TileInfo:
     nodata: float | None
     attrs: dict[str, Any] = field(default_factory=dict)
     has_labels: bool = True
+    version: int = 1
 
     @property
     def num_classes(self) -> int:
@@ -156,8 +166,7 @@ def open_tile(
     name = path.name.removesuffix(".zarr")
     root = open_group(path, name)
     attrs = dict(root.attrs)
-    if attrs.get("format") == FORMAT and int(cast(int, attrs.get("version", VERSION))) > VERSION:
-        raise InputError(f"tile {name}: format version {attrs['version']} is newer than this dualseg reads ({VERSION})")
+    version = tile_version(attrs, name)
     class_names = attrs.get("class_names")
     if not require_labels and class_names is None:  # a bare input tile: the model knows the classes
         class_names = []
@@ -181,6 +190,7 @@ def open_tile(
         if time.ndim != 1:
             raise InputError(f"tile {name}: {key}/time must be 1-D, got shape {time.shape}")
         check_dates(name, key, time)
+        quant: list[Quant] = []
         for band in bands:
             arr = g.get(band)
             if arr is None:
@@ -196,6 +206,8 @@ def open_tile(
             if tuple(arr.shape[1:]) != hw:
                 raise InputError(f"tile {name}: {key}/{band} has H,W={tuple(arr.shape[1:])} but labels are {hw}")
             opened[f"{key}/{band}"] = arr
+            if version >= 2:
+                quant.append(_band_quant(arr, version, name, key, band))
         cloud = g.get("cloud")
         has_cloud = cloud is not None
         if cloud is not None and not isinstance(cloud, zarr.Array):
@@ -204,7 +216,8 @@ def open_tile(
             if tuple(cloud.shape) != (time.shape[0], *hw):
                 raise InputError(f"tile {name}: {key}/cloud shape {tuple(cloud.shape)} != {(time.shape[0], *hw)}")
             opened[f"{key}/cloud"] = cloud
-        streams[key] = StreamInfo(bands=bands, time=time.astype(np.int64), has_cloud=has_cloud)
+        streams[key] = StreamInfo(bands=bands, time=time.astype(np.int64), has_cloud=has_cloud,
+                                  quant=quant if version >= 2 else None)
     check_chunks(path, name, opened)
     nodata = attrs.get("nodata")
     return TileInfo(
@@ -219,7 +232,33 @@ def open_tile(
         nodata=None if nodata is None else float(cast(float, nodata)),
         attrs=attrs,
         has_labels=labels is not None,
+        version=version,
     )
+
+
+def tile_version(attrs: dict[str, Any], name: str) -> int:
+    """The tile's format version (1 when unstated: the oldest tiles); an unknown one is an error."""
+    raw = attrs.get("version", 1) if attrs.get("format", FORMAT) == FORMAT else 1
+    try:
+        version = int(cast(int, raw))
+    except (TypeError, ValueError):
+        raise InputError(f"tile {name}: format version {raw!r} is not an integer") from None
+    if version > max(FORMAT_DTYPES):
+        raise InputError(f"tile {name}: format version {version} is newer than this dualseg reads ({max(FORMAT_DTYPES)})")
+    if version not in FORMAT_DTYPES:
+        raise InputError(f"tile {name}: format version {version} is not one this dualseg reads "
+                         f"({', '.join(map(str, sorted(FORMAT_DTYPES)))})")
+    return version
+
+
+def _band_quant(arr: zarr.Array, version: int, name: str, key: str, band: str) -> Quant:
+    """A quantised band's encoding from its attributes; its dtype must be the version's."""
+    where = f"tile {name}: band {key}/{band}"
+    allowed = FORMAT_DTYPES[version][key]
+    if str(arr.dtype) not in allowed:
+        raise InputError(f"{where}: dtype {arr.dtype} is not allowed in format version {version} "
+                         f"({', '.join(sorted(allowed))})")
+    return Quant.from_attrs(dict(arr.attrs), arr.dtype, where)
 
 
 def _unlabelled_hw(root: zarr.Group, name: str, s1_bands: list[str] | None) -> tuple[int, ...]:
@@ -243,7 +282,7 @@ def row_windows(info: TileInfo, key: str, budget: int | None = None) -> Iterator
     (statistics, validation) keep bounded memory even on a full 10980x10980 S2 tile."""
     budget = WINDOW_BYTES if budget is None else budget
     si = info.streams[key]
-    per_row = max(1, len(si.bands) * si.t * info.width * 4)
+    per_row = max(1, len(si.bands) * si.t * info.width * 4)  # float32 as read
     rows = max(1, min(info.height, budget // per_row))
     for y in range(0, info.height, rows):
         yield slice(y, min(y + rows, info.height)), slice(0, info.width)

@@ -26,7 +26,8 @@ from zarr.codecs import BloscCodec
 from zarr.core.array_spec import ArrayConfigParams
 
 from dualseg.data.manifest import arrays_of, chunk_keys, stored_files, write_manifest
-from dualseg.data.tile import DEFAULT_CHUNK_HW, FORMAT, STREAMS, VERSION, Stream, Tile, check_dates
+from dualseg.data.quant import QUANT
+from dualseg.data.tile import DEFAULT_CHUNK_HW, FORMAT, FORMAT_DTYPES, STREAMS, VERSION, Stream, Tile, check_dates
 from dualseg.errors import InputError
 from dualseg.io import replace_dir
 
@@ -81,15 +82,20 @@ def write_tile(
     chunk_hw: int = DEFAULT_CHUNK_HW,
     overwrite: bool = False,
     codec: str = "lz4",
+    version: int = VERSION,
 ) -> Path:
     """Check ``tile`` and write it to ``path`` atomically (temp dir + rename), return ``path``.
 
     A crash mid-write leaves at most a hidden ``.<name>.tmp-*`` directory, never a half tile.
     ``codec`` is ``lz4`` | ``zstd`` | ``none`` (readers need no option: zarr records it).
+    ``version`` 2 (default) quantises the bands (:mod:`dualseg.data.quant`: a value outside the
+    representable range is an InputError naming tile and band); 1 writes float32 bands.
     """
     path = Path(path)
     name = path.name.removesuffix(".zarr")
     comp = _compressors(codec)
+    if version not in FORMAT_DTYPES:
+        raise InputError(f"tile {name}: cannot write format version {version} ({', '.join(map(str, FORMAT_DTYPES))})")
     hw = _check_stream(name, "s1", tile.s1, None)
     hw = _check_stream(name, "s2", tile.s2, hw)
     if tile.labels.shape != hw:
@@ -99,7 +105,7 @@ def write_tile(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        _write_group(tmp, tile, hw, chunk_hw, comp)
+        _write_group(tmp, name, tile, hw, chunk_hw, comp, version)
         replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -108,16 +114,17 @@ def write_tile(
 
 
 def _write_group(
-    tmp: Path, tile: Tile, hw: tuple[int, int], chunk_hw: int, comp: list[BloscCodec] | None
+    tmp: Path, name: str, tile: Tile, hw: tuple[int, int], chunk_hw: int, comp: list[BloscCodec] | None, version: int
 ) -> None:
     ch, cw = min(chunk_hw, hw[0]), min(chunk_hw, hw[1])
     root = zarr.open_group(tmp, mode="w", zarr_format=3)
     root.attrs.update(
         {
             "format": FORMAT,
-            "version": VERSION,
+            "version": version,
             "class_names": list(tile.class_names),
-            "nodata": None if tile.nodata is None else float(tile.nodata),
+            # version 2: nodata is per band (its DN); the float value was mapped to it on encoding
+            "nodata": None if tile.nodata is None or version >= 2 else float(tile.nodata),
             "crs": tile.crs,
             "transform": None if tile.transform is None else [float(v) for v in tile.transform],
             "time_epoch": "1970-01-01",
@@ -128,8 +135,15 @@ def _write_group(
         g = root.create_group(key, attributes={"bands": list(s.bands)})
         t = len(s.time)
         for band, arr in s.bands.items():
-            data = np.ascontiguousarray(arr, dtype=np.float32)
-            g.create_array(band, data=data, chunks=(t, ch, cw), compressors=comp, config=_EVERY_CHUNK)
+            attrs: dict[str, object] = {}
+            if version >= 2:
+                q = QUANT[key]
+                data = q.encode(arr, f"tile {name}: band {key}/{band}", tile.nodata)
+                attrs = q.attrs()
+            else:
+                data = np.ascontiguousarray(arr, dtype=np.float32)
+            g.create_array(band, data=data, chunks=(t, ch, cw), compressors=comp, attributes=attrs,
+                           config=_EVERY_CHUNK)
         g.create_array("time", data=np.asarray(s.time, dtype=np.int32), config=_EVERY_CHUNK)
         if s.cloud is not None:
             cloud = np.ascontiguousarray(s.cloud, dtype=bool)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import zarr
 
+from dualseg.data.quant import QUANT
 from dualseg.data.read import read_tile
 from dualseg.data.tile import open_tile
 from dualseg.data.validate import validate_tile
@@ -36,7 +37,8 @@ def _edit(path, fn):
          r"tile a: s1/time is not sorted"),
         (lambda g: g["s2"].create_array("time", data=np.array([5, 5, 9, 10], "i4"), overwrite=True),
          r"tile a: s2/time has a duplicate date 5"),
-        (lambda g: g["s2"].create_array("B02", data=np.full((4, 16, 16), np.nan, "f4"), overwrite=True),
+        (lambda g: g["s2"].create_array("B02", data=np.full((4, 16, 16), 0, "u2"), overwrite=True,
+                                                 attributes=QUANT["s2"].attrs()),
          r"tile a: band s2/B02 is all NaN"),
         (lambda g: g.create_array("labels", data=np.full((16, 16), 7, "i2"), overwrite=True),
          r"tile a: labels contain \[7\] outside \[0, 3\)"),
