@@ -28,7 +28,7 @@ from dualseg.io import atomic_write_text, check_output, staged_dir
 MARKER = "convert.json"  # source and format version of a converted dataset
 
 
-def convert(src: str | Path, dst: str | Path, *, codec: str | None = None, workers: int = 4) -> list[str]:
+def convert(src: str | Path, dst: str | Path, *, codec: str = "lz4", workers: int = 4) -> list[str]:
     """Write every tile of ``src`` (validated) in format :data:`VERSION` under ``dst``; return the names."""
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
@@ -40,8 +40,7 @@ def convert(src: str | Path, dst: str | Path, *, codec: str | None = None, worke
         names = [info.name for info in validate_root(src, workers=workers)]
 
         def one(name: str) -> None:
-            kw = {"codec": codec} if codec else {}
-            write_tile(tile_path(tmp, name), read_tile(tile_path(src, name)), version=VERSION, **kw)
+            write_tile(tile_path(tmp, name), read_tile(tile_path(src, name)), version=VERSION, codec=codec)
 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             list(pool.map(one, names))

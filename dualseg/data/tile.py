@@ -244,7 +244,8 @@ def tile_version(attrs: dict[str, Any], name: str) -> int:
     except (TypeError, ValueError):
         raise InputError(f"tile {name}: format version {raw!r} is not an integer") from None
     if version > max(FORMAT_DTYPES):
-        raise InputError(f"tile {name}: format version {version} is newer than this dualseg reads ({max(FORMAT_DTYPES)})")
+        newest = max(FORMAT_DTYPES)
+        raise InputError(f"tile {name}: format version {version} is newer than this dualseg reads ({newest})")
     if version not in FORMAT_DTYPES:
         raise InputError(f"tile {name}: format version {version} is not one this dualseg reads "
                          f"({', '.join(map(str, sorted(FORMAT_DTYPES)))})")

@@ -78,8 +78,9 @@ def check_band_sets(infos: list[TileInfo]) -> None:
                 odd = sorted(set(have) ^ set(want)) or have
                 holder, lacker = (info, first) if odd[0] in have else (first, info)
                 raise InputError(
-                    f"tile {lacker.name} (format version {lacker.version}): band {key}/{odd[0]} is missing or out of "
-                    f"order, but tile {holder.name} (format version {holder.version}) has {key} bands {holder.streams[key].bands}"
+                    f"tile {lacker.name} (format version {lacker.version}): band {key}/{odd[0]} is missing or out "
+                    f"of order, but tile {holder.name} (format version {holder.version}) has {key} bands "
+                    f"{holder.streams[key].bands}"
                 )
 
 

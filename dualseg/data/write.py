@@ -18,7 +18,7 @@ import threading
 import uuid
 import warnings
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -135,7 +135,7 @@ def _write_group(
         g = root.create_group(key, attributes={"bands": list(s.bands)})
         t = len(s.time)
         for band, arr in s.bands.items():
-            attrs: dict[str, object] = {}
+            attrs: dict[str, Any] = {}
             if version >= 2:
                 q = QUANT[key]
                 data = q.encode(arr, f"tile {name}: band {key}/{band}", tile.nodata)

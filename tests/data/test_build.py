@@ -14,9 +14,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import zarr
 
-from dualseg.data.quant import QUANT
 from dualseg.config import SyntheticConfig
 from dualseg.data import build_data, read_tile
+from dualseg.data.quant import QUANT
 from dualseg.data.write import rewrite_manifest
 from dualseg.errors import InputError
 
