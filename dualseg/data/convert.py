@@ -28,7 +28,7 @@ from dualseg.io import atomic_write_text, check_output, staged_dir
 MARKER = "convert.json"  # source and format version of a converted dataset
 
 
-def convert(src: str | Path, dst: str | Path, *, codec: str = "lz4", workers: int = 4) -> list[str]:
+def convert(src: str | Path, dst: str | Path, *, codec: str = "auto", workers: int = 4) -> list[str]:
     """Write every tile of ``src`` (validated) in format :data:`VERSION` under ``dst``; return the names."""
     src, dst = Path(src), Path(dst)
     if not src.is_dir():

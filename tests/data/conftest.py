@@ -46,10 +46,10 @@ def make_tile(
     )
 
 
-def write_root(root: Path, n: int = 5, splits: dict | None = None, **kw) -> Path:
-    """``n`` tiles t0..t{n-1} (different T per tile) and a splits.json under ``root``."""
+def write_root(root: Path, n: int = 5, splits: dict | None = None, version: int = 2, **kw) -> Path:
+    """``n`` tiles t0..t{n-1} (different T per tile, format ``version``) and a splits.json under ``root``."""
     for i in range(n):
-        write_tile(root / f"t{i}.zarr", make_tile(seed=i, t1=4 + i % 3, t2=3 + (i * 2) % 4, **kw))
+        write_tile(root / f"t{i}.zarr", make_tile(seed=i, t1=4 + i % 3, t2=3 + (i * 2) % 4, **kw), version=version)
     names = [f"t{i}" for i in range(n)]
     splits = splits or {"train": names[: n - 2], "val": names[n - 2 : n - 1], "test": names[n - 1 :]}
     (root / "splits.json").write_text(json.dumps(splits))
