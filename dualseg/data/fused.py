@@ -155,6 +155,28 @@ def int_sums(x: np.ndarray, k: np.ndarray, nodata: int, exclude: np.ndarray | No
     return out
 
 
+_deq: Any = None
+
+
+def dequantise_into(dn: np.ndarray, a: np.float32, b: np.float32, nodata: int, out: np.ndarray) -> None:
+    """``out`` (float32, flat like ``dn``) = ``dn * a + b``, NaN where ``dn == nodata``: one pass
+    instead of numpy's four (multiply, add, compare, masked store). No fastmath: bit-identical to
+    numpy's float32 multiply-then-add."""
+    global _deq
+    if _deq is None:
+        from numba import njit
+
+        @njit(nogil=True, cache=True)
+        def deq(x: Any, a: Any, b: Any, nodata: int, o: Any) -> None:  # pragma: no cover - jitted
+            nan = np.float32(np.nan)
+            for i in range(x.shape[0]):
+                v = x[i]
+                o[i] = nan if v == nodata else np.float32(v) * a + b
+
+        _deq = deq
+    _deq(dn.reshape(-1), a, b, int(nodata), out.reshape(-1))
+
+
 def available() -> bool:
     """Whether the fused kernel can run (numba importable and not disabled by ``DUALSEG_NUMBA=0``)."""
     global _kernel
