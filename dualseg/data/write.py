@@ -4,8 +4,9 @@ A separate module from the format (:mod:`dualseg.data.tile`) because only the ge
 importer and tools write tiles, while everything else only opens them. Chunks span the whole time
 axis (every patch needs every date) and ``chunk_hw`` (128) pixels in space: the dataset reads each
 tile whole once per process, where fewer chunks decode faster (23 vs 36 ms for a 128x128 tile at
-64 px), while an uncached 32-px patch still touches at most four chunks. Blosc-LZ4 with byte
-shuffle (default) decodes ~1.4x faster than zarr's default zstd and compresses better;
+64 px), while an uncached 32-px patch still touches at most four chunks. The default codec is
+chosen per array kind (:data:`AUTO`, measured by bench/bench_codec.py): Blosc-LZ4 byte shuffle for
+bands and cloud masks, Blosc-Zstd 1 for labels;
 ``codec="none"`` trades ~1.4x the bytes for 1.3-1.5x faster whole-tile reads from the page cache.
 Every chunk is written (also all-fill ones) and recorded in the manifest
 (:mod:`dualseg.data.manifest`), so a missing chunk file always means lost data.
