@@ -56,15 +56,21 @@ def check_band_values(info: TileInfo, key: str, group: zarr.Group | None = None)
 
 def check_quant_ranges(info: TileInfo, key: str, group: zarr.Group | None = None) -> None:
     """Every stored integer of a quantised (version 2) band is nodata or within its declared
-    ``valid_range``: a band edited or written by another tool must not decode to nonsense."""
+    ``valid_range`` (a band edited or written by another tool must not decode to nonsense), and
+    each band holds a valid value: one read of the integers instead of two passes."""
     quant = info.streams[key].quant
     if quant is None:
         return
     g = group if group is not None else open_group(info.path, info.name)
+    found = np.zeros(len(quant), dtype=bool)
     for win in row_windows(info, key):
         parts, _ = read_stream_raw(info, key, win, group=g)
-        for band, q, dn in zip(info.streams[key].bands, quant, parts):
+        for c, (band, q, dn) in enumerate(zip(info.streams[key].bands, quant, parts)):
             q.check_range(dn, f"tile {info.name}: band {key}/{band}")
+            found[c] |= bool((dn != q.nodata).any())
+    if not found.all():
+        band = info.streams[key].bands[int(np.flatnonzero(~found)[0])]
+        raise InputError(f"tile {info.name}: band {key}/{band} is all NaN/nodata")
 
 
 def check_band_sets(infos: list[TileInfo]) -> None:
@@ -91,8 +97,10 @@ def validate_tile(path: str | Path, s1_bands: list[str] | None = None, s2_bands:
     g = open_group(info.path, info.name)
     verify_tile(info.path, info.name, g, info.attrs)
     for key in STREAMS:
-        check_quant_ranges(info, key, g)
-        check_band_values(info, key, g)
+        if info.streams[key].quant is not None:
+            check_quant_ranges(info, key, g)  # ranges and data in one read of the integers
+        else:
+            check_band_values(info, key, g)
     check_labels(info, read_labels(info, group=g))
     return info
 
