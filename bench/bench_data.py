@@ -100,7 +100,8 @@ def _float64_sum(x: np.ndarray) -> float:
 _SUM = None
 
 
-def make_dataset(root: Path, tiles: int, *, size: int, s1_dates: int, s2_dates: int, s1_ratio: bool) -> Path:
+def make_dataset(root: Path, tiles: int, *, size: int, s1_dates: int, s2_dates: int, s1_ratio: bool,
+                 version: int = 2) -> Path:
     """``tiles`` synthetic tiles (4 distinct ones, copied: decoding costs the same) + splits.
 
     ``s1_ratio`` adds a third S1 band (VV/VH in dB, as PASTIS-R's S1 has three).
@@ -122,7 +123,7 @@ def make_dataset(root: Path, tiles: int, *, size: int, s1_dates: int, s2_dates: 
                 bands = dict(tile.s1.bands)
                 bands["ratio"] = (bands["VV"] - bands["VH"]).astype(np.float32)
                 tile.s1 = Stream(bands, tile.s1.time, tile.s1.cloud)
-            write_tile(root / f"{name}.zarr", tile)
+            write_tile(root / f"{name}.zarr", tile, version=version)
         else:
             shutil.copytree(root / f"{names[i % 4]}.zarr", root / f"{name}.zarr")
     (root / "splits.json").write_text(json.dumps({"train": names[:-2], "val": names[-2:-1], "test": names[-1:]}))

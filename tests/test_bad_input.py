@@ -27,9 +27,11 @@ import pytest
 import zarr
 
 from dualseg.config import SyntheticConfig
-from dualseg.data import pastis, synthetic, validate
+from dualseg.data import convert, pastis, synthetic, validate
+from dualseg.data.quant import QUANT
+from dualseg.data.read import read_tile
 from dualseg.data.synthetic import generate
-from dualseg.data.write import rewrite_manifest
+from dualseg.data.write import rewrite_manifest, write_tile
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -75,9 +77,10 @@ def _rewrite(root: Path, tile: str, fn: Callable[[zarr.Group], object]) -> None:
 
 
 def _nan_band(stream: str, band: str) -> Callable[[zarr.Group], object]:
-    def edit(g: zarr.Group) -> object:
-        shape = g[f"{stream}/{band}"].shape
-        return g[stream].create_array(band, data=np.full(shape, np.nan, "f4"), overwrite=True)
+    def edit(g: zarr.Group) -> object:  # every value missing, stored as the tile's format stores it
+        shape, q = g[f"{stream}/{band}"].shape, QUANT[stream]
+        return g[stream].create_array(band, data=np.full(shape, q.nodata, q.dtype), overwrite=True,
+                                      attributes=q.attrs())
 
     return edit
 
@@ -105,6 +108,24 @@ def _pastis_without_s1_of_patch_103(ws: Path) -> list[str]:
 def _link(link: Path, target: Path) -> Path:
     link.symlink_to(target)
     return link
+
+
+def _drop_attr(array: str, attr: str) -> Callable[[zarr.Group], object]:
+    return lambda g: g[array].attrs.__delitem__(attr)
+
+
+def _v1_without(tile: str, stream: str, band: str) -> Callable[[Path], object]:
+    """Rewrite ``tile`` in format version 1 without one band: a dataset mixing versions and band sets."""
+    def damage(d: Path) -> None:
+        t = read_tile(d / f"{tile}.zarr")
+        del getattr(t, stream).bands[band]
+        write_tile(d / f"{tile}.zarr", t, version=1, overwrite=True)
+
+    return damage
+
+
+def _convert_args(ws: Path, d: Path) -> list[str]:
+    return [str(d), str(ws / "v2")]
 
 
 def _reverse_dates(g: zarr.Group) -> None:
@@ -189,6 +210,30 @@ CASES = [
          rf"tile {VAL}: band s1/VV: its directory s1/VV/ is missing"),
     Case("dry-run-changed-chunk", "launch", _then(lambda d: _flip_byte(_chunk(d, VAL, "s2/B08")), _launch("--dry-run")),
          rf"tile {VAL}: band s2/B08: chunk c/0/0/0 differs from the manifest"),
+    # -- issue 17: quantised tiles (format version 2) and the converter
+    Case("validate-v2-missing-scale", "validate", _then(lambda d: _rewrite(d, TRAIN, _drop_attr("s2/B04", "scale")),
+                                                        _validate),
+         rf"tile {TRAIN}: band s2/B04: format version 2 band lacks attribute scale"),
+    Case("prepare-v2-missing-nodata", "launch",
+         _then(lambda d: _rewrite(d, VAL, _drop_attr("s1/VH", "nodata")), _launch("--prepare-only")),
+         rf"tile {VAL}: band s1/VH: format version 2 band lacks attribute nodata"),
+    Case("validate-v2-value-out-of-range", "validate",
+         _then(lambda d: _rewrite(d, TEST, lambda g: g["s1/VV"].__setitem__((0, 1, 2), 20000)), _validate),
+         rf"tile {TEST}: band s1/VV: value 20000 outside the declared valid_range \[-10000, 10000\]"),
+    Case("dry-run-v2-value-out-of-range", "launch",
+         _then(lambda d: _rewrite(d, TRAIN, lambda g: g["s1/VH"].__setitem__((0, 0, 0), -20000)), _launch("--dry-run")),
+         rf"tile {TRAIN}: band s1/VH: value -20000 outside the declared valid_range"),
+    Case("validate-mixed-versions-band-sets", "validate", _then(_v1_without(VAL, "s1", "VH"), _validate),
+         rf"tile {VAL} \(format version 1\): band s1/VH is missing or out of order, but tile {TRAIN} "
+         r"\(format version 2\) has s1 bands \['VV', 'VH'\]"),
+    Case("convert-dst-not-empty", "convert",
+         lambda ws, d: [str(d), str(_fake_pastis(ws / "P"))], r"convert: DST: .*/P is not empty"),
+    Case("convert-dst-inside-src", "convert", lambda ws, d: [str(d), str(d / "v2")],
+         r"convert: DST: .*/data/v2 is inside the source folder SRC .*/data$"),
+    Case("convert-damaged-source", "convert", _then(lambda d: _chunk(d, VAL, "s2/B05").unlink(), _convert_args),
+         rf"tile {VAL}: band s2/B05: missing chunk c/0/0/0"),
+    Case("convert-missing-source", "convert", lambda ws, d: [str(ws / "nowhere"), str(ws / "v2")],
+         r"convert: source folder .*nowhere not found"),
     # -- item 4: every split, every tile, before the search
     Case("validate-empty-test", "validate", _then(lambda d: _splits(d, test=[]), _validate),
          r"validate: .*splits.json: the test tile list is empty"),
@@ -217,13 +262,13 @@ CASES = [
          r"validate: .*nowhere is not a directory"),
     # -- issue 18: a band in a dtype the format does not allow (checked from the zarr metadata, no data read)
     Case("validate-int8-band", "validate", _then(lambda d: _rewrite(d, TRAIN, _int8_band("s2", "B04")), _validate),
-         rf"tile {TRAIN}: band s2/B04 is stored as int8; format version 1 allows float32$"),
+         rf"tile {TRAIN}: band s2/B04 is stored as int8; format version 2 allows u?int16$"),
     Case("prepare-int8-band-in-test", "launch",
          _then(lambda d: _rewrite(d, TEST, _int8_band("s1", "VH")), _launch("--prepare-only")),
-         rf"tile {TEST}: band s1/VH is stored as int8; format version 1 allows float32$"),
+         rf"tile {TEST}: band s1/VH is stored as int8; format version 2 allows u?int16$"),
     Case("dry-run-int8-band-in-val", "launch",
          _then(lambda d: _rewrite(d, VAL, _int8_band("s2", "B08")), _launch("--dry-run")),
-         rf"tile {VAL}: band s2/B08 is stored as int8; format version 1 allows float32$"),
+         rf"tile {VAL}: band s2/B08 is stored as int8; format version 2 allows u?int16$"),
     # -- item 6: scratch, --out, status
     Case("dry-run-scratch-is-a-file", "launch",
          lambda ws, d: [*_launch("--dry-run")(ws, d), "--scratch", str(d / "splits.json")],
@@ -370,7 +415,8 @@ def _main(tool: str) -> Callable[[list[str]], int]:
         from hpc import report
 
         return report.main
-    return {"validate": validate.main, "synthetic": synthetic.main, "pastis": pastis.main}[tool]
+    return {"validate": validate.main, "synthetic": synthetic.main, "pastis": pastis.main,
+            "convert": convert.main}[tool]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -112,6 +112,71 @@ def normalise_into(data: np.ndarray, valid: np.ndarray, mean: np.ndarray, inv: n
     _norm(data, valid, mean, inv)
 
 
+_ints: Any = None
+
+
+def _build_int() -> Any:
+    from numba import njit
+
+    @njit(nogil=True, cache=True)
+    def rows(x: Any, k: Any, nodata: int, exclude: Any, use_ex: bool, out: Any) -> None:  # pragma: no cover
+        c_n, n_n = x.shape
+        for c in range(c_n):
+            row = x[c]
+            kc = k[c]
+            n = np.int64(0)
+            s = np.int64(0)
+            q = np.int64(0)
+            for i in range(n_n):
+                v = np.int64(row[i])
+                ok = v != nodata
+                if use_ex:
+                    ok = ok and not exclude[i]
+                d = v - kc if ok else np.int64(0)
+                n += 1 if ok else 0
+                s += d
+                q += d * d
+            out[c, 0] = n
+            out[c, 1] = s
+            out[c, 2] = q
+
+    return rows
+
+
+def int_sums(x: np.ndarray, k: np.ndarray, nodata: int, exclude: np.ndarray | None) -> np.ndarray:
+    """(C,3) int64: count, sum(x-K), sum((x-K)^2) of each row of integer ``x`` (C,N) over values
+    other than ``nodata`` and not ``exclude`` (N,) - exact integer sums, one pass."""
+    global _ints
+    if _ints is None:
+        _ints = _build_int()
+    out = np.empty((x.shape[0], 3), dtype=np.int64)
+    ex = np.zeros(1, dtype=bool) if exclude is None else np.ascontiguousarray(exclude, dtype=bool)
+    _ints(np.ascontiguousarray(x), np.ascontiguousarray(k, dtype=np.int64), int(nodata), ex, exclude is not None, out)
+    return out
+
+
+_deq: Any = None
+
+
+def dequantise_into(dn: np.ndarray, a: np.float32, b: np.float32, nodata: int, out: np.ndarray) -> None:
+    """``out`` (float32, flat like ``dn``) = ``dn * a + b``, NaN where ``dn == nodata``: one pass
+    instead of numpy's four (multiply, add, compare, masked store). No fastmath: bit-identical to
+    numpy's float32 multiply-then-add."""
+    global _deq
+    if _deq is None:
+        from numba import njit
+
+        @njit(nogil=True, cache=True)
+        def deq(x: Any, a: Any, b: Any, nodata: int, o: Any) -> None:  # pragma: no cover - jitted
+            nan = np.float32(np.nan)
+            for i in range(x.shape[0]):
+                v = x[i]
+                o[i] = nan if v == nodata else np.float32(v) * a + b
+
+        _deq = deq
+    _deq(dn.reshape(-1), a, b, int(nodata), out.reshape(-1))
+
+
 def available() -> bool:
     """Whether the fused kernel can run (numba importable and not disabled by ``DUALSEG_NUMBA=0``)."""
     global _kernel

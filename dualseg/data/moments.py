@@ -148,3 +148,49 @@ def _finish(
     mean = np.where(count > 0, k_h + s_h / safe, 0.0)
     m2 = np.where(count > 0, np.maximum(q_h - s_h * s_h / safe, 0.0), 0.0)
     return count, mean, m2
+
+
+def moments_int(
+    x: np.ndarray, nodata: int, exclude: np.ndarray | None = None, accel: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Moments ``(count, mean, M2)`` of each row of integer ``x`` (C,N) in stored units (DN),
+    values equal to ``nodata`` or flagged in ``exclude`` (N,) left out: quantised bands
+    (format version 2) without widening them to float32 first.
+
+    Exact: integer sums of ``x-K`` and ``(x-K)^2`` (K a valid value of the row, so the sums
+    stay far inside int64 for a row of up to 2**31 16-bit values), and ``M2 = (n*Q - S^2) / n`` in
+    Python integers. One pass with numba (:func:`dualseg.data.fused.int_sums`), else int64
+    numpy blocks. Dequantise with :func:`dequantised`.
+    """
+    c, n = x.shape
+    k = np.zeros(c, dtype=np.int64)
+    for r in range(c):  # a valid value per row (first of a strided sample): small shifted sums
+        head = x[r, :: max(1, n // 4096)]
+        ok = head[head != nodata]
+        k[r] = int(ok[len(ok) // 2]) if ok.size else 0
+    if accel and fused.available():
+        sums = fused.int_sums(x, k, nodata, exclude)
+    else:
+        sums = np.zeros((c, 3), dtype=np.int64)
+        for start in range(0, n, 1 << 16):
+            b = x[:, start : start + (1 << 16)]
+            ok = b != nodata
+            if exclude is not None:
+                ok &= ~exclude[None, start : start + (1 << 16)]
+            d = np.where(ok, b.astype(np.int64) - k[:, None], 0)
+            sums += np.stack([ok.sum(axis=1), d.sum(axis=1), np.einsum("ij,ij->i", d, d)], axis=1)
+    count = sums[:, 0].astype(np.float64)
+    mean, m2 = np.zeros(c), np.zeros(c)
+    for r in range(c):
+        cnt, s1, q1 = (int(v) for v in sums[r])
+        if cnt:
+            mean[r] = int(k[r]) + s1 / cnt
+            m2[r] = (cnt * q1 - s1 * s1) / cnt
+    return count, mean, m2
+
+
+def dequantised(count: np.ndarray, mean: np.ndarray, m2: np.ndarray, scale: np.ndarray, offset: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Moments of ``(DN + offset) * scale`` from those of DN, analytically: the mean maps like a
+    value, ``M2`` scales by ``scale**2`` (a shift leaves it unchanged)."""
+    return count, np.where(count > 0, (mean + offset) * scale, 0.0), m2 * scale * scale

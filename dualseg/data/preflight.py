@@ -34,7 +34,7 @@ CHECKED_DIR = ".dualseg-checked"
 
 def _key(cfg: DataConfig, names: list[str]) -> str:
     stamps = [[n, content_stamp(tile_path(cfg.root, n))] for n in sorted(names)]
-    # v2: band dtypes are checked (tile.BAND_DTYPES); a success remembered by v1 did not check them
+    # v2: band dtypes are checked (tile.FORMAT_DTYPES); a success remembered by v1 did not check them
     doc = {"v": 2, "s1": cfg.s1_bands, "s2": cfg.s2_bands, "max_t": cfg.max_t, "patch": cfg.patch_size, "tiles": stamps}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
 

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from dualseg.data.manifest import content_stamp
-from dualseg.data.moments import Moments, moments_xp
-from dualseg.data.read import read_labels, read_stream
+from dualseg.data.moments import Moments, dequantised, moments_int, moments_xp
+from dualseg.data.quant import Quant
+from dualseg.data.read import read_labels, read_stream, read_stream_raw
 from dualseg.data.tile import STREAMS, TileInfo, open_group, row_windows
 from dualseg.data.validate import check_band_values, check_labels
 from dualseg.errors import InputError
@@ -32,7 +33,7 @@ from dualseg.io import atomic_write_text
 
 log = logging.getLogger("dualseg.data.stats")
 
-CACHE_VERSION = 2  # 2: keyed by tile contents (was the root zarr.json stamp)
+CACHE_VERSION = 3  # 2: keyed by tile contents (was the root zarr.json stamp); 3: + tile format version
 CACHE_MODES = ("read", "rebuild", "off")
 
 
@@ -71,11 +72,12 @@ def unpack(v: np.ndarray, channels: dict[str, int], num_classes: int) -> Partial
     return Partial(out, v[i:].copy())
 
 
-def _tile_reads(info: TileInfo) -> list[Callable[[], Any]]:
+def _tile_reads(info: TileInfo, ints: bool = True) -> list[Callable[[], Any]]:
     """The reads of one tile's statistics, in order: each stream's row windows, then the labels."""
     g = open_group(info.path, info.name)  # here, not in a read-ahead thread: a missing tile fails at once
-    reads: list[Callable[[], Any]] = [
-        functools.partial(read_stream, info, key, win, group=g) for key in STREAMS for win in row_windows(info, key)
+    reads: list[Callable[[], Any]] = [  # on numpy quantised bands (version 2) are reduced as stored integers
+        functools.partial(read_stream_raw if ints and info.streams[key].quant else read_stream, info, key, win, group=g)
+        for key in STREAMS for win in row_windows(info, key)
     ]
     return [*reads, functools.partial(read_labels, info, group=g)]
 
@@ -98,13 +100,17 @@ def tile_partial(info: TileInfo, num_classes: int, xp: ModuleType = np, reads: I
 
     ``reads`` (the results of :func:`_tile_reads`, e.g. read ahead) defaults to reading in turn.
     """
-    got = reads if reads is not None else (r() for r in _tile_reads(info))
+    got = reads if reads is not None else (r() for r in _tile_reads(info, xp is np))
     moments = {}
     for key in STREAMS:
         c = len(info.streams[key].bands)
         m = Moments.zeros(c)
+        quant = info.streams[key].quant if xp is np else None  # CuPy: the float kernel on the device
         for _ in row_windows(info, key):
             data, cloud = next(got)
+            if quant is not None:
+                m = m.merge(_int_moments(data, cloud, quant))
+                continue
             if cloud is not None:  # cloudy -> NaN by OR-ing in a quiet-NaN bit pattern (5x copyto(where=))
                 nan_bits = np.negative(cloud.view(np.int8), dtype=np.int32) & np.int32(0x7FC00000)
                 np.bitwise_or(data.view(np.int32), nan_bits[None], out=data.view(np.int32))
@@ -119,6 +125,17 @@ def tile_partial(info: TileInfo, num_classes: int, xp: ModuleType = np, reads: I
     return Partial(moments, counts.astype(np.float64))
 
 
+def _int_moments(parts: list[np.ndarray], cloud: np.ndarray | None, quant: list[Quant]) -> Moments:
+    """Moments of quantised bands from their integers (no float32 pass): exact integer sums per
+    band, nodata and cloud-flagged pixels left out, dequantised analytically."""
+    ex = None if cloud is None else cloud.reshape(-1)
+    rows = [moments_int(dn.reshape(1, -1), q.nodata, ex) for dn, q in zip(parts, quant)]
+    cnt, mean, m2 = (np.concatenate([r[i] for r in rows]) for i in range(3))
+    scale = np.array([q.scale for q in quant])
+    offset = np.array([q.offset for q in quant])
+    return Moments(*dequantised(cnt, mean, m2, scale, offset))
+
+
 def compute_partial(
     infos: list[TileInfo], num_classes: int, channels: dict[str, int], xp: ModuleType = np, progress: bool = False
 ) -> Partial:
@@ -131,7 +148,7 @@ def compute_partial(
         it = tqdm(infos, desc="band statistics", unit="tile")
     tiles = iter(it)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dualseg-stats") as pool:
-        results = _ahead((r for info in tiles for r in _tile_reads(info)), pool)
+        results = _ahead((r for info in tiles for r in _tile_reads(info, xp is np)), pool)
         for info in infos:
             total = total.merge(tile_partial(info, num_classes, xp, results))
     return total
@@ -142,7 +159,7 @@ def fingerprint(infos: list[TileInfo], bands: dict[str, list[str]]) -> str:
     manifest plus every stored file's key, size and mtime: :func:`~dualseg.data.manifest.content_stamp`),
     so rewriting any band of any train tile in place misses the cache. No chunk is read."""
     h = hashlib.sha256()
-    stamp = [[info.name, content_stamp(info.path)] for info in sorted(infos, key=lambda i: i.name)]
+    stamp = [[info.name, info.version, content_stamp(info.path)] for info in sorted(infos, key=lambda i: i.name)]
     h.update(json.dumps({"v": CACHE_VERSION, "bands": bands, "tiles": stamp}, sort_keys=True).encode())
     return h.hexdigest()[:20]
 

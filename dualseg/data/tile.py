@@ -2,12 +2,14 @@
 
 Layout of ``<root>/<tile>.zarr`` (see docs/data.md)::
 
-    attrs: format="dualseg-tile", version=1, class_names=[...], nodata=<float|null>, crs, transform
-    s1/  attrs bands=[...];  <band> (T1,H,W) float32 (dB);  time (T1,) int32 days since 1970-01-01
-    s2/  attrs bands=[...];  <band> (T2,H,W) float32 (reflectance);  time (T2,);  cloud (T2,H,W) bool (optional)
+    attrs: format="dualseg-tile", version=2 (or 1), class_names=[...], nodata=<float|null>, crs, transform
+    s1/  attrs bands=[...];  <band> (T1,H,W) int16 dB x 100 (v1: float32 dB);  time (T1,) int32 days
+    s2/  attrs bands=[...];  <band> (T2,H,W) uint16 (v1: float32 reflectance x 1e4);  time;  cloud (T2,H,W) bool
     labels (H,W) int16, attrs ignore_index
+    version 2 bands carry scale/offset/nodata/valid_range (:mod:`dualseg.data.quant`); readers
+    dequantise them to float32, so version 1 and 2 tiles read alike.
 
-Band dtypes are those :data:`BAND_DTYPES` allows for the tile's version (version 1: float32). Every
+Band dtypes are those :data:`FORMAT_DTYPES` allows for the tile's version and stream. Every
 stored band is its own array so a band subset reads only the bytes it needs. The writer
 (atomic; chunking and codecs) is :mod:`dualseg.data.write`; the pixel readers (``read_stream``,
 ``read_all``, ``read_labels``, ``read_tile``) live in :mod:`dualseg.data.read`.
@@ -30,14 +32,17 @@ import numpy as np
 import zarr
 
 from dualseg.data.manifest import check_chunks
+from dualseg.data.quant import Quant
 from dualseg.errors import InputError
 
 FORMAT = "dualseg-tile"
-VERSION = 1
-# The dtypes a band may be stored in, per format version: the one declaration :func:`open_tile` checks
-# (so validate, pre-flight and prediction) from the zarr metadata alone. A new version that stores
-# quantised bands adds its entry here.
-BAND_DTYPES: dict[int, tuple[str, ...]] = {1: ("float32",)}
+VERSION = 2  # what writers write; every version in FORMAT_DTYPES is read
+# THE table of band dtypes per format version and stream: :func:`open_tile` checks it from the zarr
+# metadata alone (so validate, pre-flight and prediction); nothing else lists them.
+FORMAT_DTYPES: dict[int, dict[str, frozenset[str]]] = {
+    1: {"s1": frozenset({"float32"}), "s2": frozenset({"float32"})},
+    2: {"s1": frozenset({"int16"}), "s2": frozenset({"uint16"})},
+}
 STREAMS = ("s1", "s2")
 DEFAULT_IGNORE_INDEX = 255
 DEFAULT_CHUNK_HW = 128
@@ -73,6 +78,7 @@ class StreamInfo:
     bands: list[str]
     time: np.ndarray  # (T,) int64
     has_cloud: bool
+    quant: list[Quant] | None = None  # per band (version 2), None = float bands (version 1)
 
     @property
     def t(self) -> int:
@@ -93,6 +99,7 @@ class TileInfo:
     nodata: float | None
     attrs: dict[str, Any] = field(default_factory=dict)
     has_labels: bool = True
+    version: int = 1
 
     @property
     def num_classes(self) -> int:
@@ -161,13 +168,7 @@ def open_tile(
     name = path.name.removesuffix(".zarr")
     root = open_group(path, name)
     attrs = dict(root.attrs)
-    version = int(cast(int, attrs.get("version", VERSION))) if attrs.get("format") == FORMAT else VERSION
-    if version > VERSION:
-        raise InputError(f"tile {name}: format version {attrs['version']} is newer than this dualseg reads ({VERSION})")
-    allowed = BAND_DTYPES.get(version)
-    if allowed is None:
-        raise InputError(f"tile {name}: unknown format version {attrs.get('version')!r} "
-                         f"(this dualseg reads {', '.join(map(str, sorted(BAND_DTYPES)))})")
+    version = tile_version(attrs, name)
     class_names = attrs.get("class_names")
     if not require_labels and class_names is None:  # a bare input tile: the model knows the classes
         class_names = []
@@ -191,15 +192,17 @@ def open_tile(
         if time.ndim != 1:
             raise InputError(f"tile {name}: {key}/time must be 1-D, got shape {time.shape}")
         check_dates(name, key, time)
+        quant: list[Quant] = []
         for band in bands:
             arr = g.get(band)
             if arr is None:
                 raise InputError(f"tile {name}: missing band {key}/{band}")
             if not isinstance(arr, zarr.Array) or arr.ndim != 3:
                 raise InputError(f"tile {name}: {key}/{band} must be a (T,H,W) array")
+            allowed = FORMAT_DTYPES[version][key]
             if str(arr.dtype) not in allowed:  # metadata only: no chunk is read
                 raise InputError(f"tile {name}: band {key}/{band} is stored as {arr.dtype}; format version "
-                                 f"{version} allows {' or '.join(allowed)}")
+                                 f"{version} allows {' or '.join(sorted(allowed))}")
             if arr.shape[0] != time.shape[0]:
                 raise InputError(
                     f"tile {name}: {key}/{band} has T={arr.shape[0]} but {key}/time has {time.shape[0]} dates"
@@ -207,6 +210,8 @@ def open_tile(
             if tuple(arr.shape[1:]) != hw:
                 raise InputError(f"tile {name}: {key}/{band} has H,W={tuple(arr.shape[1:])} but labels are {hw}")
             opened[f"{key}/{band}"] = arr
+            if version >= 2:
+                quant.append(_band_quant(arr, name, key, band))
         cloud = g.get("cloud")
         has_cloud = cloud is not None
         if cloud is not None and not isinstance(cloud, zarr.Array):
@@ -215,7 +220,8 @@ def open_tile(
             if tuple(cloud.shape) != (time.shape[0], *hw):
                 raise InputError(f"tile {name}: {key}/cloud shape {tuple(cloud.shape)} != {(time.shape[0], *hw)}")
             opened[f"{key}/cloud"] = cloud
-        streams[key] = StreamInfo(bands=bands, time=time.astype(np.int64), has_cloud=has_cloud)
+        streams[key] = StreamInfo(bands=bands, time=time.astype(np.int64), has_cloud=has_cloud,
+                                  quant=quant if version >= 2 else None)
     check_chunks(path, name, opened)
     nodata = attrs.get("nodata")
     return TileInfo(
@@ -230,7 +236,29 @@ def open_tile(
         nodata=None if nodata is None else float(cast(float, nodata)),
         attrs=attrs,
         has_labels=labels is not None,
+        version=version,
     )
+
+
+def tile_version(attrs: dict[str, Any], name: str) -> int:
+    """The tile's format version (1 when unstated: the oldest tiles); an unknown one is an error."""
+    raw = attrs.get("version", 1) if attrs.get("format", FORMAT) == FORMAT else 1
+    try:
+        version = int(cast(int, raw))
+    except (TypeError, ValueError):
+        raise InputError(f"tile {name}: format version {raw!r} is not an integer") from None
+    if version > max(FORMAT_DTYPES):
+        newest = max(FORMAT_DTYPES)
+        raise InputError(f"tile {name}: format version {version} is newer than this dualseg reads ({newest})")
+    if version not in FORMAT_DTYPES:
+        raise InputError(f"tile {name}: format version {version} is not one this dualseg reads "
+                         f"({', '.join(map(str, sorted(FORMAT_DTYPES)))})")
+    return version
+
+
+def _band_quant(arr: zarr.Array, name: str, key: str, band: str) -> Quant:
+    """A quantised band's encoding from its attributes (its dtype was checked against the version's)."""
+    return Quant.from_attrs(dict(arr.attrs), arr.dtype, f"tile {name}: band {key}/{band}")
 
 
 def _unlabelled_hw(root: zarr.Group, name: str, s1_bands: list[str] | None) -> tuple[int, ...]:
@@ -254,7 +282,7 @@ def row_windows(info: TileInfo, key: str, budget: int | None = None) -> Iterator
     (statistics, validation) keep bounded memory even on a full 10980x10980 S2 tile."""
     budget = WINDOW_BYTES if budget is None else budget
     si = info.streams[key]
-    per_row = max(1, len(si.bands) * si.t * info.width * 4)
+    per_row = max(1, len(si.bands) * si.t * info.width * 4)  # float32 as read
     rows = max(1, min(info.height, budget // per_row))
     for y in range(0, info.height, rows):
         yield slice(y, min(y + rows, info.height)), slice(0, info.width)

@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 
 from dualseg.data.manifest import verify_tile
-from dualseg.data.read import read_labels, read_stream
+from dualseg.data.read import read_labels, read_stream, read_stream_raw
 from dualseg.data.splits import SPLITS, check_disjoint, read_splits
 from dualseg.data.tile import STREAMS, TileInfo, open_group, open_tile, row_windows
 from dualseg.errors import InputError, report_error
@@ -55,14 +55,53 @@ def check_band_values(info: TileInfo, key: str, group: zarr.Group | None = None)
         raise InputError(f"tile {info.name}: band {key}/{band} is all NaN/nodata")
 
 
+def check_quant_ranges(info: TileInfo, key: str, group: zarr.Group | None = None) -> None:
+    """Every stored integer of a quantised (version 2) band is nodata or within its declared
+    ``valid_range`` (a band edited or written by another tool must not decode to nonsense), and
+    each band holds a valid value: one read of the integers instead of two passes."""
+    quant = info.streams[key].quant
+    if quant is None:
+        return
+    g = group if group is not None else open_group(info.path, info.name)
+    found = np.zeros(len(quant), dtype=bool)
+    for win in row_windows(info, key):
+        parts, _ = read_stream_raw(info, key, win, group=g)
+        for c, (band, q, dn) in enumerate(zip(info.streams[key].bands, quant, parts)):
+            q.check_range(dn, f"tile {info.name}: band {key}/{band}")
+            found[c] |= bool((dn != q.nodata).any())
+    if not found.all():
+        band = info.streams[key].bands[int(np.flatnonzero(~found)[0])]
+        raise InputError(f"tile {info.name}: band {key}/{band} is all NaN/nodata")
+
+
+def check_band_sets(infos: list[TileInfo]) -> None:
+    """All tiles list the same bands per stream (a dataset mixing format versions or sources
+    must not feed a model different channels from tile to tile): one error naming both tiles."""
+    first = infos[0]
+    for info in infos[1:]:
+        for key in STREAMS:
+            have, want = info.streams[key].bands, first.streams[key].bands
+            if have != want:
+                odd = sorted(set(have) ^ set(want)) or have
+                holder, lacker = (info, first) if odd[0] in have else (first, info)
+                raise InputError(
+                    f"tile {lacker.name} (format version {lacker.version}): band {key}/{odd[0]} is missing or out "
+                    f"of order, but tile {holder.name} (format version {holder.version}) has {key} bands "
+                    f"{holder.streams[key].bands}"
+                )
+
+
 def validate_tile(path: str | Path, s1_bands: list[str] | None = None, s2_bands: list[str] | None = None) -> TileInfo:
-    """Check a tile completely: structure, dates, manifest (every chunk's checksum), every band
-    has data, labels in range."""
+    """Check a tile completely: structure, dates, manifest (every chunk's checksum), quantised
+    values in their declared range, every band has data, labels in range."""
     info = open_tile(path, s1_bands, s2_bands)
     g = open_group(info.path, info.name)
     verify_tile(info.path, info.name, g, info.attrs)
     for key in STREAMS:
-        check_band_values(info, key, g)
+        if info.streams[key].quant is not None:
+            check_quant_ranges(info, key, g)  # ranges and data in one read of the integers
+        else:
+            check_band_values(info, key, g)
     check_labels(info, read_labels(info, group=g))
     return info
 
@@ -87,6 +126,7 @@ def validate_tiles(
         more = f" ({len(errors)} of {len(names)} tiles are invalid)" if len(errors) > 1 else ""
         raise InputError(f"{errors[0]}{more}")
     infos = [r for r in results if isinstance(r, TileInfo)]
+    check_band_sets(infos)
     for info in infos[1:]:
         if info.class_names != infos[0].class_names:
             raise InputError(f"tile {info.name}: class_names differ from tile {infos[0].name}")

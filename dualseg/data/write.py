@@ -4,8 +4,9 @@ A separate module from the format (:mod:`dualseg.data.tile`) because only the ge
 importer and tools write tiles, while everything else only opens them. Chunks span the whole time
 axis (every patch needs every date) and ``chunk_hw`` (128) pixels in space: the dataset reads each
 tile whole once per process, where fewer chunks decode faster (23 vs 36 ms for a 128x128 tile at
-64 px), while an uncached 32-px patch still touches at most four chunks. Blosc-LZ4 with byte
-shuffle (default) decodes ~1.4x faster than zarr's default zstd and compresses better;
+64 px), while an uncached 32-px patch still touches at most four chunks. The default codec is
+chosen per array kind (:data:`AUTO`, measured by bench/bench_codec.py): Blosc-LZ4 byte shuffle for
+bands and cloud masks, Blosc-Zstd 1 for labels;
 ``codec="none"`` trades ~1.4x the bytes for 1.3-1.5x faster whole-tile reads from the page cache.
 Every chunk is written (also all-fill ones) and recorded in the manifest
 (:mod:`dualseg.data.manifest`), so a missing chunk file always means lost data.
@@ -18,7 +19,7 @@ import threading
 import uuid
 import warnings
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -26,7 +27,8 @@ from zarr.codecs import BloscCodec
 from zarr.core.array_spec import ArrayConfigParams
 
 from dualseg.data.manifest import arrays_of, chunk_keys, stored_files, write_manifest
-from dualseg.data.tile import DEFAULT_CHUNK_HW, FORMAT, STREAMS, VERSION, Stream, Tile, check_dates
+from dualseg.data.quant import QUANT
+from dualseg.data.tile import DEFAULT_CHUNK_HW, FORMAT, FORMAT_DTYPES, STREAMS, VERSION, Stream, Tile, check_dates
 from dualseg.errors import InputError
 from dualseg.io import replace_dir
 
@@ -59,7 +61,11 @@ def _check_stream(tile: str, key: str, s: Stream, hw: tuple[int, int] | None) ->
     return hw  # type: ignore[return-value]
 
 
-CODECS = ("lz4", "zstd", "none")
+CODECS = ("auto", "lz4", "zstd", "none")
+# "auto": the codec per array kind, chosen from bench/bench_codec.py's table (docs/data.md): bands
+# and cloud masks Blosc-LZ4 byte shuffle (decodes 2-3 GB/s per core; zstd saves 10-14 % of the
+# band bytes but decodes 3-5x slower), labels Blosc-Zstd 1 (2.4x smaller than LZ4, read once per tile)
+AUTO = {"band": "lz4", "cloud": "lz4", "labels": "zstd"}
 
 
 def _compressors(codec: str) -> list[BloscCodec] | None:
@@ -80,16 +86,22 @@ def write_tile(
     *,
     chunk_hw: int = DEFAULT_CHUNK_HW,
     overwrite: bool = False,
-    codec: str = "lz4",
+    codec: str = "auto",
+    version: int = VERSION,
 ) -> Path:
     """Check ``tile`` and write it to ``path`` atomically (temp dir + rename), return ``path``.
 
     A crash mid-write leaves at most a hidden ``.<name>.tmp-*`` directory, never a half tile.
-    ``codec`` is ``lz4`` | ``zstd`` | ``none`` (readers need no option: zarr records it).
+    ``codec`` is ``auto`` (per array kind: :data:`AUTO`) | ``lz4`` | ``zstd`` | ``none`` for all
+    arrays (readers need no option: zarr records it).
+    ``version`` 2 (default) quantises the bands (:mod:`dualseg.data.quant`: a value outside the
+    representable range is an InputError naming tile and band); 1 writes float32 bands.
     """
     path = Path(path)
     name = path.name.removesuffix(".zarr")
-    comp = _compressors(codec)
+    comp = {kind: _compressors(AUTO[kind] if codec == "auto" else codec) for kind in AUTO}
+    if version not in FORMAT_DTYPES:
+        raise InputError(f"tile {name}: cannot write format version {version} ({', '.join(map(str, FORMAT_DTYPES))})")
     hw = _check_stream(name, "s1", tile.s1, None)
     hw = _check_stream(name, "s2", tile.s2, hw)
     if tile.labels.shape != hw:
@@ -99,7 +111,7 @@ def write_tile(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        _write_group(tmp, tile, hw, chunk_hw, comp)
+        _write_group(tmp, name, tile, hw, chunk_hw, comp, version)
         replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -108,16 +120,18 @@ def write_tile(
 
 
 def _write_group(
-    tmp: Path, tile: Tile, hw: tuple[int, int], chunk_hw: int, comp: list[BloscCodec] | None
+    tmp: Path, name: str, tile: Tile, hw: tuple[int, int], chunk_hw: int, comp: dict[str, list[BloscCodec] | None],
+    version: int
 ) -> None:
     ch, cw = min(chunk_hw, hw[0]), min(chunk_hw, hw[1])
     root = zarr.open_group(tmp, mode="w", zarr_format=3)
     root.attrs.update(
         {
             "format": FORMAT,
-            "version": VERSION,
+            "version": version,
             "class_names": list(tile.class_names),
-            "nodata": None if tile.nodata is None else float(tile.nodata),
+            # version 2: nodata is per band (its DN); the float value was mapped to it on encoding
+            "nodata": None if tile.nodata is None or version >= 2 else float(tile.nodata),
             "crs": tile.crs,
             "transform": None if tile.transform is None else [float(v) for v in tile.transform],
             "time_epoch": "1970-01-01",
@@ -128,17 +142,24 @@ def _write_group(
         g = root.create_group(key, attributes={"bands": list(s.bands)})
         t = len(s.time)
         for band, arr in s.bands.items():
-            data = np.ascontiguousarray(arr, dtype=np.float32)
-            g.create_array(band, data=data, chunks=(t, ch, cw), compressors=comp, config=_EVERY_CHUNK)
+            attrs: dict[str, Any] = {}
+            if version >= 2:
+                q = QUANT[key]
+                data = q.encode(arr, f"tile {name}: band {key}/{band}", tile.nodata)
+                attrs = q.attrs()
+            else:
+                data = np.ascontiguousarray(arr, dtype=np.float32)
+            g.create_array(band, data=data, chunks=(t, ch, cw), compressors=comp["band"], attributes=attrs,
+                           config=_EVERY_CHUNK)
         g.create_array("time", data=np.asarray(s.time, dtype=np.int32), config=_EVERY_CHUNK)
         if s.cloud is not None:
             cloud = np.ascontiguousarray(s.cloud, dtype=bool)
-            g.create_array("cloud", data=cloud, chunks=(t, ch, cw), compressors=comp, config=_EVERY_CHUNK)
+            g.create_array("cloud", data=cloud, chunks=(t, ch, cw), compressors=comp["cloud"], config=_EVERY_CHUNK)
     root.create_array(
         "labels",
         data=np.ascontiguousarray(tile.labels, dtype=np.int16),
         chunks=(ch, cw),
-        compressors=comp,
+        compressors=comp["labels"],
         attributes={"ignore_index": int(tile.ignore_index)},
         config=_EVERY_CHUNK,
     )

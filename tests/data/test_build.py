@@ -16,6 +16,7 @@ import zarr
 
 from dualseg.config import SyntheticConfig
 from dualseg.data import build_data, read_tile
+from dualseg.data.quant import QUANT
 from dualseg.data.write import rewrite_manifest
 from dualseg.errors import InputError
 
@@ -89,7 +90,8 @@ def test_stats_cache_is_keyed_by_content(tmp_path, data, monkeypatch):
     [
         (lambda g: g.create_array("labels", data=np.full((16, 16), 9, "i2"), overwrite=True,
                                   attributes={"ignore_index": 255}), r"tile t1: labels contain \[9\]"),
-        (lambda g: g["s1"].create_array("VH", data=np.full((5, 16, 16), np.nan, "f4"), overwrite=True),
+        (lambda g: g["s1"].create_array("VH", data=np.full((5, 16, 16), QUANT["s1"].nodata, "i2"), overwrite=True,
+                                                 attributes=QUANT["s1"].attrs()),
          r"tile t1: band s1/VH is all NaN"),
         (lambda g: g.attrs.__setitem__("class_names", ["x", "y", "z"]), r"tile t1: class_names differ from tile t0"),
         (lambda g: g["s2"].__delitem__("B06"), r"tile t1: missing band s2/B06"),
@@ -176,7 +178,7 @@ def test_ddp_stats_merge_and_a_failing_rank_does_not_hang_the_others(tmp_path, d
     good = data.write_root(tmp_path / "good", n=6, splits={"train": ["t0", "t1", "t2", "t3", "t4"], "val": ["t5"]})
     bad = data.write_root(tmp_path / "bad", n=5, splits={"train": ["t0", "t1", "t2", "t3"], "val": ["t4"]})
     g = zarr.open_group(str(bad / "t1.zarr"), mode="a")  # t1 is in rank 1's shard (tiles 1::2)
-    g["s2"].create_array("B04", data=np.full((g["s2/time"].shape[0], 16, 16), np.nan, "f4"), overwrite=True)
+    data.put_band(g, "s2", "B04", np.full((g["s2/time"].shape[0], 16, 16), np.nan))
     rewrite_manifest(bad / "t1.zarr")
     args = (2, _free_port(), str(good), str(bad), str(tmp_path))
     ctx = mp.start_processes(_rank_main, args=args, nprocs=2, join=False, start_method="fork")  # fork: no re-import
@@ -235,7 +237,7 @@ def test_bad_val_tile_fails_before_training(tmp_path, data, damage, message):
     chunk = root / "t3.zarr" / "s2" / "B05" / "c" / "0" / "0" / "0"
     if damage == "nan":
         g = zarr.open_group(str(root / "t3.zarr"), mode="a")
-        g["s2"]["B05"][...] = np.nan
+        g["s2"]["B05"][...] = QUANT["s2"].nodata  # all missing
         rewrite_manifest(root / "t3.zarr")
     elif damage == "corrupt":
         chunk.write_bytes(b"garbage")

@@ -124,3 +124,29 @@ def test_generic_array_module_path_matches():
     x[:, rng.random(30_001) < 0.3] = np.nan
     x[1, 7] = np.inf
     _assert_exact(x, moments_xp(x, xp))
+
+
+@pytest.mark.parametrize("accel", [True, False])
+def test_moments_int_are_exact_and_dequantise_analytically(accel):
+    """Integer moments (nodata and excluded pixels left out) equal float64 numpy on the same
+    values, and the analytic dequantisation equals the moments of the dequantised floats."""
+    from dualseg.data.moments import dequantised, moments_int
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(1, 65535, (3, 50_001)).astype(np.uint16)
+    x[1, ::5] = 0  # nodata
+    x[2] = 0
+    x[2, 7] = 1234  # one valid value: M2 = 0
+    ex = rng.random(x.shape[1]) < 0.25
+    cnt, mean, m2 = moments_int(x, 0, ex, accel=accel)
+    for r in range(2):
+        v = x[r][(x[r] != 0) & ~ex].astype(np.float64)
+        assert cnt[r] == v.size
+        np.testing.assert_allclose(mean[r], v.mean(), rtol=1e-14)
+        np.testing.assert_allclose(m2[r], ((v - v.mean()) ** 2).sum(), rtol=1e-12)
+    assert cnt[2] in (0, 1) and m2[2] == 0.0
+    scale, offset = np.array([1e-4, 1e-4, 1e-4]), np.array([-1000.0] * 3)
+    c2, mean2, m22 = dequantised(cnt, mean, m2, scale, offset)
+    v = (x[0][~ex].astype(np.float64) - 1000.0) * 1e-4
+    np.testing.assert_allclose(mean2[0], v.mean(), rtol=1e-12)
+    np.testing.assert_allclose(m22[0], ((v - v.mean()) ** 2).sum(), rtol=1e-10)

@@ -9,9 +9,11 @@ from datetime import date
 
 import numpy as np
 import pytest
+import zarr
 
 from dualseg.data import build_data, read_tile
 from dualseg.data.pastis import import_pastis, parse_folds
+from dualseg.data.quant import QUANT
 from dualseg.errors import InputError
 
 H = 16
@@ -56,7 +58,10 @@ def test_import_round_trip_and_folds(tmp_path):
     s2 = np.load(src / "DATA_S2" / "S2_10001.npy")
     s1 = np.load(src / "DATA_S1A" / "S1A_10001.npy")
     np.testing.assert_array_equal(t.s2.bands["B8A"], s2[:, 7].astype(np.float32))
-    np.testing.assert_array_equal(t.s1.bands["VH"], s1[:, 1])
+    # format version 2: S2 int16 is stored exactly, S1 dB to 0.01 dB (quantisation error <= 0.005 dB)
+    np.testing.assert_allclose(t.s1.bands["VH"], s1[:, 1], rtol=0, atol=QUANT["s1"].max_error * 1.001)
+    g = zarr.open_group(str(tmp_path / "out" / "pastis_10001.zarr"), mode="r")
+    assert g.attrs["version"] == 2 and g["s2/B8A"].dtype == np.uint16 and g["s1/VH"].dtype == np.int16
     assert list(t.s1.bands) == ["VV", "VH", "RATIO"]
     np.testing.assert_array_equal(t.labels, np.load(src / "ANNOTATIONS" / "TARGET_10001.npy")[0])
     assert t.ignore_index == 19 and len(t.class_names) == 19

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import zarr
 
+from dualseg.data.quant import QUANT
 from dualseg.data.read import read_tile
 from dualseg.data.tile import open_tile
 from dualseg.data.validate import validate_tile
@@ -28,15 +29,18 @@ def _edit(path, fn):
         (lambda g: g["s2"].__delitem__("B8A"), r"tile a: missing band s2/B8A"),
         (lambda g: g.__delitem__("s1"), r"tile a: missing group s1"),
         (lambda g: g["s1"].__delitem__("time"), r"tile a: missing array s1/time"),
-        (lambda g: g["s2"].create_array("B11", data=np.zeros((4, 16, 8), "f4"), overwrite=True),
+        (lambda g: g["s2"].create_array("B11", data=np.zeros((4, 16, 8), "u2"), overwrite=True,
+                                        attributes=QUANT["s2"].attrs()),
          r"tile a: s2/B11 has H,W=\(16, 8\)"),
-        (lambda g: g["s2"].create_array("B12", data=np.zeros((6, 16, 16), "f4"), overwrite=True),
+        (lambda g: g["s2"].create_array("B12", data=np.zeros((6, 16, 16), "u2"), overwrite=True,
+                                        attributes=QUANT["s2"].attrs()),
          r"tile a: s2/B12 has T=6 but s2/time has 4"),
         (lambda g: g["s1"].create_array("time", data=np.array([5, 3, 9, 10, 11], "i4"), overwrite=True),
          r"tile a: s1/time is not sorted"),
         (lambda g: g["s2"].create_array("time", data=np.array([5, 5, 9, 10], "i4"), overwrite=True),
          r"tile a: s2/time has a duplicate date 5"),
-        (lambda g: g["s2"].create_array("B02", data=np.full((4, 16, 16), np.nan, "f4"), overwrite=True),
+        (lambda g: g["s2"].create_array("B02", data=np.full((4, 16, 16), 0, "u2"), overwrite=True,
+                                                 attributes=QUANT["s2"].attrs()),
          r"tile a: band s2/B02 is all NaN"),
         (lambda g: g.create_array("labels", data=np.full((16, 16), 7, "i2"), overwrite=True),
          r"tile a: labels contain \[7\] outside \[0, 3\)"),

@@ -26,7 +26,7 @@ def test_cli_ok_and_bad(tmp_path, data):
     assert r.returncode == 0 and r.stdout.startswith("ok: 4 tiles, 3 classes"), r.stderr
     for name in ("t1", "t3"):
         g = zarr.open_group(str(root / f"{name}.zarr"), mode="a")
-        g["s2"].create_array("B07", data=np.full((g["s2/time"].shape[0], 16, 16), np.nan, "f4"), overwrite=True)
+        data.put_band(g, "s2", "B07", np.full((g["s2/time"].shape[0], 16, 16), np.nan))
         rewrite_manifest(root / f"{name}.zarr")
     r = _run(root)
     assert r.returncode == 2

@@ -12,7 +12,7 @@ import torch
 
 from dualseg.config import Config
 from dualseg.data.read import read_labels
-from dualseg.data.tile import open_tile, tile_path
+from dualseg.data.tile import FORMAT_DTYPES, open_tile, tile_path
 from dualseg.data.write import consolidate, rewrite_manifest
 from dualseg.errors import InputError
 from dualseg.predict import read_map, score_map
@@ -113,7 +113,7 @@ def test_missing_band_and_bad_model_are_named(quick_cfg: Config, trained: dict[s
 def test_a_band_in_a_dtype_the_format_does_not_allow_is_refused(quick_cfg: Config, trained: dict[str, Path],
                                                                 tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                                 unlabelled: Callable[..., Path]) -> None:
-    """An int8 band (the format says float32) is one line naming tile, band and dtype; no map is written."""
+    """An int8 band (the format says uint16, or float32 in version 1) is one line naming tile, band and dtype; no map is written."""
     import zarr
 
     root = Path(quick_cfg.data.root)
@@ -124,6 +124,8 @@ def test_a_band_in_a_dtype_the_format_does_not_allow_is_refused(quick_cfg: Confi
     rewrite_manifest(bare / f"{name}.zarr")
     out = tmp_path / "maps"
     assert main(["--model", str(trained["slim"]), "--tiles", str(bare), "--out", str(out)]) == 2
-    assert capsys.readouterr().err == (f"error: tile {name}: band s2/B03 is stored as int8; format version 1 "
-                                       "allows float32\n")
+    version = int(g.attrs.get("version", 1))
+    allowed = " or ".join(sorted(FORMAT_DTYPES[version]["s2"]))
+    assert capsys.readouterr().err == (f"error: tile {name}: band s2/B03 is stored as int8; format version "
+                                       f"{version} allows {allowed}\n")
     assert not out.exists()
