@@ -240,3 +240,6 @@ def test_cpus_follow_gpus_and_the_loader_must_fit() -> None:
     with pytest.raises(InputError, match=r"data.num_workers: 8 loader worker\(s\) \+ the rank itself need 9 CPUs per "
                                          r"rank, --cpus-per-task is 8"):
         fit_cpus(plan, node)
+    plan.cfg.data.num_workers = "auto"  # each rank takes its CPUs less one: fits whatever --cpus-per-task is
+    fit_cpus(plan, node)
+    assert plan.hpc.cpus_per_task == 8
