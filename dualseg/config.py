@@ -68,7 +68,9 @@ class DataConfig:
     s1_bands: list[str] = field(default_factory=lambda: list(S1_BANDS))
     s2_bands: list[str] = field(default_factory=lambda: list(S2_BANDS))
     augment: bool = True
-    num_workers: int = 0
+    # DataLoader worker processes per loader; "auto": the CPUs this rank may run on, less one for the rank
+    # itself (dualseg.data.build.loader_workers reads them where it runs)
+    num_workers: int | Literal["auto"] = "auto"
     class_weighting: Literal["inverse", "median", "none"] = "median"
     synthetic: SyntheticConfig | None = None
     # added by the data layer (dualseg/data/):
@@ -86,8 +88,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         _at_least("data", {"patch_size": (self.patch_size, 1), "samples_per_tile": (self.samples_per_tile, 1),
                            "max_t": (self.max_t, 1), "time_buckets": (self.time_buckets, 1),
-                           "num_workers": (self.num_workers, 0), "cache_mb": (self.cache_mb, 0),
-                           "buffer_mb": (self.buffer_mb, 0)})
+                           "num_workers": (None if self.num_workers == "auto" else self.num_workers, 0),
+                           "cache_mb": (self.cache_mb, 0), "buffer_mb": (self.buffer_mb, 0)})
         if self.time_buckets is not None and self.max_t is not None:
             raise InputError("config: data.time_buckets and data.max_t both set: max_t pads every batch to one "
                              "length already; set one of them")
@@ -161,6 +163,12 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _accepted(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(c) for c in typing.get_args(tp))
+    return _type_name(tp)
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against annotation ``tp``; build nested dataclasses."""
     origin = typing.get_origin(tp)
@@ -171,13 +179,15 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return None
             raise InputError(f"config: {where}: must not be null")
         errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        alternatives = [arg for arg in args if arg is not type(None)]
+        for arg in alternatives:
             try:
                 return _coerce(value, arg, where)
             except InputError as exc:
                 errors.append(str(exc))
+        if len(alternatives) > 1:  # e.g. int | Literal["auto"]: name every accepted form
+            accepted = " or ".join(_accepted(arg) for arg in alternatives)
+            raise InputError(f"config: {where}: expected {accepted}, got {type(value).__name__} {value!r}")
         raise InputError(errors[0] if errors else f"config: {where}: bad value {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):

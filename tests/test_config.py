@@ -98,3 +98,20 @@ def test_choices_are_checked_once_by_the_loader(key: str, value: object, choices
     section, leaf = key.split(".")
     last = choices.split(", ")[-1]
     assert getattr(getattr(apply_overrides(Config(), {key: last}), section), leaf) == last
+
+
+@pytest.mark.parametrize("value, error", [
+    ("auto", None), (0, None), (6, None),
+    ("all", r"^config: data\.num_workers: expected int or 'auto', got str 'all'$"),
+    (True, r"^config: data\.num_workers: expected int or 'auto', got bool True$"),
+    (-1, r"^config: data\.num_workers: must be >= 0 \(got -1\)$"),
+])
+def test_num_workers_is_a_count_or_auto(value, error) -> None:
+    """data.num_workers defaults to "auto" (resolved in the rank, dualseg.data.build.loader_workers); a bad
+    value is named once, when the config is loaded."""
+    assert load_config(None).data.num_workers == "auto"
+    if error is None:
+        assert load_config(None, {"data.num_workers": value}).data.num_workers == value
+    else:
+        with pytest.raises(InputError, match=error):
+            load_config(None, {"data.num_workers": value})

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -46,6 +46,30 @@ from dualseg.data.weights import compute_class_weights
 from dualseg.errors import InputError
 
 log = logging.getLogger("dualseg.data")
+
+# "auto" loader workers stop here: a model this small gains little beyond it, and a rank that sees a whole
+# unbound node (task/none, the local executor) must not start one worker per core of it
+AUTO_WORKERS_MAX = 8
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, which is what the scheduler bound (not what was asked)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity masks on this OS
+        return os.cpu_count() or 1
+
+
+def loader_workers(setting: int | Literal["auto"], cpus: int | None = None) -> int:
+    """``data.num_workers`` as a count, resolved where the loader runs (the one place "auto" is read).
+
+    A number stays as it is. "auto" is one worker per CPU of ``cpus`` (default :func:`usable_cpus`) less one
+    for the process itself, at most :data:`AUTO_WORKERS_MAX`: 0 on one CPU, where the process loads its
+    own batches.
+    """
+    if setting != "auto":
+        return setting
+    return max(0, min((usable_cpus() if cpus is None else cpus) - 1, AUTO_WORKERS_MAX))
 
 
 @dataclass
@@ -221,7 +245,7 @@ def build_data(
             date_encoding=cfg.date_encoding,
             buffer_mb=cfg.buffer_mb,
         )
-        if cfg.num_workers > 0:
+        if loader_workers(cfg.num_workers) > 0:
             ds.preload()  # before DataLoader workers fork: one copy, shared
         datasets[split] = ds
     max_t = {k: max(infos[n].streams[k].t for n in names) for k in STREAMS}

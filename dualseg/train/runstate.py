@@ -8,6 +8,7 @@ CRC-checked, rotated checkpoint written by rank 0 alone.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -80,12 +81,17 @@ class RunState:
         cfg, info = self.cfg, self.info
         set_log_context(rank=info.rank, world=info.world_size, epoch=None)
         self._check_run_dir()
-        from dualseg.data import build_data
+        from dualseg.data.build import build_data, loader_workers, usable_cpus
         from dualseg.model import check_patch_size, validate_model_config
 
         validate_model_config(cfg.model)  # bad model options fail before any data is read
         check_patch_size(cfg.model, cfg.data.patch_size)
-        self.bundle = build_data(cfg.data, splits=("train", "val"), gather=make_gather(info.device), device=info.device)
+        # resolved once, in the rank, from the CPUs it was actually given (the preload and both loaders agree)
+        self.workers = loader_workers(cfg.data.num_workers)
+        log.info("data loader: %d worker process(es) per loader (data.num_workers=%s, %d CPU(s) in this rank's "
+                 "affinity mask)", self.workers, cfg.data.num_workers, usable_cpus())
+        data_cfg = dataclasses.replace(cfg.data, num_workers=self.workers)
+        self.bundle = build_data(data_cfg, splits=("train", "val"), gather=make_gather(info.device), device=info.device)
         for split in ("train", "val"):
             ds = self.bundle.datasets.get(split)
             if ds is None or len(ds) == 0:
@@ -121,12 +127,12 @@ class RunState:
         pin = info.device.type == "cuda"
         self.loader, self.sampler, self.generator = train_loader(
             self.bundle.datasets["train"], collate, batch_size=t.batch_size, rank=info.rank,
-            world_size=info.world_size, seed=t.seed, num_workers=cfg.data.num_workers, pin_memory=pin,
+            world_size=info.world_size, seed=t.seed, num_workers=self.workers, pin_memory=pin,
             max_t=cfg.data.max_t, time_buckets=cfg.data.time_buckets,
         )
         self.val_loader = eval_loader(
             self.bundle.datasets["val"], collate, batch_size=t.batch_size, rank=info.rank,
-            world_size=info.world_size, num_workers=cfg.data.num_workers, pin_memory=pin, max_t=cfg.data.max_t,
+            world_size=info.world_size, num_workers=self.workers, pin_memory=pin, max_t=cfg.data.max_t,
             time_buckets=cfg.data.time_buckets,
         )
         self.steps_per_epoch = steps_per_epoch(len(self.bundle.datasets["train"]), t.batch_size, info.world_size)

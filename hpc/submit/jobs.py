@@ -134,11 +134,12 @@ def partition_node(plan: Plan) -> slurm.NodeResources | None:
 
 def fit_cpus(plan: Plan, node: slurm.NodeResources | None) -> None:
     """CPUs follow GPUs: without ``--cpus-per-task`` a GPU rank gets its share of the node's CPUs (the
-    partition's smallest node / GPUs per node), and the loader workers of a rank must fit its CPUs."""
+    partition's smallest node / GPUs per node), and the loader workers of a rank must fit its CPUs (an
+    explicit ``data.num_workers``; "auto" fits by construction: each rank counts the CPUs it was given)."""
     h, workers = plan.hpc, plan.cfg.data.num_workers
     if h.cpus_per_task is None and h.gpus_per_node and node is not None:
         h.cpus_per_task = max(1, node.cpus // h.gpus_per_node)
-    if h.cpus_per_task is not None and workers + 1 > h.cpus_per_task:
+    if workers != "auto" and h.cpus_per_task is not None and workers + 1 > h.cpus_per_task:
         raise InputError(f"data.num_workers: {workers} loader worker(s) + the rank itself need {workers + 1} CPUs per "
                          f"rank, --cpus-per-task is {h.cpus_per_task}; lower data.num_workers or raise --cpus-per-task")
 

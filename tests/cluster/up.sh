@@ -15,7 +15,7 @@ DIR="${DUALSEG_TESTBED_DIR:-/tmp/dualseg-testbed}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 TIMEOUT="${DUALSEG_TESTBED_TIMEOUT:-60}"   # seconds to wait for each service
 PARTITION="${DUALSEG_TESTBED_PARTITION:-debug}"
-CPUS="${DUALSEG_TESTBED_CPUS:-4}"          # per node; training in tests is tiny, so oversubscribe cores
+CPUS="${DUALSEG_TESTBED_CPUS:-}"           # per node; default (and only with CPU binding): the host's own
 EXTRA_CONF="${DUALSEG_TESTBED_SLURM_EXTRA:-}"  # extra slurm.conf lines (later lines win)
 PG_USER=dualseg
 PG_DB=dualseg_test
@@ -31,7 +31,7 @@ case "${1:-}" in
 esac
 
 [[ $PARTITION =~ ^[A-Za-z0-9_-]+$ ]] || die "DUALSEG_TESTBED_PARTITION='$PARTITION' is not a valid partition name"
-[[ $CPUS =~ ^[1-9][0-9]*$ ]] || die "DUALSEG_TESTBED_CPUS='$CPUS' is not a positive integer"
+[[ -z $CPUS || $CPUS =~ ^[1-9][0-9]*$ ]] || die "DUALSEG_TESTBED_CPUS='$CPUS' is not a positive integer"
 [[ $TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "DUALSEG_TESTBED_TIMEOUT='$TIMEOUT' is not a positive number of seconds"
 
 # ---------------------------------------------------------------- health check of a running bed
@@ -225,9 +225,23 @@ DUALSEG_TEST_PG_PASSWORD="$PG_PASSWORD" DUALSEG_TEST_PG_PORT="$PG_PORT" pg_ok \
 
 # ---------------------------------------------------------------- SLURM
 : >"$DIR/slurm/plugstack.conf"
+# Nodes declare the host's own topology so that task/affinity binds each task to real CPUs (see the
+# template); another DUALSEG_TESTBED_CPUS gets nodes of that size without binding.
+HW="$(slurmd -C 2>/dev/null | head -n1)"
+hw() { sed -n "s/.* $1=\([0-9][0-9]*\).*/\1/p" <<<"$HW"; }
+for k in CPUs Boards SocketsPerBoard CoresPerSocket ThreadsPerCore; do
+  [[ -n "$(hw $k)" ]] || die "slurmd -C did not report $k of this host (it said: ${HW:-nothing})"
+done
+if [[ -z $CPUS || $CPUS == "$(hw CPUs)" ]]; then
+  CPUS="$(hw CPUs)" TASK_PLUGIN=task/affinity
+  NODE_CPUS="CPUs=$CPUS Boards=$(hw Boards) SocketsPerBoard=$(hw SocketsPerBoard) CoresPerSocket=$(hw CoresPerSocket) ThreadsPerCore=$(hw ThreadsPerCore)"
+else
+  TASK_PLUGIN=task/none NODE_CPUS="CPUs=$CPUS"
+  log "DUALSEG_TESTBED_CPUS=$CPUS is not this host's $(hw CPUs): nodes declare $CPUS CPUs and tasks are not bound (task/none)"
+fi
 sed -e "s#@DIR@#$DIR#g" -e "s#@HOST@#$HOST#g" -e "s#@CTLD_PORT@#$CTLD_PORT#g" \
-    -e "s#@N1_PORT@#$N1_PORT#g" -e "s#@N2_PORT@#$N2_PORT#g" -e "s#@N3_PORT@#$N3_PORT#g" -e "s#@CPUS@#$CPUS#g" \
-    -e "s#@MEM_MB@#$MEM_MB#g" -e "s#@PARTITION@#$PARTITION#g" -e "s#@MUNGE_SOCKET@#$MUNGE_SOCKET#g" \
+    -e "s#@N1_PORT@#$N1_PORT#g" -e "s#@N2_PORT@#$N2_PORT#g" -e "s#@N3_PORT@#$N3_PORT#g" -e "s#@NODE_CPUS@#$NODE_CPUS#g" \
+    -e "s#@TASK_PLUGIN@#$TASK_PLUGIN#g" -e "s#@MEM_MB@#$MEM_MB#g" -e "s#@PARTITION@#$PARTITION#g" -e "s#@MUNGE_SOCKET@#$MUNGE_SOCKET#g" \
     "$HERE/slurm.conf.in" >"$DIR/slurm/slurm.conf"
 [[ -z $EXTRA_CONF ]] || printf '# DUALSEG_TESTBED_SLURM_EXTRA\n%s\n' "$EXTRA_CONF" >>"$DIR/slurm/slurm.conf"
 ! grep -n '@[A-Z_]*@' "$DIR/slurm/slurm.conf" || die "unfilled placeholder in $DIR/slurm/slurm.conf"
@@ -267,4 +281,4 @@ export DUALSEG_TEST_PG_PORT=$PG_PORT
 EOF
 mv "$DIR/env.tmp" "$DIR/env"
 log "up in $((SECONDS - T0))s: postgres 127.0.0.1:$PG_PORT, slurm partition '$PARTITION' nodes n1,n2" \
-  "(partitions low/high: n3); source $DIR/env"
+  "(partitions low/high: n3), $CPUS CPUs each, $TASK_PLUGIN; source $DIR/env"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -16,6 +18,7 @@ import zarr
 
 from dualseg.config import SyntheticConfig
 from dualseg.data import build_data, read_tile
+from dualseg.data.build import AUTO_WORKERS_MAX, loader_workers
 from dualseg.data.quant import QUANT
 from dualseg.data.write import rewrite_manifest
 from dualseg.errors import InputError
@@ -245,3 +248,41 @@ def test_bad_val_tile_fails_before_training(tmp_path, data, damage, message):
         chunk.unlink()
     with pytest.raises(InputError, match=message):
         build_data(data.cfg(root))
+
+
+_UNDER_MASK = """
+import json, os, sys
+os.sched_setaffinity(0, json.loads(sys.argv[1]))  # a real, smaller mask, as a scheduler binds it
+from dualseg.data.build import loader_workers, usable_cpus
+print(json.dumps([usable_cpus(), loader_workers("auto"), loader_workers(0), loader_workers(5)]))
+"""
+
+
+@pytest.mark.parametrize("take", ["one", "all"])
+def test_auto_workers_follow_the_affinity_mask_of_the_process(take):
+    """"auto" counts the CPUs the process may run on (its affinity mask), less one for the process itself;
+    a number is never changed, even when it does not fit (the launcher refuses that one)."""
+    have = sorted(os.sched_getaffinity(0))
+    mask = have[:1] if take == "one" else have
+    r = subprocess.run([sys.executable, "-c", _UNDER_MASK, json.dumps(mask)], capture_output=True, text=True,
+                       timeout=120, check=True)
+    cpus, auto, zero, five = json.loads(r.stdout)
+    assert cpus == len(mask)
+    assert auto == min(len(mask) - 1, AUTO_WORKERS_MAX) and (take == "all" or auto == 0)
+    assert (zero, five) == (0, 5)
+
+
+@pytest.mark.parametrize("cpus, workers", [(1, 0), (2, 1), (4, 3), (9, 8), (128, AUTO_WORKERS_MAX)])
+def test_auto_workers_leave_one_cpu_to_the_rank_and_are_capped(cpus, workers):
+    assert AUTO_WORKERS_MAX == 8
+    assert loader_workers("auto", cpus=cpus) == workers
+    assert loader_workers(3, cpus=cpus) == 3
+
+
+def test_auto_workers_preload_like_an_explicit_count(tmp_path, data):
+    """build_data preloads before the DataLoader forks whenever the resolved count is > 0."""
+    root = data.write_root(tmp_path, n=4)
+    ds = build_data(data.cfg(root, num_workers="auto")).datasets["train"]
+    assert len(ds._cache) == (2 if loader_workers("auto") > 0 else 0)
+    lazy = build_data(data.cfg(root, num_workers=0)).datasets["train"]
+    assert len(lazy._cache) == 0

@@ -14,12 +14,14 @@ import operator
 import os
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from dualseg.config import load_config
+from dualseg.data.build import loader_workers
 from dualseg.errors import InputError
 from hpc import predict, slurm
 from hpc.config import parse_hpc
@@ -240,3 +242,54 @@ def test_cpus_follow_gpus_and_the_loader_must_fit() -> None:
     with pytest.raises(InputError, match=r"data.num_workers: 8 loader worker\(s\) \+ the rank itself need 9 CPUs per "
                                          r"rank, --cpus-per-task is 8"):
         fit_cpus(plan, node)
+    plan.cfg.data.num_workers = "auto"  # each rank takes its CPUs less one: fits whatever --cpus-per-task is
+    fit_cpus(plan, node)
+    assert plan.hpc.cpus_per_task == 8
+
+
+def _bound_rank(config: str, data_root: str, scratch: str) -> dict[str, object]:
+    """Runs in the SLURM rank: the CPUs it is bound to, and the loader workers a real ``fit`` started there."""
+    import multiprocessing
+
+    from dualseg.train import fit
+    from dualseg.train.log import setup_logging
+
+    setup_logging()
+    seen: list[int] = []
+
+    def should_stop() -> bool:  # polled at every step, while the loader's worker processes run
+        seen.append(len(multiprocessing.active_children()))
+        return False
+
+    cfg = load_config(config, {"data.root": data_root, "train.scratch": scratch, "train.epochs": 1,
+                               "train.log_every": 1, "data.num_workers": "auto"})
+    fit(cfg, should_stop=should_stop)
+    return {"cpus": len(os.sched_getaffinity(0)), "cpus_per_task": os.environ.get("SLURM_CPUS_PER_TASK"),
+            "workers": max(seen)}
+
+
+@pytest.mark.slurm
+def test_a_rank_is_bound_to_its_cpus_per_task_and_its_loader_uses_them(slurm_env, slurm_wait, tiny_data, hpc_tools,
+                                                                       tmp_path: Path) -> None:
+    """The srun line we generate carries --cpus-per-task; under task/affinity the rank's mask holds exactly
+    those CPUs, and data.num_workers "auto" starts one loader worker per CPU but the rank's own."""
+    from tests.conftest import service_missing
+
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    plugin = re.search(r"^TaskPlugin\s*=\s*(\S+)", config, re.M)
+    if plugin is None or "affinity" not in plugin.group(1):
+        service_missing(f"the bed does not bind tasks to CPUs (TaskPlugin={plugin.group(1) if plugin else '?'}: "
+                        "DUALSEG_TESTBED_CPUS other than the host's, or a bed from an older slurm.conf.in)")
+    k = slurm.partition_resources(slurm_env["partition"]).cpus  # a whole node of the bed
+    if k < 2:
+        service_missing(f"the bed's nodes have {k} CPU: binding more than one CPU per rank cannot be shown")
+    res = Resources(job_name="dualseg-affinity", log_folder=tmp_path / "logs", time_min=5, cpus_per_task=k,
+                    partition=slurm_env["partition"])
+    probe = functools.partial(_bound_rank, str(hpc_tools.tiny), str(tiny_data), str(tmp_path / "scratch"))
+    (job,) = SlurmBackend().submit_array([probe], res, "the affinity probe")
+    slurm_wait([job], timeout=300)
+    workers = loader_workers("auto", cpus=k)
+    assert workers >= 1
+    assert job.result() == {"cpus": k, "cpus_per_task": str(k), "workers": workers}
+    assert (f"data loader: {workers} worker process(es) per loader (data.num_workers=auto, {k} CPU(s) in this "
+            "rank's affinity mask)") in job.stderr()
