@@ -22,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Apply a model to tiles (labels not needed) and write class/confidence maps.",
         epilog="per tile: <out>/<tile>.zarr (classes, confidence, uncertainty[, probabilities]) and, when "
                "the tile has a CRS/transform, <out>/<tile>.tif (+ .tif.aux.xml: class names for GIS) and "
-               "<out>/<tile>.uncertainty.tif. uncertainty: normalised entropy of the mean probability. Tiles already mapped are skipped (--overwrite redoes them); "
+               "<out>/<tile>.uncertainty.tif. uncertainty: normalised entropy of the mean probability. "
+               "Tiles already mapped are skipped (--overwrite redoes them); "
                "--out may not be, hold or lie inside --tiles or the model, and nothing but maps is replaced.",
     )
     p.add_argument("--model", type=Path, nargs="+", required=True,

@@ -18,9 +18,9 @@ import os
 import shutil
 import uuid
 import warnings
-from xml.sax.saxutils import escape
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape
 
 import numpy as np
 import zarr

@@ -37,7 +37,8 @@ def check_train_config(cfg: Config) -> None:
             raise InputError(f"config: {msg}, got {value!r}")
 
 
-_VOLATILE = {"train.scratch", "train.run_name", "train.log_every", "train.device", "data.num_workers", "data.cache_mb"}
+_VOLATILE = {"train.scratch", "train.run_name", "train.log_every", "train.device", "data.num_workers", "data.cache_mb",
+             "train.tensorboard", "train.hparams"}
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
