@@ -80,6 +80,8 @@ def test_two_rank_gloo_identical_metrics(make_cfg: Callable[..., Config], tmp_pa
     run_dir = Path(cfg.train.scratch) / "ddp"  # type: ignore[arg-type]
     assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "last.prev.pt", "last.pt", "metrics.jsonl", *TB]
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2  # rank 0 only
+    if TB:  # one event file, by rank 0 (a second rank would add its own)
+        assert len(list((run_dir / tblog.FOLDER).glob("events.out.tfevents.*"))) == 1
 
 
 def test_two_rank_exact_resume_mid_epoch(make_cfg: Callable[..., Config], tmp_path: Path,
