@@ -131,6 +131,8 @@ class TrainConfig:
     run_name: str = "run"
     log_every: int = 10
     monitor: Monitor = "val_loss"  # best.pt + early stopping (loss min, others max)
+    tensorboard: bool = True  # event files in the run folder when the tensorboard extra is installed
+    hparams: dict[str, Any] = field(default_factory=dict)  # shown in TensorBoard's HParams (a trial's params)
 
     def __post_init__(self) -> None:
         _at_least("train", {"epochs": (self.epochs, 1), "batch_size": (self.batch_size, 1),

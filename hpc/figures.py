@@ -150,10 +150,12 @@ def s1_composite(s1: np.ndarray, bands: list[str]) -> np.ndarray:
 
 
 @plain
-def tile_panels(panels: list[dict[str, Any]], names: list[str], ignore: int) -> Figure:
-    """One row per tile: S2 true colour, S1 VV/VH, labels, prediction, error map; class legend below.
+def tile_panels(panels: list[dict[str, Any]], names: list[str], ignore: int, models: int = 1) -> Figure:
+    """One row per tile: S2 true colour, S1 VV/VH, labels, prediction, its uncertainty, error map.
 
-    ``panels[i]``: ``name``, ``s2_rgb``, ``s2_date``, ``s1_rgb``, ``labels`` (or None), ``classes``.
+    ``panels[i]``: ``name``, ``s2_rgb``, ``s2_date``, ``s1_rgb``, ``labels`` (or None), ``classes``,
+    ``uncertainty`` (normalised entropy of the (mean) probability, NaN without input). ``models``:
+    how many models the prediction averages (named in the titles).
     """
     k = len(names)
     cmap = ListedColormap([np.array(c) / 255 for c in class_colours(k)] + [(1, 1, 1)])
@@ -161,7 +163,8 @@ def tile_panels(panels: list[dict[str, Any]], names: list[str], ignore: int) -> 
     def show_classes(ax: Axes, m: np.ndarray) -> None:
         ax.imshow(np.where(m == ignore, k, m), cmap=cmap, vmin=-0.5, vmax=k + 0.5, interpolation="nearest")
 
-    fig, axes = plt.subplots(len(panels), 5, figsize=(15, 3.1 * len(panels) + 0.8), squeeze=False)
+    fig, axes = plt.subplots(len(panels), 6, figsize=(18, 3.1 * len(panels) + 0.8), squeeze=False)
+    what = f"ensemble of {models}" if models > 1 else "model"
     for row, p in zip(axes, panels):
         row[0].imshow(p["s2_rgb"])
         row[0].set_title(f"{p['name']}: S2 true colour, {p['s2_date']}", fontsize=8)
@@ -174,12 +177,17 @@ def tile_panels(panels: list[dict[str, Any]], names: list[str], ignore: int) -> 
             scored = (lab != ignore) & (pred != ignore)
             err[scored & (lab == pred)] = (0.2, 0.65, 0.3)
             err[scored & (lab != pred)] = (0.85, 0.15, 0.15)
-            row[4].imshow(err, interpolation="nearest")
+            row[5].imshow(err, interpolation="nearest")
             acc = float((lab == pred)[scored].mean()) if scored.any() else float("nan")
-            row[4].set_title(f"error map (green right, red wrong): {acc:.1%}", fontsize=8)
+            row[5].set_title(f"error map (green right, red wrong): {acc:.1%}", fontsize=8)
         row[2].set_title("labels", fontsize=8)
         show_classes(row[3], pred)
-        row[3].set_title("prediction", fontsize=8)
+        row[3].set_title(f"prediction ({what})", fontsize=8)
+        unsure = p.get("uncertainty")
+        if unsure is not None:
+            im = row[4].imshow(np.ma.masked_invalid(unsure), cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+            fig.colorbar(im, ax=row[4], fraction=0.046)
+            row[4].set_title(f"uncertainty (entropy, mean {np.nanmean(unsure):.2f})", fontsize=8)
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
@@ -187,4 +195,41 @@ def tile_panels(panels: list[dict[str, Any]], names: list[str], ignore: int) -> 
     handles.append(Patch(facecolor="white", edgecolor="black", label="ignore / no data"))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+@plain
+def per_class_spread(names: list[str], mean: np.ndarray, std: np.ndarray, members: int,
+                     ensemble: list[float | None] | None, key: str = "IoU") -> Figure:
+    """Per-class test score: mean over the final members with ± 1 std error bars, and the ensemble's."""
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(names) + 2), 4))
+    ax.bar(x - 0.2, mean, 0.4, yerr=std, capsize=3, color="tab:blue", label=f"mean of {members} member(s) ± std")
+    if ensemble is not None and len(ensemble) == len(names):
+        ax.bar(x + 0.2, [np.nan if v is None else v for v in ensemble], 0.4, color="tab:orange", label="ensemble")
+    ax.set_xticks(x, names, rotation=45, ha="right")
+    ax.set(title=f"test {key} per class over the final runs", ylim=(0, 1), ylabel=key)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+@plain
+def members_vs_ensemble(members: list[tuple[str, dict[str, Any]]], ensemble: dict[str, Any]) -> Figure:
+    """Test OA and mIoU of every final member (mean ± std shaded) next to the ensemble's."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key in zip(axes, ("oa", "miou")):
+        vals = np.array([np.nan if m.get(key) is None else m[key] for _, m in members], dtype=np.float64)
+        x = np.arange(len(members))
+        ax.plot(x, vals, "o", color="tab:blue", label="members")
+        if np.isfinite(vals).any():
+            mu, sd = np.nanmean(vals), (np.nanstd(vals, ddof=1) if np.isfinite(vals).sum() > 1 else 0.0)
+            ax.axhspan(mu - sd, mu + sd, color="tab:blue", alpha=0.15, label=f"mean ± std {mu:.3f} ± {sd:.3f}")
+            ax.axhline(mu, color="tab:blue", lw=1)
+        if isinstance(ensemble.get(key), (int, float)):
+            ax.axhline(ensemble[key], color="tab:orange", ls="--", label=f"ensemble {ensemble[key]:.3f}")
+        ax.set_xticks(x, [n for n, _ in members], rotation=45, ha="right", fontsize=7)
+        ax.set(title=f"test {key.upper() if key == 'oa' else 'mIoU'}: members vs ensemble", ylabel=key)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
     return fig

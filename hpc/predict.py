@@ -42,7 +42,8 @@ MAX_REQUEUES = 20  # a requeued task skips the tiles it already wrote
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(allow_abbrev=False, prog="python hpc/predict.py", description=__doc__.split("\n")[0])
     a = p.add_argument
-    a("--model", type=Path, required=True, help="best_model.pth (or a trial's best.pt)")
+    a("--model", type=Path, nargs="+", required=True,
+      help="best_model.pth (or a trial's best.pt); several, or a folder of them: an ensemble")
     a("--tiles", type=Path, required=True, help="tile root (<root>/<tile>.zarr)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--split", help="a split of <root>/splits.json (default: every tile under --tiles)")
@@ -67,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass
 class PredictSpec:
-    """What every task needs (pickled into the job; paths absolute)."""
+    """What every task needs (pickled into the job; paths absolute). ``models``: one, or an ensemble."""
 
-    model: str
+    models: list[str]
     root: str
     tiles: list[str]
     out: str
@@ -88,7 +89,7 @@ class PredictTask(submitit.helpers.Checkpointable):
         self.spec, self.index = spec, index
 
     def __call__(self) -> list[str]:
-        from dualseg.infer import load_exported
+        from dualseg.infer.members import load_members
         from dualseg.predict import predict_tiles
         from dualseg.train.device import visible_device_count
 
@@ -99,8 +100,8 @@ class PredictTask(submitit.helpers.Checkpointable):
         env = SlurmEnv.read()
         print(f"task {self.index}/{s.tasks} process {rank}/{s.ranks} ({env.label}) on {env.nodename or 'localhost'}, "
               f"{device}: {len(mine)} tile(s)", flush=True)
-        res = predict_tiles(load_exported(s.model), s.root, mine, s.out, overlap=s.overlap, batch_size=s.batch_size,
-                            device=device, probabilities=s.probabilities, progress=False)
+        res = predict_tiles(load_members(s.models), s.root, mine, s.out, overlap=s.overlap,
+                            batch_size=s.batch_size, device=device, probabilities=s.probabilities, progress=False)
         for r in res:
             print(f"mapped {r.tile} {r.status} {r.seconds:.1f}s -> {r.zarr}", flush=True)
         return [r.tile for r in res if r.status == "written"]
@@ -140,7 +141,7 @@ def default_gpus(executor: str, partition: str | None) -> int:
 
 def plan(a: argparse.Namespace) -> tuple[PredictSpec, list[str], str]:
     """Validate everything; returns (spec of the tiles still to map, tiles already mapped, executor)."""
-    from dualseg.infer import load_exported
+    from dualseg.infer.members import load_members, model_paths
     from dualseg.predict import list_tiles
     from dualseg.predict.maps import open_inputs
     from dualseg.predict.outputs import check_out, pending
@@ -153,10 +154,13 @@ def plan(a: argparse.Namespace) -> tuple[PredictSpec, list[str], str]:
     if not 0.0 <= a.overlap < 1.0:
         raise InputError(f"--overlap must be in [0, 1), got {a.overlap}")
     slurm.time_to_minutes(a.time)
-    model = load_exported(a.model)
+    paths = [p.expanduser().resolve() for p in model_paths(a.model)]
+    models = load_members(paths)  # an ensemble's members agree (bands, classes, normalisation)
     names = list_tiles(a.tiles, a.split, a.tile)
-    infos = open_inputs(model, a.tiles, names)  # every tile checked before anything is submitted
-    out = check_out(a.out, a.tiles, a.model)  # never an input; writable
+    infos = open_inputs(models[0], a.tiles, names)  # every tile checked before anything is submitted
+    out = Path(a.out)
+    for p in paths:
+        out = check_out(a.out, a.tiles, p)  # never an input; writable
     todo = [i.name for i in pending(out, infos)]  # only maps of ours count as done
     done = [n for n in names if n not in todo]
     executor = a.executor
@@ -169,7 +173,7 @@ def plan(a: argparse.Namespace) -> tuple[PredictSpec, list[str], str]:
         a.gpus = default_gpus(executor, a.partition)
         if executor == "local" and a.gpus:  # local tasks run at once: one per visible GPU, never two on one
             tasks = min(tasks, len(visible_gpus()))
-    spec = PredictSpec(str(a.model.expanduser().resolve()), str(a.tiles.expanduser().resolve()), todo, str(out),
+    spec = PredictSpec([str(p) for p in paths], str(a.tiles.expanduser().resolve()), todo, str(out),
                        tasks, a.overlap, a.batch_size, a.probabilities, ranks=max(1, a.gpus))
     return spec, done, executor
 

@@ -4,7 +4,7 @@ The final section is typed here (:class:`FinalSection`) so that the report, the 
 see one shape. Per member the test metrics of its ``best.pt``; per metric (loss, OA, mIoU, per-class IoU/F1)
 mean, standard deviation and a seeded bootstrap 95 % interval (:mod:`dualseg.train.summary`); per fold the
 fold's spread and its own ensemble; and the ensemble (mean of the members' probabilities,
-:mod:`dualseg.infer.ensemble`) scored on the same test tiles — with folds each fold has its own test tiles,
+:mod:`dualseg.infer.members`) scored on the same test tiles — with folds each fold has its own test tiles,
 so there the ensembles are per fold.
 """
 

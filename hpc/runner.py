@@ -147,7 +147,8 @@ class TrialRunner:
         set_log_context(trial=job.number, epoch=None)
         log.info("trial %d (%s): %s", job.number, job.reason, job.params)
         trial_cfg = apply_overrides(self.cfg, {**job.params, "train.run_name": f"trial-{job.number}",
-                                               "train.monitor": self.hpc.objective})  # best.pt = what the study ranks
+                                               "train.monitor": self.hpc.objective,  # best.pt = what the study ranks
+                                               "train.hparams": dict(job.params)})  # TensorBoard's HParams
         run_dir = trial_dir(self.study_dir, job.number)
 
         def callback(epoch: int, metrics: dict[str, float]) -> bool:

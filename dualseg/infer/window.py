@@ -121,7 +121,7 @@ def _item(t: TileInput, y: int, x: int, p: int) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def tile_logits(
+def blend_logits(
     model: nn.Module,
     tile: TileInput,
     spec: InputSpec,
@@ -133,22 +133,27 @@ def tile_logits(
     amp: bool = True,
     on_batch: Callable[[int], Any] | None = None,
 ) -> torch.Tensor:
-    """Blended logits (K,H,W) float32 on the CPU for the whole tile (see module doc)."""
+    """Blended logits (K,H,W) float32 left on ``device`` (see module doc).
+
+    The accumulators live on the device: a batch's logits are never copied to the host, so a GPU
+    spends its time on the model rather than on one small transfer per batch (on the CPU it is the
+    same code). An ensemble sums its members' softmax there too and moves one array per tile.
+    """
     device = torch.device(device)
     h, w = tile.shape
     corners = windows(h, w, patch, overlap)
-    weight = blend_weight(patch)
+    weight = blend_weight(patch).to(device)
     acc: torch.Tensor | None = None
-    wsum = torch.zeros((h, w), dtype=torch.float32)
+    wsum = torch.zeros((h, w), dtype=torch.float32, device=device)
     model.eval()
     for b in range(0, len(corners), max(1, batch_size)):
         chunk = corners[b : b + batch_size]
         batch = to_device(collate([_item(tile, y, x, patch) for y, x in chunk], spec.max_t), device, spec.streams)
         with autocast_ctx(device, amp):
             logits = forward(model, batch)
-        logits = logits.float().cpu()
+        logits = logits.float()
         if acc is None:
-            acc = torch.zeros((logits.shape[1], h, w), dtype=torch.float32)
+            acc = torch.zeros((logits.shape[1], h, w), dtype=torch.float32, device=device)
         for (y, x), lg in zip(chunk, logits):
             acc[:, y : y + patch, x : x + patch] += lg * weight
             wsum[y : y + patch, x : x + patch] += weight
@@ -156,6 +161,11 @@ def tile_logits(
             on_batch(len(chunk))
     assert acc is not None  # windows() always returns at least one window
     return acc / wsum
+
+
+def tile_logits(model: nn.Module, tile: TileInput, spec: InputSpec, **kw: Any) -> torch.Tensor:
+    """Blended logits (K,H,W) float32 on the CPU for the whole tile: :func:`blend_logits`, moved once."""
+    return blend_logits(model, tile, spec, **kw).cpu()
 
 
 def check_uint8(num_classes: int, ignore: int, what: str = "model") -> None:
@@ -172,9 +182,15 @@ def to_map(
     ``dtype`` uint8 for written maps (checked with :func:`check_uint8`); evaluation passes int64 so
     any ignore value works there.
     """
+    return probs_to_map(torch.softmax(logits.cpu(), dim=0), has_input, ignore, dtype)
+
+
+def probs_to_map(
+    probs: torch.Tensor, has_input: np.ndarray, ignore: int, dtype: type = np.uint8
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`to_map` from (mean) class probabilities (K,H,W) on the CPU: what an ensemble's map is made of."""
     if dtype is np.uint8:
-        check_uint8(int(logits.shape[0]), ignore)
-    probs = torch.softmax(logits, dim=0)
+        check_uint8(int(probs.shape[0]), ignore)
     conf, cls = probs.max(dim=0)
     classes: np.ndarray = cls.numpy().astype(dtype)
     classes[~has_input] = ignore

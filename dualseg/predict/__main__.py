@@ -1,4 +1,7 @@
-"""CLI: ``python -m dualseg.predict --model M --tiles ROOT [--split S | --tile T ...] --out DIR``.
+"""CLI: ``python -m dualseg.predict --model M [M ...] --tiles ROOT [--split S | --tile T ...] --out DIR``.
+
+Several models (files, or folders of ``*.pth``) are an ensemble: their mean class probability
+makes the map (:mod:`dualseg.infer.members`).
 
 Exit codes: 0 ok, 1 model error, 2 bad input (one ``error:`` line naming the tile/option).
 """
@@ -18,11 +21,14 @@ def _parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         prog="python -m dualseg.predict",
         description="Apply a model to tiles (labels not needed) and write class/confidence maps.",
-        epilog="per tile: <out>/<tile>.zarr (classes, confidence[, probabilities]) and <out>/<tile>.tif "
-               "when the tile has a CRS/transform. Tiles already mapped are skipped (--overwrite redoes them); "
+        epilog="per tile: <out>/<tile>.zarr (classes, confidence, uncertainty[, probabilities]) and, when "
+               "the tile has a CRS/transform, <out>/<tile>.tif (+ .tif.aux.xml: class names for GIS) and "
+               "<out>/<tile>.uncertainty.tif. uncertainty: normalised entropy of the mean probability. "
+               "Tiles already mapped are skipped (--overwrite redoes them); "
                "--out may not be, hold or lie inside --tiles or the model, and nothing but maps is replaced.",
     )
-    p.add_argument("--model", type=Path, required=True, help="best_model.pth (or a training checkpoint)")
+    p.add_argument("--model", type=Path, nargs="+", required=True,
+                   help="best_model.pth (or a training checkpoint); several, or a folder of them: an ensemble")
     p.add_argument("--tiles", type=Path, required=True, help="tile root (<root>/<tile>.zarr)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--split", help="a split of <root>/splits.json (default: every tile under --tiles)")
@@ -40,11 +46,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from dualseg.infer.modelfile import load_exported
+    from dualseg.infer.members import load_members
     from dualseg.predict.maps import list_tiles, predict_tiles
 
     try:
-        model = load_exported(a.model)
+        model = load_members(a.model)
         names = list_tiles(a.tiles, a.split, a.tile)
         res = predict_tiles(model, a.tiles, names, a.out, overlap=a.overlap, batch_size=a.batch_size,
                             device=a.device, probabilities=a.probabilities, geotiff=not a.no_geotiff,
@@ -56,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     written = [r for r in res if r.status == "written"]
     tifs = sum(r.geotiff is not None for r in res)
-    print(f"{len(written)} map(s) written, {len(res) - len(written)} already there, {tifs} GeoTIFF(s) -> {a.out}")
+    ens = f" (ensemble of {len(model)} models)" if len(model) > 1 else ""
+    print(f"{len(written)} map(s) written{ens}, {len(res) - len(written)} already there, {tifs} GeoTIFF(s) -> {a.out}")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,10 +15,18 @@ import torch
 from dualseg.data.splits import read_splits
 from dualseg.data.tile import TileInfo, open_tile, tile_path
 from dualseg.errors import InputError
-from dualseg.infer.modelfile import ModelFile, spec_of
-from dualseg.infer.window import check_uint8, load_input, tile_logits, to_map, windows
+from dualseg.infer.members import check_members, ensemble_map, mean_probs
+from dualseg.infer.modelfile import ModelFile
+from dualseg.infer.window import check_uint8, windows
 from dualseg.predict.outputs import check_out, pending, removing_new_empty_dirs
-from dualseg.predict.writers import geotiff_path, map_path, write_geotiff, write_zarr
+from dualseg.predict.writers import (
+    geotiff_path,
+    map_path,
+    uncertainty_path,
+    write_geotiff,
+    write_uncertainty_geotiff,
+    write_zarr,
+)
 
 log = logging.getLogger("dualseg.predict")
 
@@ -77,7 +86,7 @@ def open_inputs(model: ModelFile, root: str | Path, names: list[str]) -> list[Ti
 
 
 def predict_tiles(
-    model: ModelFile,
+    models: ModelFile | Sequence[ModelFile],
     root: str | Path,
     names: list[str],
     out: str | Path,
@@ -90,46 +99,53 @@ def predict_tiles(
     overwrite: bool = False,
     progress: bool | None = None,
 ) -> list[MapResult]:
-    """Write ``<out>/<tile>.zarr`` (+ ``.tif`` when georeferenced) for each tile in ``names``.
+    """Write ``<out>/<tile>.zarr`` (+ GeoTIFFs when georeferenced) for each tile in ``names``.
 
-    Tiles whose map already exists are skipped unless ``overwrite`` (so a rerun, or a requeued
-    array task, does only what is left). ``out`` is never an input, and only maps this package wrote
-    count as done or are replaced (:mod:`dualseg.predict.outputs`); all of it is checked before the
-    first write. A failed write (a full disk) is an :class:`InputError` naming the tile, and leaves no
-    temp file and no empty folder of this run. ``progress`` (default: stderr is a terminal) shows a bar.
+    Several ``models`` (an ensemble; they must agree, :func:`~dualseg.infer.members.check_members`)
+    are averaged in probability space (:func:`~dualseg.infer.members.mean_probs`); every map also
+    carries the ``uncertainty`` layer. Tiles whose map already exists are skipped unless
+    ``overwrite`` (so a rerun, or a requeued array task, does only what is left). ``out`` is never
+    an input, and only maps this package wrote count as done or are replaced
+    (:mod:`dualseg.predict.outputs`); all of it is checked before the first write. A failed write (a
+    full disk) is an :class:`InputError` naming the tile, and leaves no temp file and no empty folder
+    of this run. ``progress`` (default: stderr is a terminal) shows a bar.
     """
+    members = [models] if isinstance(models, ModelFile) else list(models)
+    if not members:
+        raise InputError("--model: no model given")
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
     if not 0.0 <= overlap < 1.0:
         raise InputError(f"--overlap must be in [0, 1), got {overlap}")
+    check_members(members)
+    model = members[0]
     check_uint8(model.num_classes, model.ignore_index, f"--model {model.source}")
     dev = resolve_device(device)
     infos = open_inputs(model, root, names)
-    check_out(out, root, model.source)
+    for m in members:
+        check_out(out, root, m.source)
     out = Path(out)
     todo = pending(out, infos, overwrite=overwrite, geotiff=geotiff)
     results = [MapResult(i.name, "skipped", map_path(out, i.name), _tif_if_any(out, i)) for i in infos
                if i not in todo]
     if not todo:
         return results
-    net = model.build(dev)
-    spec = spec_of(model)
+    built = [(m, m.build(dev)) for m in members]
     from tqdm import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress
-    total = sum(len(windows(i.height, i.width, model.patch_size, overlap)) for i in todo)
+    total = sum(len(windows(i.height, i.width, m.patch_size, overlap)) for i in todo for m in members)
     with (tqdm(total=total, unit="window", disable=not show, desc=f"predict {len(todo)} tile(s)") as bar,
           removing_new_empty_dirs(out)):
         for info in todo:
             t0 = time.monotonic()
             bar.set_postfix_str(info.name)
-            tile = load_input(info, spec)
-            logits = tile_logits(net, tile, spec, patch=model.patch_size, overlap=overlap, batch_size=batch_size,
-                                 device=dev, amp=model.amp, on_batch=bar.update)
-            classes, conf, probs = to_map(logits, tile.has_input(spec.streams), model.ignore_index)
+            probs, has_input = mean_probs(built, info, overlap=overlap, batch_size=batch_size, device=dev,
+                                          on_batch=bar.update)
+            classes, conf, p, unsure = ensemble_map(probs, has_input, model.ignore_index)
             try:
-                zpath, tif = _write(model, out, info, classes, conf, probs if probabilities else None, overlap,
-                                    geotiff)
+                zpath, tif = _write(members, out, info, (classes, conf, unsure, p if probabilities else None),
+                                    overlap, geotiff)
             except OSError as exc:
                 raise InputError(f"--out: cannot write the map of tile {info.name} to {out}: "
                                  f"{exc.strerror or exc}") from None
@@ -137,23 +153,34 @@ def predict_tiles(
     return results
 
 
-def _write(model: ModelFile, out: Path, info: TileInfo, classes: np.ndarray, conf: np.ndarray,
-           probs: np.ndarray | None, overlap: float, geotiff: bool) -> tuple[Path, Path | None]:
-    """The GeoTIFF (when georeferenced), then the zarr that marks the tile done; a failed zarr takes
-    this tile's new GeoTIFF with it."""
+Layers = tuple[np.ndarray, np.ndarray, np.ndarray, "np.ndarray | None"]  # classes, confidence, uncertainty, probs
+
+
+def _write(members: list[ModelFile], out: Path, info: TileInfo, layers: Layers, overlap: float,
+           geotiff: bool) -> tuple[Path, Path | None]:
+    """The GeoTIFFs (when georeferenced), then the zarr that marks the tile done; a failed zarr takes
+    this tile's new GeoTIFFs with it."""
+    classes, conf, unsure, probs = layers
+    model = members[0]
+    written: list[Path] = []
     tif = None
     crs, transform = info.attrs.get("crs"), info.attrs.get("transform")
     try:
         if geotiff and crs and transform:  # georeferenced(info), narrowed for the types
+            written.append(write_uncertainty_geotiff(uncertainty_path(out, info.name), unsure, crs, transform))
             tif = write_geotiff(geotiff_path(out, info.name), classes, crs, transform, model.class_names,
                                 model.ignore_index)
+            written += [tif, tif.with_name(tif.name + ".aux.xml")]
+        sources = [m.source for m in members]
         attrs = {"tile": info.name, "class_names": model.class_names, "ignore_index": model.ignore_index,
-                 "crs": crs, "transform": transform, "overlap": overlap, "model": model.source,
+                 "crs": crs, "transform": transform, "overlap": overlap,
+                 "model": sources[0] if len(sources) == 1 else sources, "models": sources,
+                 "uncertainty": "normalised entropy of the mean class probability (0 sure, 1 uniform)",
                  "code_version": model.code_version}
-        return write_zarr(map_path(out, info.name), classes, conf, probs, attrs), tif
+        return write_zarr(map_path(out, info.name), classes, conf, probs, attrs, uncertainty=unsure), tif
     except BaseException:
-        if tif is not None:
-            tif.unlink(missing_ok=True)
+        for f in written:
+            f.unlink(missing_ok=True)
         raise
 
 
@@ -163,12 +190,12 @@ def _tif_if_any(out: Path, info: TileInfo) -> Path | None:
 
 
 def read_map(path: str | Path) -> dict[str, np.ndarray]:
-    """``classes``/``confidence`` (and ``probabilities`` if written) of a map zarr."""
+    """``classes``/``confidence``/``uncertainty`` (and ``probabilities`` if written) of a map zarr."""
     import zarr
 
     g = zarr.open_group(str(path), mode="r")
     out = {}
-    for k in ("classes", "confidence", "probabilities"):
+    for k in ("classes", "confidence", "uncertainty", "probabilities"):
         arr = g.get(k)
         if isinstance(arr, zarr.Array):
             out[k] = np.asarray(arr[...])

@@ -19,7 +19,7 @@ from pathlib import Path
 from dualseg.data.tile import TileInfo
 from dualseg.errors import InputError
 from dualseg.io import check_output, check_writable_dir
-from dualseg.predict.writers import geotiff_path, is_map, is_map_geotiff, map_path
+from dualseg.predict.writers import geotiff_path, is_map, is_map_geotiff, map_path, uncertainty_path
 
 NOT_OURS = "is never replaced (move it away or choose another --out)"
 
@@ -51,9 +51,10 @@ def pending(out: Path, infos: list[TileInfo], *, overwrite: bool = False, geotif
                 raise InputError(f"--out: {z} exists and is not a map written by dualseg.predict; it {NOT_OURS}")
             if not overwrite:
                 continue
-        tif = geotiff_path(out, info.name)
-        if geotiff and georeferenced(info) and (tif.exists() or tif.is_symlink()) and not is_map_geotiff(tif):
-            raise InputError(f"--out: {tif} exists and is not a GeoTIFF written by dualseg.predict; it {NOT_OURS}")
+        for tif in (geotiff_path(out, info.name), uncertainty_path(out, info.name)):
+            if geotiff and georeferenced(info) and (tif.exists() or tif.is_symlink()) and not is_map_geotiff(tif):
+                raise InputError(f"--out: {tif} exists and is not a GeoTIFF written by dualseg.predict; "
+                                 f"it {NOT_OURS}")
         todo.append(info)
     return todo
 

@@ -135,15 +135,16 @@ def evaluate_checkpoint(
 
 def evaluate_ensemble(paths: list[str | Path], cfg: Config, split: str = "test",
                       overlap: float = DEFAULT_OVERLAP) -> dict[str, Any]:
-    """The ensemble of checkpoints ``paths`` (mean of their probabilities, :mod:`dualseg.infer.ensemble`)
+    """The ensemble of checkpoints ``paths`` (mean of their probabilities, :mod:`dualseg.infer.members`)
     scored on ``split`` of ``cfg.data`` like :func:`evaluate_checkpoint` scores one model. One process."""
     from dualseg.data import build_data
     from dualseg.data.read import read_labels
-    from dualseg.infer.ensemble import load_members, mean_probabilities
+    from dualseg.infer.members import load_members, mean_probs
 
     device = "cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu"
-    members = load_members(paths, device)
-    first = members[0].file
+    files = load_members(paths)
+    members = [(f, f.build(device)) for f in files]
+    first = files[0]
     state = load_checkpoint(Path(paths[0]))
     weight = (state.get("data") or {}).get("class_weights")
     weight = weight.to(torch.float32) if isinstance(weight, torch.Tensor) else None
@@ -153,8 +154,8 @@ def evaluate_ensemble(paths: list[str | Path], cfg: Config, split: str = "test",
     loss_sum = wsum = 0.0
     unpredicted_total = 0
     for tile in bundle.datasets[split].tiles:
-        probs, has_input = mean_probabilities(members, tile, overlap=overlap, batch_size=cfg.train.batch_size,
-                                              device=device)
+        probs, has_input = mean_probs(members, tile, overlap=overlap, batch_size=cfg.train.batch_size,
+                                      device=device)
         log_probs = probs.clamp_min(1e-12).log()  # softmax(log p) = p: the ensemble's logits
         labels = torch.from_numpy(read_labels(tile))
         classes, _, _ = to_map(log_probs, has_input, ignore, dtype=np.int64)

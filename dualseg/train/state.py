@@ -38,7 +38,7 @@ def check_train_config(cfg: Config) -> None:
 
 
 _VOLATILE = {"train.scratch", "train.run_name", "train.log_every", "train.device", "train.memory_format",
-             "data.num_workers", "data.cache_mb"}
+             "data.num_workers", "data.cache_mb", "train.tensorboard", "train.hparams"}
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -44,6 +44,7 @@ from dualseg.train.progress import progress_bar
 from dualseg.train.runstate import RunState
 from dualseg.train.state import check_train_config, epoch_seed
 from dualseg.train.steps import EpochProgress, StopRequested, evaluate_batches, train_epoch
+from dualseg.train.tblog import EpochBoard
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,12 @@ def fit(
 class _Fit(RunState):
     """The phases of ``fit`` over one run's state: epochs, validation, the callback, stop points."""
 
+    def close(self) -> None:
+        board = self.__dict__.pop("board", None)
+        if board is not None:
+            board.close()
+        super().close()
+
     # ---- the loop --------------------------------------------------------------------------
     def _result(self) -> FitResult:
         best = next((h for h in self.history if h["epoch"] == self.early.best_epoch), None)
@@ -158,6 +165,7 @@ class _Fit(RunState):
         if self._poll(should_stop):  # nothing new to save: the state we resumed from is on disk
             return self._interrupted("before the first step", save=False)
         t = self.cfg.train
+        self.board = EpochBoard(self.cfg, self.run_dir, self.info.is_main)  # TensorBoard, if installed
         while self.epoch < t.epochs:
             set_log_context(epoch=self.epoch)
             t0 = time.monotonic()
@@ -184,6 +192,7 @@ class _Fit(RunState):
                 self.stopped = "completed"
             on_main(partial(rundir.append_metrics, self.run_dir, record),
                     f"metrics: rank 0 could not write to {self.run_dir}", self.info)
+            self.board.epoch(record, list(self.bundle.class_names))  # rank 0; never fails the run
             self._save(best=improved)
             log.info(
                 "epoch %d: train_loss %.4f val_loss %.4f val_oa %.4f val_miou %.4f%s",

@@ -78,6 +78,8 @@ for attempt in 1 2 3; do
     # never restarted for this (it would end every running job): say how to apply the new template
     ! template_changed || log "warning: this bed runs a slurm.conf from an older tests/cluster/slurm.conf.in" \
       "(e.g. without partitions low/high); apply it with: bash $HERE/down.sh && bash $HERE/up.sh"
+    command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+      || log "warning: no Chromium for the report's browser check (it fails under CI=true): apt-get install chromium"
     exit 0
   fi
   [[ -f "$DIR/env" ]] || break
@@ -131,6 +133,8 @@ find_pg_bin() {
 PG_BIN="$(find_pg_bin || true)"
 [[ -n $PG_BIN ]] || need_pkgs+=(postgresql)
 command -v psql >/dev/null || need_pkgs+=(postgresql-client)
+# the report's browser check (tests/hpc/test_report.py: headless Chromium loads index.html)
+command -v chromium >/dev/null || command -v chromium-browser >/dev/null || need_pkgs+=(chromium)
 if (( ${#need_pkgs[@]} )); then
   command -v apt-get >/dev/null || die "missing ${need_pkgs[*]} and no apt-get to install them"
   log "installing ${need_pkgs[*]} (apt)"

@@ -86,23 +86,156 @@ def test_a_misspelled_option_is_named_not_taken_for_another(tool: str, tmp_path:
     assert "not given" not in err and list(tmp_path.iterdir()) == []
 
 
-def test_index_renders_in_a_real_browser(local_search: Path, hpc_tools, tmp_path: Path) -> None:
-    """Headless Chromium screenshot of index.html: the figures load (a broken <img> is a tiny grey icon)."""
+PROBE = """<script>
+window.__errors = [];
+window.addEventListener("error", e => window.__errors.push(
+  e.target && e.target.src ? "cannot load " + e.target.src : String(e.message)), true);
+const consoleError = console.error;
+console.error = (...a) => { window.__errors.push(a.join(" ")); consoleError(...a); };
+window.addEventListener("load", () => {
+  const out = document.createElement("pre");
+  out.id = "probe";
+  out.textContent = JSON.stringify({errors: window.__errors, images: [...document.images].map(
+    i => ({src: i.getAttribute("src"), w: i.naturalWidth, h: i.naturalHeight, complete: i.complete}))});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _chromium() -> str:
+    """The browser, or the bed's policy: CI fails (tests/cluster/up.sh installs it), a laptop skips."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if browser is None:
-        pytest.skip("no Chromium on this machine (optional check: apt-get install chromium)")
+        from tests.conftest import service_missing
+
+        service_missing("no Chromium for the report's browser check (apt-get install chromium; "
+                        "tests/cluster/up.sh installs it)")
+    assert browser is not None
+    return browser
+
+
+def _headless(browser: str, *args: str, log: Path) -> subprocess.CompletedProcess[str]:
+    with open(log, "w") as err:  # not a pipe: Chromium's helper processes keep pipes open long after
+        return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                               "--enable-logging=stderr", "--v=0", *args], stdout=subprocess.PIPE, stderr=err,
+                              text=True, timeout=120, check=False)
+
+
+def test_index_renders_in_a_real_browser(local_search: Path, hpc_tools, tmp_path: Path) -> None:
+    """Headless Chromium loads index.html: every <img> decoded (natural size > 0), no console error,
+    and a screenshot shows the figures (a broken <img> is a tiny grey icon)."""
+    browser = _chromium()
     report = local_search / "rep" / "results" / "report"
     if not (report / "index.html").is_file():
         assert hpc_tools.run_cli("report.py", "--study", "rep", "--scratch", str(local_search)).returncode == 0
+    page = tmp_path / "page"
+    shutil.copytree(report, page)  # the page and its figures, with a probe script in its head
+    html = (page / "index.html").read_text()
+    (page / "index.html").write_text(html.replace("</head>", PROBE + "</head>", 1))
+    log = tmp_path / "dom.log"
+    r = _headless(browser, "--virtual-time-budget=20000", "--dump-dom", (page / "index.html").as_uri(), log=log)
+    found = re.search(r'<pre id="probe">(.*?)</pre>', r.stdout, re.S)
+    assert found, f"no probe output; chromium said: {log.read_text()[-2000:]}"
+    import html as htmllib
+    import json
+
+    probe = json.loads(htmllib.unescape(found.group(1)))
+    expected = sorted(re.findall(r'<img src="([^"]+)"', html))
+    assert sorted(i["src"] for i in probe["images"]) == expected and len(expected) >= len(FIGURES)
+    assert [i for i in probe["images"] if not (i["complete"] and i["w"] > 0 and i["h"] > 0)] == []
+    assert probe["errors"] == []
+    console = [line for line in log.read_text().splitlines() if "CONSOLE" in line
+               and ("rror" in line or "Failed" in line or "Uncaught" in line)]
+    assert console == [], console
     shot = tmp_path / "shot.png"
-    log = tmp_path / "chromium.log"
-    with open(log, "w") as err:  # not a pipe: Chromium's helper processes keep pipes open long after
-        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                        "--window-size=1280,6000", f"--screenshot={shot}", (report / "index.html").as_uri()],
-                       stdout=subprocess.DEVNULL, stderr=err, timeout=120, check=False)
-    assert shot.is_file(), log.read_text()[-2000:]
+    _headless(browser, "--window-size=1280,6000", f"--screenshot={shot}", (report / "index.html").as_uri(),
+              log=tmp_path / "shot.log")
+    assert shot.is_file(), (tmp_path / "shot.log").read_text()[-2000:]
     with Image.open(shot) as im:
         a = np.asarray(im.convert("RGB"))
     rows = np.flatnonzero((a < 250).any(axis=(1, 2)))  # rows with anything but white
     assert rows.max() > 4000, "the page is shorter than its 8 figures"
     assert len(np.unique(a.reshape(-1, 3), axis=0)) > 2000  # rendered plots, not alt text
+
+
+def test_a_broken_image_fails_the_browser_check(tmp_path: Path) -> None:
+    """The probe can fail: a page whose figure is not a PNG reports it (natural size 0, an error)."""
+    browser = _chromium()
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    (tmp_path / "index.html").write_text(f'<!doctype html><html><head>{PROBE}</head><body>'
+                                         '<img src="bad.png"><img src="missing.png"></body></html>')
+    r = _headless(browser, "--virtual-time-budget=5000", "--dump-dom", (tmp_path / "index.html").as_uri(),
+                  log=tmp_path / "dom.log")
+    found = re.search(r'<pre id="probe">(.*?)</pre>', r.stdout, re.S)
+    assert found, (tmp_path / "dom.log").read_text()[-2000:]
+    import html as htmllib
+    import json
+
+    probe = json.loads(htmllib.unescape(found.group(1)))
+    assert [i["w"] for i in probe["images"]] == [0, 0]
+    assert len(probe["errors"]) == 2 and all("cannot load" in e for e in probe["errors"])
+
+
+def test_report_names_the_objective_not_optunas_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Axis labels and captions say the study's objective (from its record), never "Objective Value"."""
+    import matplotlib.pyplot as plt
+    import optuna
+    from matplotlib.figure import Figure
+
+    import hpc.report as rep
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="obj", direction="maximize")
+    for i in range(4):
+        t = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+        t.report(0.1 * i, 0)
+        t.report(0.2 * i, 1)
+        study.tell(t, 0.3 * i)
+    labels: dict[str, list[str]] = {}
+    real_save = rep._save
+
+    def keep(fig: Figure, path: Path) -> Path:
+        labels[path.name] = [lab for ax in fig.axes for lab in (ax.get_ylabel(), ax.get_xlabel())] + [
+            t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+        return real_save(fig, path)
+
+    monkeypatch.setattr(rep, "_save", keep)
+    captions = rep.optuna_figures(study, tmp_path, "val_miou")
+    plt.close("all")
+    assert "val_miou" in labels["optimization_history.png"]
+    assert "val_miou (per epoch)" in labels["intermediate_values.png"]
+    assert any("val_miou" in lab for lab in labels["param_importances.png"])
+    assert not any("Objective Value" in lab for labs in labels.values() for lab in labs)
+    assert all("(val_miou, maximize)" in c for c in captions.values())
+
+
+def test_final_runs_get_spread_ensemble_and_fold_figures(local_search: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A results.json with a ``final`` section (two members over two folds, their models): error bars,
+    members vs ensemble, the fold table, and tile panels from the ensemble with its uncertainty."""
+    import json
+
+    from hpc.report import write_report
+
+    monkeypatch.delenv("DUALSEG_STORAGE", raising=False)
+    results = tmp_path / "results"
+    shutil.copytree(local_search / "rep" / "results", results, ignore=shutil.ignore_patterns("report"))
+    r = json.loads((results / "results.json").read_text())
+    k = len(r["test"]["class_names"])
+    for name in ("a.pth", "b.pth"):
+        shutil.copy(results / "best_model.pth", results / name)
+    r["final"] = {"members": [{"seed": s, "fold": f, "metrics": {"oa": 0.7 + 0.1 * s, "miou": 0.5 + 0.1 * s,
+                                                                 "iou": [0.3 + 0.1 * s] * k}}
+                              for s, f in ((0, 1), (1, 2))],
+                  "summary": {"miou": {"mean": 0.55, "std": 0.07, "ci95": [0.5, 0.6]}},
+                  "ensemble": {"oa": 0.85, "miou": 0.65, "iou": [0.5] * k},
+                  "models": [str(results / "a.pth"), str(results / "b.pth")]}
+    (results / "results.json").write_text(json.dumps(r))
+    index = write_report("rep", None, local_search, tmp_path / "report", tiles=1, results_dir=results)
+    figs = sorted(p.name for p in index.parent.glob("*.png"))
+    assert figs == sorted([*FIGURES, "final_per_class.png", "members_ensemble.png"])
+    for name in ("final_per_class.png", "members_ensemble.png"):
+        _not_blank(index.parent / name)
+    page = index.read_text()
+    assert "<th>fold</th>" in page and "0.5500 ± 0.0700 [95 % 0.5000, 0.6000]" in page
+    assert "ensemble test miou" in page and "ensemble of 2" in page

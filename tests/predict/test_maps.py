@@ -113,7 +113,7 @@ def test_missing_band_and_bad_model_are_named(quick_cfg: Config, trained: dict[s
 def test_a_band_in_a_dtype_the_format_does_not_allow_is_refused(quick_cfg: Config, trained: dict[str, Path],
                                                                 tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                                 unlabelled: Callable[..., Path]) -> None:
-    """An int8 band (the format says uint16, or float32 in version 1) is one line naming tile, band and dtype; no map is written."""
+    """An int8 band (the format says uint16; float32 in version 1) is one line naming tile, band, dtype."""
     import zarr
 
     root = Path(quick_cfg.data.root)
@@ -128,4 +128,70 @@ def test_a_band_in_a_dtype_the_format_does_not_allow_is_refused(quick_cfg: Confi
     allowed = " or ".join(sorted(FORMAT_DTYPES[version]["s2"]))
     assert capsys.readouterr().err == (f"error: tile {name}: band s2/B03 is stored as int8; format version "
                                        f"{version} allows {allowed}\n")
+    assert not out.exists()
+
+
+def _second_model(slim: Path, out: Path, **changes: object) -> Path:
+    """Another model of the same recipe: the weights perturbed (``changes`` alter its metadata)."""
+    import dataclasses
+
+    from dualseg.infer.modelfile import load_exported, to_file
+    from dualseg.io import atomic_torch_save
+
+    m = load_exported(slim)
+    g = torch.Generator().manual_seed(7)
+    weights = {k: v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+               for k, v in m.weights.items()}
+    return atomic_torch_save(to_file(dataclasses.replace(m, weights=weights, **changes)), out)  # type: ignore[arg-type]
+
+
+def test_ensemble_map_is_the_mean_probability_and_scores_like_it(
+    quick_cfg: Config, trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two models -> one map: the argmax of their mean softmax (computed here per model through the
+    evaluation's own path), scored with the project's metric, plus the uncertainty layer."""
+    from dualseg.infer import load_exported, load_input, spec_of, tile_logits, to_map
+
+    root = Path(quick_cfg.data.root)
+    tiles = json.loads((root / "splits.json").read_text())["test"]
+    models = tmp_path / "final"
+    models.mkdir()
+    (models / "a.pth").write_bytes(trained["slim"].read_bytes())
+    _second_model(trained["slim"], models / "b.pth")
+    out = tmp_path / "maps"
+    assert main(["--model", str(models), "--tiles", str(root), "--split", "test", "--out", str(out)]) == 0
+    assert f"{len(tiles)} map(s) written (ensemble of 2 models)" in capsys.readouterr().out
+    members = [load_exported(models / "a.pth"), load_exported(models / "b.pth")]
+    k = members[0].num_classes
+    cm_map, cm_mean = torch.zeros(k, k, dtype=torch.int64), torch.zeros(k, k, dtype=torch.int64)
+    differs = 0
+    for name in tiles:
+        info = open_tile(tile_path(root, name), members[0].s1_bands, members[0].s2_bands)
+        inp = load_input(info, spec_of(members[0]))
+        probs = [to_map(tile_logits(m.build(), inp, spec_of(m), patch=m.patch_size, overlap=0.25, amp=m.amp),
+                        inp.has_input(), info.ignore_index)[2] for m in members]
+        mean = (probs[0] + probs[1]) / 2
+        m = read_map(out / f"{name}.zarr")
+        np.testing.assert_array_equal(m["classes"], mean.argmax(axis=0))
+        np.testing.assert_allclose(m["confidence"], mean.max(axis=0), rtol=1e-5)
+        entropy = -(mean * np.log(np.clip(mean, 1e-12, None))).sum(axis=0) / np.log(k)
+        np.testing.assert_allclose(m["uncertainty"], entropy, atol=1e-5)
+        assert ((m["uncertainty"] >= 0) & (m["uncertainty"] <= 1)).all()
+        differs += int((probs[0].argmax(axis=0) != probs[1].argmax(axis=0)).sum())
+        labels = read_labels(info)
+        cm_map += score_map(m["classes"], labels, k, info.ignore_index)[0]
+        cm_mean += score_map(mean.argmax(axis=0).astype(np.uint8), labels, k, info.ignore_index)[0]
+    assert differs > 0  # the members do disagree somewhere: the test can tell an ensemble from one model
+    assert metrics_from_confusion(cm_map)["miou"] == metrics_from_confusion(cm_mean)["miou"]
+    assert cm_map.tolist() == cm_mean.tolist()
+
+
+def test_models_that_differ_are_one_line(quick_cfg: Config, trained: dict[str, Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    other = _second_model(trained["slim"], tmp_path / "other.pth", class_names=["w", "x", "y", "z"])
+    out = tmp_path / "maps"
+    assert main(["--model", str(trained["slim"]), str(other), "--tiles", quick_cfg.data.root, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --model: {other} does not match {trained['slim']}: "
+                                               "it has classes ['w', 'x', 'y', 'z']"), err
     assert not out.exists()

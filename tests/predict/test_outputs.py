@@ -144,7 +144,8 @@ def test_overwrite_replaces_only_its_own_maps(ws: Path) -> None:
     r = predict(ws, "--out", str(ws / "maps"))
     assert r.returncode == 0 and "3 map(s) written" in r.stdout, r.stderr
     assert sorted(p.name for p in (ws / "maps").iterdir()) == [
-        "tile_000.tif", "tile_000.zarr", "tile_001.zarr", "tile_002.zarr"]
+        "tile_000.tif", "tile_000.tif.aux.xml", "tile_000.uncertainty.tif", "tile_000.zarr", "tile_001.zarr",
+        "tile_002.zarr"]
     assert zarr.open_group(str(ws / "maps" / "tile_001.zarr"), mode="r").attrs["format"] == MAP_FORMAT
     r = predict(ws, "--out", str(ws / "maps"))
     assert r.returncode == 0 and "0 map(s) written, 3 already there" in r.stdout, r.stderr

@@ -46,7 +46,8 @@ def test_geotiff_round_trip(quick_cfg: Config, trained: dict[str, Path], tmp_pat
 
     with Image.open(out / f"{name}.tif") as im:  # TIFF tags 322/323: tiled, not striped
         assert (im.tag_v2.get(322), im.tag_v2.get(323)) == (64, 64)
-    assert sorted(p.name for p in out.iterdir()) == [f"{name}.tif", f"{name}.zarr"]
+    assert sorted(p.name for p in out.iterdir()) == [f"{name}.tif", f"{name}.tif.aux.xml", f"{name}.uncertainty.tif",
+                                                      f"{name}.zarr"]
 
 
 def test_maps_are_recognised_and_nothing_else(tmp_path: Path) -> None:
@@ -75,3 +76,69 @@ def test_maps_are_recognised_and_nothing_else(tmp_path: Path) -> None:
           rasterio.open(tmp_path / "y.tif", "w", driver="GTiff", height=8, width=8, count=1, dtype="uint8") as dst):
         dst.write(np.zeros((1, 8, 8), np.uint8))  # a real TIFF, not a map (and not georeferenced)
     assert not is_map_geotiff(tmp_path / "x.tif") and not is_map_geotiff(tmp_path / "y.tif")
+
+
+def _gdal_category_names(path: Path) -> list[str] | None:
+    """Category names of band 1 as GDAL itself reads them (rasterio's bundled libgdal through ctypes;
+    rasterio has no API for them). None when that library cannot be found."""
+    import ctypes
+    import glob
+    import os
+
+    libs = glob.glob(os.path.join(os.path.dirname(os.path.dirname(rasterio.__file__)), "rasterio.libs", "libgdal*"))
+    if not libs:
+        return None
+    gdal = ctypes.CDLL(libs[0])
+    gdal.GDALAllRegister()
+    gdal.GDALOpen.restype = ctypes.c_void_p
+    gdal.GDALOpen.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    gdal.GDALGetRasterBand.restype = ctypes.c_void_p
+    gdal.GDALGetRasterBand.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    gdal.GDALGetRasterCategoryNames.restype = ctypes.POINTER(ctypes.c_char_p)
+    gdal.GDALGetRasterCategoryNames.argtypes = [ctypes.c_void_p]
+    gdal.GDALClose.argtypes = [ctypes.c_void_p]
+    gdal.GDALGetMetadata.restype = ctypes.c_void_p
+    gdal.GDALGetMetadata.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    ds = gdal.GDALOpen(str(path).encode(), 0)
+    assert ds, f"GDAL cannot open {path}"
+    try:
+        band = gdal.GDALGetRasterBand(ds, 1)
+        gdal.GDALGetMetadata(band, None)  # as gdalinfo does first: GTiff loads the PAM side-car lazily
+        names = gdal.GDALGetRasterCategoryNames(band)
+        out = []
+        while names and names[len(out)] is not None:
+            out.append(names[len(out)].decode())
+        return out
+    finally:
+        gdal.GDALClose(ds)
+
+
+def test_class_names_reach_gis_tools_as_category_names(tmp_path: Path) -> None:
+    """QGIS's legend reads GDAL category names: the PAM side-car written beside the GeoTIFF carries them."""
+    import xml.etree.ElementTree as ET
+
+    names = ["wheat", "maize & <rape>", "meadow"]
+    tif = write_geotiff(tmp_path / "t.tif", np.zeros((32, 32), np.uint8), "EPSG:32631", TRANSFORM, names, 255)
+    aux = tmp_path / "t.tif.aux.xml"
+    band = ET.parse(aux).getroot().find("PAMRasterBand")
+    assert band is not None and band.get("band") == "1"
+    assert [c.text for c in band.iter("Category")] == names
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.tif", "t.tif.aux.xml"]  # no temp file left
+    gdal_names = _gdal_category_names(tif)
+    if gdal_names is not None:  # the wheel's own GDAL (the one QGIS-like tools link) reads them back
+        assert gdal_names == names
+    with rasterio.open(tif) as src:  # and the side-car does not disturb what rasterio reads
+        assert json.loads(src.tags(1)["CLASS_NAMES"]) == names and src.descriptions[0] == "class"
+
+
+def test_uncertainty_geotiff_round_trip(tmp_path: Path) -> None:
+    from dualseg.predict.writers import write_uncertainty_geotiff
+
+    u = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    u[0, 0] = np.nan  # no input there
+    tif = write_uncertainty_geotiff(tmp_path / "t.uncertainty.tif", u, "EPSG:32631", TRANSFORM)
+    with rasterio.open(tif) as src:
+        assert src.dtypes == ("float32",) and np.isnan(src.nodata) and src.crs.to_epsg() == 32631
+        assert list(src.transform)[:6] == TRANSFORM and src.descriptions[0] == "uncertainty"
+        np.testing.assert_array_equal(src.read(1), u)
+    assert is_map_geotiff(tif)

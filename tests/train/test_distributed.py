@@ -13,8 +13,10 @@ import torch.distributed as dist
 
 from dualseg.config import Config, to_dict
 from dualseg.errors import InputError
-from dualseg.train import fit
+from dualseg.train import fit, tblog
 from dualseg.train.distributed import TRACE_FILE_VARS, all_reduce_sum, init_distributed, nccl_environment
+
+TB = [tblog.FOLDER] if tblog.available() else []  # event files, with the tensorboard extra
 
 WORKER = r"""
 import json, sys, torch
@@ -76,8 +78,10 @@ def test_two_rank_gloo_identical_metrics(make_cfg: Callable[..., Config], tmp_pa
     # every log line says which rank wrote it
     assert "[rank 1/2 node 0" in logs[1] and "[rank 0/2 node 0" in logs[0]
     run_dir = Path(cfg.train.scratch) / "ddp"  # type: ignore[arg-type]
-    assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "last.prev.pt", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "last.prev.pt", "last.pt", "metrics.jsonl", *TB]
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2  # rank 0 only
+    if TB:  # one event file, by rank 0 (a second rank would add its own)
+        assert len(list((run_dir / tblog.FOLDER).glob("events.out.tfevents.*"))) == 1
 
 
 def test_two_rank_exact_resume_mid_epoch(make_cfg: Callable[..., Config], tmp_path: Path,

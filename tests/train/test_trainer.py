@@ -11,7 +11,9 @@ import torch
 
 from dualseg.config import Config
 from dualseg.errors import InputError, TrainingError
-from dualseg.train import fit, load_checkpoint, majority_baseline, read_metrics
+from dualseg.train import fit, load_checkpoint, majority_baseline, read_metrics, tblog
+
+TB = [tblog.FOLDER] if tblog.available() else []  # event files, with the tensorboard extra
 
 
 def _losses(history: list[dict]) -> list[float]:
@@ -28,7 +30,7 @@ def test_learns_above_majority_baseline(make_cfg: Callable[..., Config]) -> None
     assert best["val_miou"] > base["miou"] + 0.1, (best["val_miou"], base)
     # run dir layout and contents
     names = sorted(p.name for p in res.run_dir.iterdir())
-    assert names == ["best.pt", "last.prev.pt", "last.pt", "metrics.jsonl"]
+    assert names == ["best.pt", "last.prev.pt", "last.pt", "metrics.jsonl", *TB]
     assert load_checkpoint(res.run_dir / "last.prev.pt")["epoch"] == 4  # the state before the last save
     lines = read_metrics(res.run_dir)
     assert [r["epoch"] for r in lines] == list(range(5))

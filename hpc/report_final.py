@@ -1,0 +1,140 @@
+"""The ``final`` section of ``results.json`` as the report reads it: one typed shape, read leniently.
+
+The final runs (the best configuration over seeds, and over folds with ``hpc.final.folds: all``)
+and their ensemble are scored by the evaluation job; this module is the report's side of that
+contract, the one place that knows its layout::
+
+    "final": {"members":  [{"seed": 0, "fold": null, "metrics": {"oa":.., "miou":.., "iou": [..], ...}}],
+              "summary":  {"miou": {"mean":.., "std":.., "ci95": [lo, hi]}, ...},
+              "folds":    {...},                       # per fold; the report recomputes from members
+              "ensemble": {"oa":.., "miou":.., "iou": [..], ...},
+              "models":   ["<path of a member's exported model>", ...]}   # optional: ensemble tile panels
+
+Anything missing is simply not drawn (an old ``results.json`` has no ``final`` at all). Per-class
+spreads and the fold table are computed here from the members, so they do not depend on how
+``summary``/``folds`` spell per-class entries.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Member:
+    """One final run: its seed, its fold (None without folds) and its test metrics."""
+
+    seed: int | None
+    fold: int | str | None
+    metrics: dict[str, Any]
+
+
+@dataclass
+class Spread:
+    """A metric over the members: mean, standard deviation and a 95 % interval (None if not given)."""
+
+    mean: float
+    std: float
+    ci95: tuple[float, float] | None = None
+
+
+@dataclass
+class Final:
+    """What the report uses of ``results["final"]``."""
+
+    members: list[Member]
+    summary: dict[str, Spread] = field(default_factory=dict)
+    ensemble: dict[str, Any] = field(default_factory=dict)
+    folds: dict[str, Any] = field(default_factory=dict)
+    models: list[Path] = field(default_factory=list)
+
+    @property
+    def folded(self) -> bool:
+        return any(m.fold is not None for m in self.members)
+
+    def per_class(self, key: str = "iou") -> tuple[np.ndarray, np.ndarray] | None:
+        """(mean, std) per class of ``key`` over the members (std 0 for one member), or None."""
+        rows = [m.metrics.get(key) for m in self.members]
+        if not rows or any(not isinstance(r, list) for r in rows) or len({len(r) for r in rows}) != 1:  # type: ignore[arg-type]
+            return None
+        a = np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=np.float64)  # type: ignore[union-attr]
+        std = np.nanstd(a, axis=0, ddof=1) if len(a) > 1 else np.zeros(a.shape[1])
+        return np.nanmean(a, axis=0), std
+
+    def spread(self, metric: str) -> Spread | None:
+        """``summary[metric]`` when given, else mean/std over the members' values."""
+        if metric in self.summary:
+            return self.summary[metric]
+        vals = [_num(m.metrics.get(metric)) for m in self.members]
+        ok = [v for v in vals if v is not None]
+        if not ok:
+            return None
+        return Spread(float(np.mean(ok)), float(np.std(ok, ddof=1)) if len(ok) > 1 else 0.0)
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _spread(raw: Any) -> Spread | None:
+    if not isinstance(raw, dict) or _num(raw.get("mean")) is None:
+        return None
+    ci = raw.get("ci95")
+    ci95 = (float(ci[0]), float(ci[1])) if isinstance(ci, (list, tuple)) and len(ci) == 2 \
+        and all(_num(c) is not None for c in ci) else None
+    return Spread(float(raw["mean"]), _num(raw.get("std")) or 0.0, ci95)
+
+
+def read_final(results: dict[str, Any] | None) -> Final | None:
+    """The typed ``final`` section, or None when there is none (or it has no member with metrics)."""
+    raw = (results or {}).get("final")
+    if not isinstance(raw, dict):
+        return None
+    members = [Member(m.get("seed"), m.get("fold"), dict(m["metrics"])) for m in raw.get("members") or []
+               if isinstance(m, dict) and isinstance(m.get("metrics"), dict)]
+    if not members:
+        return None
+    summary = {k: s for k, v in (raw.get("summary") or {}).items() if (s := _spread(v)) is not None}
+    ens = raw.get("ensemble")
+    return Final(members, summary, dict(ens) if isinstance(ens, dict) else {},
+                 dict(raw.get("folds") or {}) if isinstance(raw.get("folds"), dict) else {},
+                 [Path(p) for p in raw.get("models") or [] if isinstance(p, str)])
+
+
+def summary_rows(final: Final) -> list[tuple[str, str]]:
+    """Rows for the report's summary table: members, mean ± std [interval], the ensemble."""
+    rows = [("final runs", f"{len(final.members)} member(s)"
+             + (f" over {len({m.fold for m in final.members})} fold(s)" if final.folded else ""))]
+    for metric in ("oa", "miou"):
+        s = final.spread(metric)
+        if s is not None:
+            ci = f" [95 % {s.ci95[0]:.4f}, {s.ci95[1]:.4f}]" if s.ci95 else ""
+            rows.append((f"final test {metric} (mean ± std)", f"{s.mean:.4f} ± {s.std:.4f}{ci}"))
+    for metric in ("oa", "miou"):
+        if (v := _num(final.ensemble.get(metric))) is not None:
+            rows.append((f"ensemble test {metric}", f"{v:.4f}"))
+    return rows
+
+
+def fold_table(final: Final) -> str:
+    """HTML table per fold (members, mean test OA / mIoU), computed from the members; "" without folds."""
+    if not final.folded:
+        return ""
+    by: dict[str, list[Member]] = {}
+    for m in final.members:
+        by.setdefault(str(m.fold), []).append(m)
+    rows = []
+    for fold in sorted(by, key=lambda f: (len(f), f)):
+        cells = [fold, str(len(by[fold]))]
+        for metric in ("oa", "miou"):
+            vals = [v for m in by[fold] if (v := _num(m.metrics.get(metric))) is not None]
+            cells.append(f"{np.mean(vals):.4f}" if vals else "–")
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    head = "<tr><th>fold</th><th>members</th><th>test OA</th><th>test mIoU</th></tr>"
+    return f'<h2>folds</h2>\n<table class="folds">{head}{"".join(rows)}</table>'
