@@ -1,18 +1,14 @@
-"""The ``final`` section of ``results.json`` as the report reads it: one typed shape, read leniently.
+"""The ``final`` section of ``results.json`` as the report reads it: :class:`hpc.results.FinalSection`
+(its one writer) as JSON, read leniently into what the report draws::
 
-The final runs (the best configuration over seeds, and over folds with ``hpc.final.folds: all``)
-and their ensemble are scored by the evaluation job; this module is the report's side of that
-contract, the one place that knows its layout::
+    "final": {"members": [{"member", "seed", "fold", "checkpoint", "test": {"oa", "miou", "iou": [..], ..}}],
+              "summary": {"metrics": {"miou": {"mean", "std", "low", "high", "n"}, ..}, "ensemble": {..} | null},
+              "folds":   {"<fold>": <summary of that fold>}}
 
-    "final": {"members":  [{"seed": 0, "fold": null, "metrics": {"oa":.., "miou":.., "iou": [..], ...}}],
-              "summary":  {"miou": {"mean":.., "std":.., "ci95": [lo, hi]}, ...},
-              "folds":    {...},                       # per fold; the report recomputes from members
-              "ensemble": {"oa":.., "miou":.., "iou": [..], ...},
-              "models":   ["<path of a member's exported model>", ...]}   # optional: ensemble tile panels
-
-Anything missing is simply not drawn (an old ``results.json`` has no ``final`` at all). Per-class
-spreads and the fold table are computed here from the members, so they do not depend on how
-``summary``/``folds`` spell per-class entries.
+Anything missing is simply not drawn (an old ``results.json`` has no ``final`` at all; a final study
+that failed to evaluate has only ``error``). Per-class spreads and the fold table are computed here
+from the members. The ensemble tile panels use the members' checkpoints (not across folds: a fold's
+test tiles are other folds' training tiles).
 """
 
 from __future__ import annotations
@@ -83,12 +79,12 @@ def _num(v: Any) -> float | None:
 
 
 def _spread(raw: Any) -> Spread | None:
+    """A :class:`dualseg.train.summary.Spread` as JSON (mean, std, low, high, n)."""
     if not isinstance(raw, dict) or _num(raw.get("mean")) is None:
         return None
-    ci = raw.get("ci95")
-    ci95 = (float(ci[0]), float(ci[1])) if isinstance(ci, (list, tuple)) and len(ci) == 2 \
-        and all(_num(c) is not None for c in ci) else None
-    return Spread(float(raw["mean"]), _num(raw.get("std")) or 0.0, ci95)
+    low, high = _num(raw.get("low")), _num(raw.get("high"))
+    return Spread(float(raw["mean"]), _num(raw.get("std")) or 0.0,
+                  (low, high) if low is not None and high is not None else None)
 
 
 def read_final(results: dict[str, Any] | None) -> Final | None:
@@ -96,15 +92,17 @@ def read_final(results: dict[str, Any] | None) -> Final | None:
     raw = (results or {}).get("final")
     if not isinstance(raw, dict):
         return None
-    members = [Member(m.get("seed"), m.get("fold"), dict(m["metrics"])) for m in raw.get("members") or []
-               if isinstance(m, dict) and isinstance(m.get("metrics"), dict)]
+    rows = [m for m in raw.get("members") or [] if isinstance(m, dict) and isinstance(m.get("test"), dict)]
+    members = [Member(m.get("seed"), m.get("fold"), dict(m["test"])) for m in rows]
     if not members:
         return None
-    summary = {k: s for k, v in (raw.get("summary") or {}).items() if (s := _spread(v)) is not None}
-    ens = raw.get("ensemble")
-    return Final(members, summary, dict(ens) if isinstance(ens, dict) else {},
-                 dict(raw.get("folds") or {}) if isinstance(raw.get("folds"), dict) else {},
-                 [Path(p) for p in raw.get("models") or [] if isinstance(p, str)])
+    overall = raw.get("summary") if isinstance(raw.get("summary"), dict) else {}
+    metrics = overall.get("metrics") if isinstance(overall.get("metrics"), dict) else {}
+    summary = {k: s for k, v in metrics.items() if (s := _spread(v)) is not None}
+    ens = overall.get("ensemble")
+    folds = raw.get("folds") if isinstance(raw.get("folds"), dict) else {}
+    models = [] if folds else [Path(m["checkpoint"]) for m in rows if isinstance(m.get("checkpoint"), str)]
+    return Final(members, summary, dict(ens) if isinstance(ens, dict) else {}, dict(folds), models)
 
 
 def summary_rows(final: Final) -> list[tuple[str, str]]:

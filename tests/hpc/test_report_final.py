@@ -1,34 +1,53 @@
-"""The report's reading of results.json's ``final`` section: typed, lenient, absent when not there."""
+"""The report's reading of results.json's ``final`` section: what :mod:`hpc.results` writes, typed and lenient."""
 
 from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import pytest
 
+from dualseg.train.summary import spread
 from hpc.report_final import Spread, fold_table, read_final, summary_rows
+from hpc.results import FinalSection, MemberResult, Summary, finite
 
-MEMBERS = [
-    {"seed": 0, "fold": 1, "metrics": {"oa": 0.8, "miou": 0.5, "iou": [0.4, 0.6, None]}},
-    {"seed": 1, "fold": 1, "metrics": {"oa": 0.9, "miou": 0.7, "iou": [0.6, 0.8, 0.7]}},
-    {"seed": 0, "fold": 2, "metrics": {"oa": 0.7, "miou": 0.6, "iou": [0.5, 0.7, 0.6]}},
-]
+TESTS = [{"oa": 0.8, "miou": 0.5, "iou": [0.4, 0.6, None]}, {"oa": 0.9, "miou": 0.7, "iou": [0.6, 0.8, 0.7]},
+         {"oa": 0.7, "miou": 0.6, "iou": [0.5, 0.7, 0.6]}]
+
+
+def _members(folds: list[str | None]) -> list[MemberResult]:
+    return [MemberResult(i, 10 + i, 3, 0, seed, fold, f"/s/final/trial_{10 + i}/best.pt", test)
+            for i, (seed, fold, test) in enumerate(zip([0, 1, 0], folds, TESTS, strict=True))]
+
+
+def _results(section: FinalSection) -> dict[str, Any]:
+    """results.json as the evaluation job writes it (hpc.results.write_results: strict JSON)."""
+    return json.loads(json.dumps(finite({"final": asdict(section)}), default=str))
+
+
+def _summary(members: list[MemberResult], ensemble: dict[str, Any] | None) -> Summary:
+    return Summary([m.member for m in members], {"miou": spread([m.test["miou"] for m in members])}, [], [], ensemble)
 
 
 def test_absent_or_empty_final_is_none() -> None:
     assert read_final(None) is None
     assert read_final({"test": {}}) is None
     assert read_final({"final": {"members": []}}) is None
-    assert read_final({"final": {"members": [{"seed": 0}]}}) is None  # no metrics: nothing to show
+    assert read_final({"final": {"study": "s/final", "error": "no COMPLETE member"}}) is None
 
 
 def test_final_is_read_with_spread_folds_and_ensemble() -> None:
-    final = read_final({"final": {"members": MEMBERS, "ensemble": {"oa": 0.92, "miou": 0.75},
-                                  "summary": {"miou": {"mean": 0.6, "std": 0.1, "ci95": [0.5, 0.7]},
-                                              "oa": {"mean": "bad"}},
-                                  "models": ["/m/a.pth", 3]}})
-    assert final is not None and final.folded and [str(m) for m in final.models] == ["/m/a.pth"]
-    assert final.spread("miou") == Spread(0.6, 0.1, (0.5, 0.7))
-    oa = final.spread("oa")  # a summary entry that is not numbers: recomputed from the members
+    members = _members(["1", "1", "2"])
+    folds = {f: _summary([m for m in members if m.fold == f], {"oa": 0.9, "miou": 0.7}) for f in ("1", "2")}
+    section = FinalSection("s/final", 3, 3, ["a", "b", "c"], members, _summary(members, None), folds)
+    final = read_final(_results(section))
+    assert final is not None and final.folded
+    assert final.models == []  # no ensemble panels across folds
+    s = spread([0.5, 0.7, 0.6])
+    assert final.spread("miou") == Spread(s.mean, s.std or 0.0, (s.low, s.high))
+    oa = final.spread("oa")  # not in the summary: from the members
     assert oa is not None and oa.mean == pytest.approx(0.8) and oa.std == pytest.approx(0.1) and oa.ci95 is None
     pc = final.per_class("iou")
     assert pc is not None
@@ -36,14 +55,17 @@ def test_final_is_read_with_spread_folds_and_ensemble() -> None:
     np.testing.assert_allclose(pc[1], [0.1, 0.1, np.std([0.7, 0.6], ddof=1)])
     rows = dict(summary_rows(final))
     assert rows["final runs"] == "3 member(s) over 2 fold(s)"
-    assert rows["final test miou (mean ± std)"] == "0.6000 ± 0.1000 [95 % 0.5000, 0.7000]"
-    assert rows["ensemble test miou"] == "0.7500"
+    assert rows["final test miou (mean ± std)"].startswith(f"{s.mean:.4f} ± {s.std:.4f} [95 % {s.low:.4f}, ")
     table = fold_table(final)
     assert "<td>1</td><td>2</td><td>0.8500</td><td>0.6000</td>" in table
     assert "<td>2</td><td>1</td><td>0.7000</td><td>0.6000</td>" in table
 
 
-def test_no_fold_table_without_folds() -> None:
-    final = read_final({"final": {"members": [{**m, "fold": None} for m in MEMBERS]}})
+def test_no_fold_table_without_folds_and_the_members_are_the_ensemble_panels() -> None:
+    members = _members([None, None, None])
+    section = FinalSection("s/final", 3, 3, ["a", "b", "c"], members, _summary(members, {"oa": 0.92, "miou": 0.75}))
+    final = read_final(_results(section))
     assert final is not None and not final.folded and fold_table(final) == ""
     assert "fold" not in dict(summary_rows(final))["final runs"]
+    assert dict(summary_rows(final))["ensemble test miou"] == "0.7500"
+    assert [str(p) for p in final.models] == [m.checkpoint for m in members]
