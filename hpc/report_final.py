@@ -78,6 +78,10 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
+def _mapping(raw: Any) -> dict[str, Any]:
+    return dict(raw) if isinstance(raw, dict) else {}
+
+
 def _spread(raw: Any) -> Spread | None:
     """A :class:`dualseg.train.summary.Spread` as JSON (mean, std, low, high, n)."""
     if not isinstance(raw, dict) or _num(raw.get("mean")) is None:
@@ -96,11 +100,10 @@ def read_final(results: dict[str, Any] | None) -> Final | None:
     members = [Member(m.get("seed"), m.get("fold"), dict(m["test"])) for m in rows]
     if not members:
         return None
-    overall = raw.get("summary") if isinstance(raw.get("summary"), dict) else {}
-    metrics = overall.get("metrics") if isinstance(overall.get("metrics"), dict) else {}
-    summary = {k: s for k, v in metrics.items() if (s := _spread(v)) is not None}
+    overall = _mapping(raw.get("summary"))
+    summary = {k: s for k, v in _mapping(overall.get("metrics")).items() if (s := _spread(v)) is not None}
     ens = overall.get("ensemble")
-    folds = raw.get("folds") if isinstance(raw.get("folds"), dict) else {}
+    folds = _mapping(raw.get("folds"))
     models = [] if folds else [Path(m["checkpoint"]) for m in rows if isinstance(m.get("checkpoint"), str)]
     return Final(members, summary, dict(ens) if isinstance(ens, dict) else {}, dict(folds), models)
 
