@@ -16,7 +16,11 @@ import optuna
 
 from dualseg.errors import InputError
 
-RECORD_VERSION = 1
+# 2: a final study's record carries ``final`` (its members). A plain search's record is written as 1,
+# which it still is, so a dualseg that reads up to 1 keeps reading searches but refuses a final study
+# instead of running its members as search trials.
+RECORD_VERSION = 2
+PLAIN_RECORD_VERSION = 1
 VERSION_KEY = "record_version"
 ALLOC_PREFIX = "alloc:"  # one study attribute per job run: alloc:<array>_<task>:<restart> -> rank-seconds
 RETRY_OF = "failed_trial"  # system attribute set by Optuna's RetryHeartbeatStaleTrialCallback on a retry
@@ -100,7 +104,8 @@ class StudyRecord:
         """The attributes the launcher writes when it creates or resumes the study."""
         return {"config": self.config, "trials": self.trials, "scratch": self.scratch, "objective": self.objective,
                 "code_version": self.code_version, "incarnation": self.incarnation, "launch": self.launch,
-                **({"final": asdict(self.final)} if self.final is not None else {}), VERSION_KEY: RECORD_VERSION}
+                **({"final": asdict(self.final)} if self.final is not None else {}),
+                VERSION_KEY: RECORD_VERSION if self.final is not None else PLAIN_RECORD_VERSION}
 
     @property
     def world_size(self) -> int:

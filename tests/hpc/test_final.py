@@ -17,7 +17,7 @@ from dualseg.data.folds import write_folds
 from dualseg.errors import InputError
 from hpc.config import FinalConfig, parse_hpc
 from hpc.final import final_name, member_overrides, parent_name, plan_members
-from hpc.study import FinalMember, FinalPlan, StudyRecord, TrialRecord
+from hpc.study import RECORD_VERSION, FinalMember, FinalPlan, StudyRecord, TrialRecord
 
 MIN = optuna.study.StudyDirection.MINIMIZE
 
@@ -72,6 +72,9 @@ def test_final_record_round_trips_typed() -> None:
     back = StudyRecord.from_attrs(json.loads(json.dumps(rec.launch_attrs())))
     assert back.final == plan and isinstance(back.final.members[0], FinalMember)
     assert StudyRecord.from_attrs(StudyRecord(trials=2).launch_attrs()).final is None
+    # a dualseg that reads only plain records refuses a final study rather than sampling its members
+    plain = StudyRecord(trials=2).launch_attrs()["record_version"]
+    assert rec.launch_attrs()["record_version"] == RECORD_VERSION > plain
     assert final_name("s") == "s/final" and parent_name("s/final") == "s" and parent_name("s") == "s"
     t = optuna.create_trial(state=TrialState.WAITING, user_attrs={"member": 4})
     assert TrialRecord.of(t).member == 4
