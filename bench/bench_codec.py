@@ -16,15 +16,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import loader_rate, make_dataset
+from bench_data import loader_rate, make_dataset  # run as bench/bench_codec.py: bench/ is sys.path[0]
 
 CODECS = {
     "none": None,

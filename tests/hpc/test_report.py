@@ -209,27 +209,32 @@ def test_report_names_the_objective_not_optunas_default(tmp_path: Path, monkeypa
     assert all("(val_miou, maximize)" in c for c in captions.values())
 
 
-def test_final_runs_get_spread_ensemble_and_fold_figures(local_search: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A results.json with a ``final`` section (two members over two folds, their models): error bars,
-    members vs ensemble, the fold table, and tile panels from the ensemble with its uncertainty."""
+def test_final_runs_get_spread_and_ensemble_figures(local_search: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A results.json with a ``final`` section as hpc.results writes it (two seeds, their checkpoints):
+    error bars, members vs ensemble, and tile panels from the ensemble with its uncertainty (the fold
+    table: tests/hpc/test_report_final.py)."""
     import json
+    from dataclasses import asdict
 
+    from dualseg.train.summary import spread
     from hpc.report import write_report
+    from hpc.results import FinalSection, MemberResult, Summary, finite
 
     monkeypatch.delenv("DUALSEG_STORAGE", raising=False)
     results = tmp_path / "results"
     shutil.copytree(local_search / "rep" / "results", results, ignore=shutil.ignore_patterns("report"))
     r = json.loads((results / "results.json").read_text())
     k = len(r["test"]["class_names"])
-    for name in ("a.pth", "b.pth"):
-        shutil.copy(results / "best_model.pth", results / name)
-    r["final"] = {"members": [{"seed": s, "fold": f, "metrics": {"oa": 0.7 + 0.1 * s, "miou": 0.5 + 0.1 * s,
-                                                                 "iou": [0.3 + 0.1 * s] * k}}
-                              for s, f in ((0, 1), (1, 2))],
-                  "summary": {"miou": {"mean": 0.55, "std": 0.07, "ci95": [0.5, 0.6]}},
-                  "ensemble": {"oa": 0.85, "miou": 0.65, "iou": [0.5] * k},
-                  "models": [str(results / "a.pth"), str(results / "b.pth")]}
+    members = []
+    for s in (0, 1):
+        shutil.copy(results / "best_model.pth", results / f"m{s}.pth")
+        members.append(MemberResult(s, 10 + s, 3, 0, s, None, str(results / f"m{s}.pth"),
+                                    {"oa": 0.7 + 0.1 * s, "miou": 0.5 + 0.1 * s, "iou": [0.3 + 0.1 * s] * k}))
+    miou = spread([0.5, 0.6])
+    section = FinalSection("rep/final", 2, 2, list(r["test"]["class_names"]), members,
+                           Summary([0, 1], {"miou": miou}, [], [], {"oa": 0.85, "miou": 0.65, "iou": [0.5] * k}))
+    r["final"] = finite(asdict(section))
     (results / "results.json").write_text(json.dumps(r))
     index = write_report("rep", None, local_search, tmp_path / "report", tiles=1, results_dir=results)
     figs = sorted(p.name for p in index.parent.glob("*.png"))
@@ -237,5 +242,6 @@ def test_final_runs_get_spread_ensemble_and_fold_figures(local_search: Path, tmp
     for name in ("final_per_class.png", "members_ensemble.png"):
         _not_blank(index.parent / name)
     page = index.read_text()
-    assert "<th>fold</th>" in page and "0.5500 ± 0.0700 [95 % 0.5000, 0.6000]" in page
+    assert "<th>fold</th>" not in page
+    assert f"{miou.mean:.4f} ± {miou.std:.4f} [95 % {miou.low:.4f}, {miou.high:.4f}]" in page
     assert "ensemble test miou" in page and "ensemble of 2" in page

@@ -60,7 +60,10 @@ def _predict(args: list[str], tasks: int) -> tuple[Resources, str]:
     """The map array's resources and script, as ``hpc/predict.py --dry-run`` builds them."""
     a = predict.build_parser().parse_args(["--model", "/scratch/me/best_model.pth", "--tiles", "/data/tiles",
                                            "--out", "/scratch/me/maps", *args])
-    spec = predict.PredictSpec(str(a.model), str(a.tiles), [f"t{i}" for i in range(5)], str(a.out), tasks)
+    if a.gpus is None:  # what plan() resolves on a CPU-only partition
+        a.gpus = 0
+    spec = predict.PredictSpec([str(m) for m in a.model], str(a.tiles), [f"t{i}" for i in range(5)], str(a.out),
+                               tasks, ranks=max(1, a.gpus))
     res = predict.resources(a, spec)
     return res, SlurmBackend().render(tasks, res)
 
