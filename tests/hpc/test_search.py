@@ -79,19 +79,20 @@ def test_every_declared_pruner_kind_is_built() -> None:
 def test_pruner_settings_reach_optuna() -> None:
     p = PrunerConfig(n_startup_trials=4, n_warmup_steps=2, min_resource=3, reduction_factor=4, percentile=10.0,
                      patience=2)
-    median = build_pruner(replace(p, kind="median"))
-    assert (median._n_startup_trials, median._n_warmup_steps, median._percentile) == (4, 2, 50.0)
-    pct = build_pruner(replace(p, kind="percentile"))
-    assert (pct._n_startup_trials, pct._n_warmup_steps, pct._percentile) == (4, 2, 10.0)
-    patient = build_pruner(replace(p, kind="patient"))
-    assert patient._patience == 2 and patient._min_delta == 0.0
-    wrapped = patient._wrapped_pruner
+    built = {k: build_pruner(replace(p, kind=k)) for k in typing.get_args(PrunerKind)}
+    expected: dict[str, dict[str, object]] = {  # Optuna keeps each constructor argument as _<name>
+        "median": {"_n_startup_trials": 4, "_n_warmup_steps": 2, "_percentile": 50.0},
+        "percentile": {"_n_startup_trials": 4, "_n_warmup_steps": 2, "_percentile": 10.0},
+        "patient": {"_patience": 2, "_min_delta": 0.0},
+        "sha": {"_min_resource": 3, "_reduction_factor": 4},
+        "hyperband": {"_min_resource": 3, "_reduction_factor": 4},
+        "none": {},
+    }
+    for kind, settings in expected.items():
+        assert {name: vars(built[kind])[name] for name in settings} == settings, kind
+    wrapped = vars(built["patient"])["_wrapped_pruner"]
     assert isinstance(wrapped, optuna.pruners.MedianPruner)
-    assert (wrapped._n_startup_trials, wrapped._n_warmup_steps) == (4, 2)
-    sha = build_pruner(replace(p, kind="sha"))
-    assert (sha._min_resource, sha._reduction_factor) == (3, 4)
-    hb = build_pruner(replace(p, kind="hyperband"))
-    assert (hb._min_resource, hb._reduction_factor) == (3, 4)
+    assert (vars(wrapped)["_n_startup_trials"], vars(wrapped)["_n_warmup_steps"]) == (4, 2)
 
 
 def test_patient_prunes_only_a_stalled_trial_the_median_would_prune() -> None:
