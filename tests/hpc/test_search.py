@@ -70,6 +70,11 @@ def test_pruners(kind: str, cls: type) -> None:
     assert isinstance(build_pruner(PrunerConfig(kind=kind)), cls)  # type: ignore[arg-type]
 
 
+def test_the_default_pruner_is_the_measured_choice() -> None:
+    pruner = build_pruner(parse_hpc(Config(hpc={"search": SPACE})).pruner)  # bench_search.py's winner
+    assert isinstance(pruner, optuna.pruners.PercentilePruner) and vars(pruner)["_percentile"] == 25.0
+
+
 def test_every_declared_pruner_kind_is_built() -> None:
     kinds = typing.get_args(PrunerKind)
     built = {type(build_pruner(PrunerConfig(kind=k))) for k in kinds}
