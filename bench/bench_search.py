@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 import typing
@@ -96,7 +97,8 @@ def main() -> None:
     kinds = offered if a.pruners == "all" else [k for k in a.pruners.split(",") if k and k != "none"]
     unknown = sorted(set(kinds) - set(offered))
     if unknown:
-        raise SystemExit(f"error: --pruners: unknown {', '.join(unknown)} (offered: {', '.join(offered)})")
+        print(f"error: --pruners: unknown {', '.join(unknown)} (offered: {', '.join(offered)})", file=sys.stderr)
+        raise SystemExit(2)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = root / "data"
@@ -116,8 +118,11 @@ def main() -> None:
     if chosen is None:
         print(f"choice: no pruner ends within {TOLERANCE} of the unpruned best val mIoU")
     else:
+        tied = [k for k in kinds if k != chosen and (res[k]["epochs"], res[k]["best_val_miou"])
+                == (res[chosen]["epochs"], res[chosen]["best_val_miou"])]
         print(f"choice: {chosen} (fewest epochs, {res[chosen]['epochs'] / n['epochs']:.3f} of unpruned, "
-              f"among those within {TOLERANCE} of the unpruned best val mIoU)")
+              f"among those within {TOLERANCE} of the unpruned best val mIoU)"
+              + (f"; tied with {', '.join(tied)}" if tied else ""))
 
 
 if __name__ == "__main__":

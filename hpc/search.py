@@ -43,14 +43,14 @@ class ParamSpec:
 class PrunerConfig:
     """Which Optuna pruner stops bad trials early over epochs (``none`` disables pruning).
 
-    ``median``/``percentile`` compare a trial with the others at the same epoch (after
-    ``n_startup_trials`` finished trials and ``n_warmup_steps`` epochs; ``percentile`` keeps the best
-    ``percentile`` %, median is 50); ``patient`` is median that waits until the trial has not improved for
-    ``patience`` epochs; ``sha``/``hyperband`` promote the best 1/``reduction_factor`` at each rung from
-    ``min_resource`` epochs. Optuna's ThresholdPruner (an absolute bound in objective units, a divergence
-    guard rather than a comparison) and WilcoxonPruner (steps are instances of one fixed evaluation set,
-    not epochs of a changing model) do not fit epoch-wise validation metrics and are not offered. The default,
-    ``percentile`` at 25, is the measured choice: fewest epochs among the pruners that keep the unpruned best.
+    ``median``/``percentile`` compare a trial with the others at the same epoch (after ``n_startup_trials`` finished
+    trials and ``n_warmup_steps`` epochs; ``percentile`` keeps the best ``percentile`` %, median is 50); ``patient``
+    is median gated by PatientPruner (only a trial that has stopped improving for ``patience`` epochs);
+    ``sha``/``hyperband`` promote the best 1/``reduction_factor`` at each rung from ``min_resource`` epochs.
+    Optuna's ThresholdPruner (an absolute bound in objective units, a divergence guard rather than a comparison) and
+    WilcoxonPruner (steps are instances of one fixed evaluation set, not epochs of a changing model) do not fit
+    epoch-wise validation metrics and are not offered. The default, ``percentile`` at 25, is the measured choice:
+    fewest epochs among the pruners that keep the unpruned best.
     """
 
     kind: PrunerKind = "percentile"  # measured: bench_search.py, README "Pruning"
