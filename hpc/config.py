@@ -180,6 +180,7 @@ def parse_hpc(cfg: Config, overrides: dict[str, Any] | None = None) -> HpcConfig
     for ok, message in checks:
         if not ok:
             raise InputError(message)
+    hpc.pruner.check()
     hpc.final.check(hpc.trials)
     time_to_minutes(hpc.time)
     time_to_minutes(hpc.eval_time, "--eval-time")
