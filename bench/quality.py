@@ -12,8 +12,10 @@ The data are the synthetic benchmark generated once (default 12 tiles of 64x64 p
 2 test, 6 crop classes + background, ``--cloud-fraction`` of the S2 dates cloudy); the member seeds move
 the initialisation, patch positions and data order, the tiles stay the same (``--data-seed``).
 
-Usage: ``python bench/quality.py [--trials 2] [--seeds 3] [--epochs 8] [--out /tmp/dualseg-quality]``;
-``--no-run`` prints the table of an earlier run's results.json files.
+Usage: ``python bench/quality.py [--trials 1] [--seeds 2] [--epochs 3] [--samples 4] [--out /tmp/dualseg-quality]``
+(the defaults fit about 10 minutes on a shared 2-core VM; the README says what they show and what to raise);
+``--no-run`` prints the table of an earlier run's results.json files. A run needs an ``--out`` without those
+studies (the launcher refuses to rerun a complete study, and would not see changed epochs or sizes).
 """
 
 from __future__ import annotations
@@ -145,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = out / "quality.yaml"
+    existing = [d for d in (out / "runs" / study_name(s) for s in args.streams.split(",")) if d.exists()]
+    if existing and not args.no_run:
+        print(f"error: --out: {existing[0]} exists (an earlier run): --no-run prints its table, or use another --out",
+              file=sys.stderr)
+        return 2
     if not args.no_run:
         config.write_text(yaml.safe_dump(base_config(args), sort_keys=False))
     results: dict[str, dict[str, Any]] = {}

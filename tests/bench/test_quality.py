@@ -71,3 +71,5 @@ def test_no_run_prints_the_table_of_earlier_results(tmp_path: Path, capsys: pyte
     assert not (tmp_path / "quality.yaml").exists()  # --no-run writes nothing
     assert main(["--no-run", "--out", str(tmp_path), "--streams", "s1"]) == 2
     assert "quality-s1" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path), "--streams", "s1,s2"]) == 2  # never launches over an earlier run's studies
+    assert "quality-s2 exists" in capsys.readouterr().err and not (tmp_path / "quality.yaml").exists()
