@@ -64,11 +64,13 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 
-def service_missing(reason: str) -> NoReturn:
-    """Fail in CI, skip locally: the one policy for every test that needs the bed."""
+def service_missing(reason: str, kind: str = "test bed") -> NoReturn:
+    """Fail in CI, skip locally: the one policy for every test that needs the bed (or a tool of the test extra,
+    ``kind="test extra"``, which CI installs)."""
     if in_ci():
-        pytest.fail(f"test bed: {reason} (CI=true: services are required)", pytrace=False)
-    pytest.skip(f"test bed: {reason}; {UP_HINT}")
+        need = "services are required" if kind == "test bed" else "the test extra is required"
+        pytest.fail(f"{kind}: {reason} (CI=true: {need})", pytrace=False)
+    pytest.skip(f"{kind}: {reason}; {UP_HINT if kind == 'test bed' else 'pip install -e .[test]'}")
 
 
 def testbed_dir() -> Path:

