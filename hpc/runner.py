@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from optuna.trial import TrialState
 
 from dualseg.config import Config, apply_overrides
-from dualseg.errors import TrainingError, cause_chain
+from dualseg.errors import TrainingError, cause_chain, one_line
 from hpc import slurm
 from hpc.config import HpcConfig
 from hpc.paths import trial_dir
@@ -60,6 +60,9 @@ def _fail_trial(coord: Coordinator | None, job: Assignment, exc: BaseException, 
         log.error("trial %d ran out of memory with %s", job.number, job.params)
     else:
         log.error("trial %d failed: %s", job.number, what)
+    causes = [f"{type(e).__name__}: {one_line(e)}" for e in list(cause_chain(exc))[1:]]
+    if causes:  # a wrapper's words hide the reason (Optuna: "An exception is raised during the commit")
+        log.error("trial %d failed because of: %s", job.number, " <- ".join(causes)[:1000])
     if coord is not None:
         coord.tell(job.trial_id, TrialState.FAIL, None, TrialOutcome(error=what[:500], fatal=fatal))
 

@@ -50,7 +50,8 @@ _TRANSIENT = ("server closed the connection", "connection refused", "could not c
               "timeout expired", "too many clients", "remaining connection slots", "ssl syscall", "eof detected",
               "connection already closed", "connection is closed", "could not receive data", "could not send data",
               "server conn crashed", "database is locked", "cannot connect now", "no route to host",
-              "network is unreachable", "broken pipe", "connection timed out")
+              "network is unreachable", "broken pipe", "connection timed out", "in recovery mode",
+              "not yet accepting connections", "not accepting connections")
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -77,13 +78,16 @@ def is_connection_error(exc: BaseException) -> bool:
     text = " ".join(str(e).lower() for e in chain)
     if any(word in text for word in _PERMANENT):
         return False
+    # the driver's own error decides before SQLAlchemy's wrapper around it (which comes first in the chain):
+    # a psycopg2 OperationalError without a SQLSTATE is libpq failing to connect or to talk (refused, DNS,
+    # reset, "the database system is in recovery mode" while the server restarts after a crash)
+    if any(_is_driver_error(e) for e in chain):
+        return True
     for e in chain:
         if isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated:
             return True
         if isinstance(e, (sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.TimeoutError, ConnectionError)):
             return True
-        if _is_driver_error(e):
-            return True  # no SQLSTATE: libpq itself failed (refused, DNS, reset, recovery at connect time)
         if isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
             return any(word in text for word in _TRANSIENT)
     return False

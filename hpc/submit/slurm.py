@@ -22,6 +22,14 @@ from hpc import slurm
 from hpc.submit.base import R
 from hpc.submit.resources import Resources
 
+# scancel retries a signal SLURM refuses during a requeue ("try again later") and delivers it to the requeued
+# job's fresh tasks a fraction of a second after they start: USR2's default action kills a task (exit 140)
+# before submitit installs its handler, and the requeued job ends instead of continuing its trial. A
+# disposition set to "ignore" survives exec (POSIX), and Python's ``signal.signal`` replaces it once the
+# handler is ready; the signal lost in that window asked for what the requeue already does.
+TASK_PYTHON = "/bin/sh -c 'trap \"\" USR2; exec \"$0\" \"$@\"' " + shlex.quote(sys.executable)
+"""The interpreter every srun task starts (submitit's ``python``): SIGUSR2 ignored until its handler is set."""
+
 
 def executor_parameters(res: Resources, n: int) -> dict[str, Any]:
     """``SlurmExecutor.update_parameters`` keywords of an array of ``n`` tasks shaped ``res``."""
@@ -58,7 +66,7 @@ def render_array(res: Resources, n: int) -> str:
 
     folder = res.log_folder.expanduser().absolute()  # as submitit's Executor stores it
     # SlurmExecutor._submitit_command_str, without building an executor (that needs srun here)
-    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    command = " ".join([TASK_PYTHON, "-u -m submitit.core._submit", shlex.quote(str(folder))])
     extra: dict[str, Any] = {"map_count": n} if n > 1 else {}
     return _make_sbatch_string(command=command, folder=folder, **executor_parameters(res, n), **extra)
 
@@ -115,7 +123,7 @@ class SlurmBackend:
         import submitit
 
         self.require()
-        ex = submitit.SlurmExecutor(folder=res.log_folder, max_num_timeout=res.max_requeues)
+        ex = submitit.SlurmExecutor(folder=res.log_folder, max_num_timeout=res.max_requeues, python=TASK_PYTHON)
         ex.update_parameters(**executor_parameters(res, n))
         return ex
 

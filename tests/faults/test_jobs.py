@@ -126,6 +126,10 @@ def test_usr2_during_startup_and_twice_in_a_row(slurm_env, pg_db_url, tiny_args,
     for _ in range(2):  # twice in a row, mid-epoch
         subprocess.run(["scancel", "-s", "USR2", s.array], check=True, timeout=30)
         time.sleep(0.3)
+    # once more while the job is down for its requeue: SLURM refuses it ("try again later"), scancel retries
+    # it and delivers it to the requeued job's tasks just after they start, before any handler is set
+    faults.wait_for(lambda: s.log(None).read_text().count("hpc.worker: requeueing") >= 2, 120, "the second requeue")
+    subprocess.run(["scancel", "-s", "USR2", s.array], check=True, timeout=180)
     s.wait_done(timeout=300)
     text = s.log(None).read_text()
     trials = faults.exact(s, 1, epochs=4)

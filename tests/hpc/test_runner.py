@@ -20,7 +20,8 @@ import optuna
 import pytest
 
 from dualseg.errors import TrainingError
-from hpc.runner import EnvironmentOutage, _judge
+from hpc.runner import EnvironmentOutage, _fail_trial, _judge
+from hpc.trials import Assignment
 
 
 def test_judgement_of_failures() -> None:
@@ -35,6 +36,19 @@ def test_judgement_of_failures() -> None:
     assert _judge(OSError(errno.ENOENT, "No such file")) == "trial"  # a vanished file is the trial's
     assert _judge(TrainingError("non-finite loss")) == "trial"
     assert _judge(ImportError("broken install")) == "fatal"
+
+
+def test_a_failed_trial_logs_what_its_wrapper_hides(caplog: pytest.LogCaptureFixture) -> None:
+    try:
+        try:
+            raise ConnectionError("server closed the connection unexpectedly")
+        except ConnectionError as inner:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from inner
+    except optuna.exceptions.StorageInternalError as wrapped:
+        with caplog.at_level("ERROR", logger="hpc.worker"):
+            _fail_trial(None, Assignment("train", 1, 7), wrapped, fatal=False)
+    assert "trial 7 failed: StorageInternalError: An exception is raised during the commit." in caplog.text
+    assert "because of: ConnectionError: server closed the connection unexpectedly" in caplog.text
 
 
 def test_environment_outage_backs_off_within_its_budget() -> None:

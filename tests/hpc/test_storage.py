@@ -131,6 +131,25 @@ def test_server_errors_are_classified_by_sqlstate_in_utc_sessions(pg_db_url: str
     engine.dispose()
 
 
+def test_a_connect_during_crash_recovery_is_waited_out() -> None:
+    """The chain measured while a backend's ``kill -9`` makes the server recover: Optuna's commit error, from
+    SQLAlchemy's ``OperationalError``, from libpq's connect failure, which carries no SQLSTATE."""
+    import psycopg2
+
+    libpq = psycopg2.OperationalError('connection to server at "127.0.0.1", port 5432 failed: '
+                                      "FATAL:  the database system is in recovery mode")
+    assert getattr(libpq, "pgcode", None) is None
+    try:
+        try:
+            raise sa.exc.OperationalError(None, None, libpq)
+        except sa.exc.OperationalError as e:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from e
+    except optuna.exceptions.StorageInternalError as wrapped:
+        assert is_connection_error(wrapped)
+    assert is_connection_error(sa.exc.OperationalError(None, None, Exception("FATAL: the database system is in "
+                                                                               "recovery mode")))
+
+
 def test_sqlstates_decide_over_message_text() -> None:
     """A server speaking another language: the SQLSTATE decides, the words do not."""
 
