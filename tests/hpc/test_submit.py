@@ -29,7 +29,7 @@ from hpc.paths import REPO_ROOT
 from hpc.storage import StorageURL
 from hpc.submit import LocalBackend, Resources, SlurmBackend, array_id, backend, jobs
 from hpc.submit.jobs import Plan
-from hpc.submit.slurm import executor_parameters
+from hpc.submit.slurm import TASK_PYTHON, executor_parameters
 
 GOLDEN = Path(__file__).parent / "golden"
 PREDICT_ARGS = ["--tasks", "3", "--parallel", "2", "--gpus", "1", "--partition", "gpu", "--account", "acct",
@@ -87,6 +87,15 @@ def test_rendered_scripts_match_the_golden_files(name: str) -> None:
     assert _norm(_rendered()[name]) == (GOLDEN / name).read_text()
 
 
+def test_tasks_start_python_with_usr2_ignored_until_a_handler_is_set() -> None:
+    """What srun runs: a USR2 landing before submitit's handler is ignored instead of killing the task."""
+    probe = ("import os, signal, sys; assert signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN; "
+             "os.kill(os.getpid(), signal.SIGUSR2); signal.signal(signal.SIGUSR2, lambda *a: sys.exit(7)); "
+             "os.kill(os.getpid(), signal.SIGUSR2)")
+    done = subprocess.run(f"{TASK_PYTHON} -c {shlex.quote(probe)}", shell=True, timeout=60)
+    assert done.returncode == 7  # the first USR2 ignored, the second reached the handler
+
+
 def test_launch_and_predict_scripts_come_from_one_renderer() -> None:
     """The same options give the same Resources and the same script, whichever CLI asks."""
     pred, pred_script = _predict(PREDICT_ARGS, 3)
@@ -106,7 +115,7 @@ def test_launch_and_predict_scripts_come_from_one_renderer() -> None:
     assert srun(pred_script, pred.log_folder) == srun(jobs.array_script(plan), work.log_folder)
     assert srun(pred_script, pred.log_folder) == (f"srun --unbuffered --output <LOGS>/%A_%a_%t_log.out --error "
                                                   "<LOGS>/%A_%a_%t_log.err --cpus-per-task=4 "
-                                                  f"{shlex.quote(sys.executable)} -u -m "
+                                                  f"{TASK_PYTHON} -u -m "
                                                   "submitit.core._submit <LOGS>")
 
 
