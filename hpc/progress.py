@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import time
 from typing import Any
 
@@ -73,18 +74,36 @@ def _local_job_gone(job: str) -> bool:
     return False
 
 
-def stop_local(plan: Plan, workers: list[Any], resend_s: float = 5.0) -> list[int]:
-    """After Ctrl-C: SIGTERM the workers (each saves its trial at the next step and exits), wait for them, then
-    hand their RUNNING trials back (WAITING: a rerun continues each from its checkpoint); returns the numbers.
-
-    SIGTERM is sent again every ``resend_s`` (a task still starting up has not installed its handler yet);
-    a second Ctrl-C meanwhile is ignored, so the trials are always handed back."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sent = float("-inf")
+def stop_workers(workers: list[Any], resend_s: float = 5.0, kill_after_s: float = 120.0) -> bool:
+    """SIGTERM the workers (each saves its trial at the next step and exits) and wait; returns False when
+    some were killed. SIGTERM is sent again every ``resend_s`` (a task still starting up has no handler yet);
+    a worker still alive after ``kill_after_s`` (hung in a collective, deaf to SIGTERM) is killed with its
+    processes, so Ctrl-C always ends the launcher (its trial then resumes from its last checkpoint)."""
+    start = sent = time.monotonic()
+    LocalBackend.stop(workers)
     while any(not w.done() for w in workers):
-        if time.monotonic() - sent > resend_s:
+        now = time.monotonic()
+        if now - start > kill_after_s:
+            print(f"stopping: {sum(not w.done() for w in workers)} worker(s) did not save within "
+                  f"{kill_after_s:.0f} s of SIGTERM: killed; their trials resume from their last checkpoint",
+                  file=sys.stderr, flush=True)
+            LocalBackend.kill(workers)
+            deadline = time.monotonic() + 30
+            while any(not w.done() for w in workers) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            return False
+        if now - sent > resend_s:
             LocalBackend.stop(workers)
-            sent = time.monotonic()
+            sent = now
         time.sleep(0.2)
+    return True
+
+
+def stop_local(plan: Plan, workers: list[Any], resend_s: float = 5.0, kill_after_s: float = 120.0) -> list[int]:
+    """After Ctrl-C: stop the workers (:func:`stop_workers`), then hand their RUNNING trials back (WAITING: a
+    rerun continues each from its checkpoint); returns the numbers. A second Ctrl-C meanwhile is ignored,
+    so the trials are always handed back."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop_workers(workers, resend_s, kill_after_s)
     with open_study(plan.storage, plan.hpc.study, budget_s=60) as opened:
         return hand_back(opened.db, opened.study, _local_job_gone)

@@ -19,6 +19,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from dualseg.errors import InputError
@@ -26,11 +27,34 @@ from hpc.submit.base import R
 from hpc.submit.resources import Resources
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux ``/proc/<pid>/task/<tid>/children``; none where it is missing)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for children in Path(f"/proc/{todo.pop()}/task").glob("*/children"):
+            try:
+                kids = [int(k) for k in children.read_text().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
 def visible_gpus() -> list[int]:
-    """GPU indices this process may hand out: ``CUDA_VISIBLE_DEVICES``, else every CUDA device."""
+    """GPU indices this process may hand out: ``CUDA_VISIBLE_DEVICES``, else every CUDA device.
+
+    Set but empty means no GPU (as CUDA reads it). submitit's local executor hands GPUs out by index, so
+    a list of GPU UUIDs (``GPU-...``/``MIG-...``) is refused in one line instead of being dropped.
+    """
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env:
-        return [int(x) for x in env.split(",") if x.strip().isdigit()]
+    if env is not None:
+        tokens = [x.strip() for x in env.split(",") if x.strip()]
+        if any(not t.isdigit() for t in tokens):
+            raise InputError(f"CUDA_VISIBLE_DEVICES={env}: the local executor hands out GPUs by index; "
+                             "give indices (nvidia-smi -L lists them)")
+        return [int(t) for t in tokens]
     try:
         import torch
 
@@ -68,6 +92,20 @@ class LocalBackend:
             if not job.done():
                 try:
                     os.kill(int(job.job_id), signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    @staticmethod
+    def kill(jobs: Sequence[Any]) -> None:
+        """SIGKILL every controller still running and every process under it (a task deaf to SIGTERM: hung
+        in a collective or in C code). The tree is read before anything dies: orphans would be lost."""
+        for job in jobs:
+            if job.done():
+                continue
+            pid = int(job.job_id)
+            for target in [*_descendants(pid), pid]:
+                try:
+                    os.kill(target, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
 

@@ -87,6 +87,18 @@ def test_rendered_scripts_match_the_golden_files(name: str) -> None:
     assert _norm(_rendered()[name]) == (GOLDEN / name).read_text()
 
 
+def test_visible_gpus_read_as_cuda_reads_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpc.submit.local import visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")
+    assert visible_gpus() == [2, 3]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # set but empty: no GPU, not "all of them"
+    assert visible_gpus() == []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-8f2e1c3a-0000-1111-2222-333344445555")
+    with pytest.raises(InputError, match="CUDA_VISIBLE_DEVICES=GPU-8f2e.*by index"):
+        visible_gpus()
+
+
 def test_tasks_start_python_with_usr2_ignored_until_a_handler_is_set() -> None:
     """What srun runs: a USR2 landing before submitit's handler is ignored instead of killing the task."""
     probe = ("import os, signal, sys; assert signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN; "
