@@ -153,6 +153,12 @@ class Config:
     hpc: dict[str, Any] = field(default_factory=dict)
 
 
+# How a run executes, not what it computes: the only settings a relaunch of a study may change freely.
+RUNTIME_ONLY = frozenset({"data.num_workers", "data.cache_mb", "data.buffer_mb", "data.stats_backend",
+                          "data.stats_cache", "train.device", "train.memory_format", "train.scratch",
+                          "train.run_name", "train.log_every", "train.tensorboard"})
+
+
 def _at_least(section: str, values: dict[str, tuple[float | None, float]]) -> None:
     """One line for the first value below its minimum (None: unset, allowed). Checked where the field is
     declared, so a bad value fails when the config is loaded, not in the 10th trial of a search."""

@@ -34,6 +34,18 @@ def test_what_a_relaunch_may_change() -> None:
         check_relaunch("s", old, old, 4, False)
 
 
+def test_a_relaunch_may_not_change_what_trials_compute_but_how_they_run() -> None:
+    cfg = {"data": {"root": "/d", "num_workers": 2}, "train": {"epochs": 10, "log_every": 5}, "hpc": {"x": 1}}
+    old = _record(config=cfg)
+    runtime = {"data": {"root": "/d", "num_workers": "auto"}, "train": {"epochs": 10, "log_every": 1}}
+    check_relaunch("s", old, _record(config=runtime), 1, False)
+    for change, needle in (({"train": {"epochs": 20, "log_every": 5}}, "train.epochs 10; this launch says 20"),
+                           ({"data": {"root": "/e", "num_workers": 2}}, "data.root /d; this launch says /e")):
+        with pytest.raises(InputError, match="needs --allow-change") as err:
+            check_relaunch("s", old, _record(config={**cfg, **change}), 1, False)
+        assert needle in str(err.value)
+
+
 def test_relaunch_refusals_through_the_cli(hpc_tools: SimpleNamespace, tiny_args: list[str], tmp_path: Path) -> None:
     db = tmp_path / "s.db"
     base = [*tiny_args, "--storage", f"sqlite:///{db}", "--study", "again", "--executor", "local"]
