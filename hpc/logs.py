@@ -95,13 +95,14 @@ def study_logdir(study: str, storage: str | None, scratch: str | None) -> Path:
 
 def find_logdir(job: str, logdir: str | None, study: str | None = None, storage: str | None = None,
                 scratch: str | None = None) -> Path:
-    """``--logdir``, ``$DUALSEG_LOGDIR``, the study's (``--study``), else the folder under scratch with this job."""
+    """``--logdir``, the study's (``--study``), ``$DUALSEG_LOGDIR``, else the folder under scratch with this job:
+    what was typed beats what was exported (for one pickle-free run, perhaps long ago)."""
     if logdir:
         return Path(logdir).expanduser().resolve()
-    if os.environ.get("DUALSEG_LOGDIR"):
-        return Path(os.environ["DUALSEG_LOGDIR"])
     if study:
         return study_logdir(study, storage, scratch)
+    if os.environ.get("DUALSEG_LOGDIR"):
+        return Path(os.environ["DUALSEG_LOGDIR"]).expanduser().resolve()
     root = resolve_scratch(scratch)
     for cand in sorted(root.glob("*/logs")):
         if any(cand.glob(f"{job.split('_')[0]}_*_log.*")):
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                    "SQLite study <$SCRATCH or ./runs>/<study>/study.db); not needed with --scratch")
     p.add_argument("--scratch", default=None, help="scratch root (default: the one the study recorded; without "
                    "--study: search <scratch>/*/logs, scratch being $SCRATCH or ./runs)")
-    p.add_argument("--logdir", help="read this folder instead (default $DUALSEG_LOGDIR, else the study's)")
+    p.add_argument("--logdir", help="read this folder instead (default: the --study's, else $DUALSEG_LOGDIR)")
     a = p.parse_args(argv)
     if not re.fullmatch(r"\d+(_\d+)?", a.job):
         print(f"error: logs: job must look like 1234 or 1234_5, got {a.job!r}", file=sys.stderr)

@@ -96,6 +96,11 @@ def test_the_log_folder_comes_from_the_study(tmp_path: Path, hpc_tools) -> None:
     env = {"DUALSEG_STORAGE": url, "SCRATCH": str(elsewhere)}  # $SCRATCH points elsewhere: the record wins
     r = hpc_tools.run_cli("logs.py", "66", "--study", "lg", env=env)
     assert r.returncode == 0 and "from the study's folder" in r.stdout, r.stderr
+    (elsewhere / "66_0_log.out").write_text(_line("01", "from an exported folder"))
+    r = hpc_tools.run_cli("logs.py", "66", "--study", "lg", env={**env, "DUALSEG_LOGDIR": str(elsewhere)})
+    assert r.returncode == 0 and "from the study's folder" in r.stdout, r.stderr  # typed beats exported
+    r = hpc_tools.run_cli("logs.py", "66", env={**env, "DUALSEG_LOGDIR": str(elsewhere)})
+    assert r.returncode == 0 and "from an exported folder" in r.stdout, r.stderr
     r = hpc_tools.run_cli("logs.py", "--where", "--study", "lg", "--trials", "3", env=env)  # a worker's options pass
     assert r.returncode == 0 and r.stdout.strip() == str(scratch / "lg" / "logs"), r.stderr
     r = hpc_tools.run_cli("logs.py", "--where", env={"DUALSEG_STUDY": "", "DUALSEG_LOGDIR": ""})
