@@ -131,6 +131,9 @@ class TrainConfig:
     run_name: str = "run"
     log_every: int = 10
     monitor: Monitor = "val_loss"  # best.pt + early stopping (loss min, others max)
+    # False: no validation split (hpc.final's refit on train+val): exactly ``epochs`` epochs, no early stopping,
+    # no val metrics; each epoch's model is best.pt, so the last epoch's is the run's model
+    validate: bool = True
     tensorboard: bool = True  # event files in the run folder when the tensorboard extra is installed
     hparams: dict[str, Any] = field(default_factory=dict)  # shown in TensorBoard's HParams (a trial's params)
 

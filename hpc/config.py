@@ -30,8 +30,10 @@ class FinalConfig:
 
     ``seeds`` members per configuration (0: off, today's single best trial); ``top_k`` best configurations;
     ``folds: all`` once per fold rotation of a folded dataset (fold i test, i+1 val, the rest train);
-    ``refit: train+val`` trains on the validation tiles too, for ``epochs`` = ``best`` (the best trial's best
-    epoch) or a number; ``fixed`` keeps ``train.epochs`` with validation and early stopping as in the search.
+    ``refit: train+val`` trains on the validation tiles too (no validation split: ``train.validate: false``), for
+    ``epochs`` = ``best`` (the configuration's best epoch in the search, + 1) or a number; ``fixed`` keeps
+    ``train.epochs`` with validation and early stopping as in the search, so it is refused with ``train+val``:
+    without validation the search's cap is no derived epoch count.
     """
 
     seeds: int = 0
@@ -57,8 +59,6 @@ class FinalConfig:
              "hpc.final.epochs: refit train+val has no validation split to stop on or choose a checkpoint with, "
              "so train.epochs (the search's cap) is no derived epoch count; use epochs: best (the best trial's "
              "best epoch) or a number"),
-            (self.refit == "train", "hpc.final.refit: train+val is not supported yet (the trainer needs a validation "
-                                    "split disjoint from its training tiles); use refit: train"),
         ]
         for ok, message in checks:
             if not ok:

@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from dualseg import code_version
 from dualseg.config import Config, DataConfig, from_dict
 from dualseg.data.folds import read_folds, require_folds, rotation
+from dualseg.data.splits import resolve_splits
 from dualseg.errors import InputError
 from hpc.config import FINAL_SUFFIX, FinalConfig, parse_hpc
 from hpc.paths import claim_study_dir, new_incarnation, study_scratch
@@ -29,6 +30,7 @@ from hpc.study import MEMBER, FinalMember, FinalPlan, OpenStudy, StudyRecord, Tr
 
 log = logging.getLogger("hpc.final")
 Stage = Literal["off", "submitted", "waiting", "resubmitted", "complete", "exhausted"]
+REFIT_OBJECTIVE = "train_loss"  # what a final study with refit train+val is told (no validation split)
 
 
 def final_name(study: str) -> str:
@@ -63,28 +65,33 @@ def plan_members(parent: str, trials: list[FrozenTrial], direction: Any, final: 
         [(i, name) for i, name in enumerate(folds)] if folds is not None else [(None, None)]
     members = []
     for rank, trial in enumerate(top[:final.top_k]):
-        epochs = _epochs(trial, final)
+        epochs = _epochs(trial, final, parent)
         for fold, fold_name in rotations:
             members += [FinalMember(parent, trial.number, rank, cfg.train.seed + s, dict(trial.params), fold,
                                     fold_name, epochs) for s in range(final.seeds)]
     return members
 
 
-def _epochs(trial: FrozenTrial, final: FinalConfig) -> int | None:
+def _epochs(trial: FrozenTrial, final: FinalConfig, parent: str = "") -> int | None:
     if isinstance(final.epochs, int):
         return final.epochs
     if final.epochs == "fixed":
         return None
-    best_epoch = TrialRecord.of(trial).best_epoch
-    if best_epoch is None or best_epoch < 0:
+    rec = TrialRecord.of(trial)
+    if rec.best_epoch is None or rec.best_epoch < 0:
         raise InputError(f"hpc.final.epochs: best, but trial {trial.number} recorded no best epoch")
-    return best_epoch + 1  # epochs are counted from 0
+    log.warning("hpc.final.epochs: best -> %d epoch(s) for the configuration of trial %d of study %s: its best epoch "
+             "%d (chosen on %s, trial attribute best_epoch) + 1", rec.best_epoch + 1, trial.number, parent,
+             rec.best_epoch, rec.monitor or "the objective")
+    return rec.best_epoch + 1  # epochs are counted from 0
 
 
-def member_overrides(member: FinalMember, data: DataConfig) -> dict[str, Any]:
+def member_overrides(member: FinalMember, data: DataConfig, refit: str = "train") -> dict[str, Any]:
     """What makes a member itself beyond its parameters: its seed (model init and data order), its fold's
-    tile lists, its epoch count (no early stop then: the count was derived to be trained)."""
+    tile lists, its epoch count (no early stop then: the count was derived to be trained); with ``refit:
+    train+val`` the validation tiles join the training tiles and the trainer runs without validation."""
     out: dict[str, Any] = {**member.params, "train.seed": member.seed, "data.seed": member.seed}
+    split: dict[str, list[str]] | None = None
     if member.fold is not None:
         folds = read_folds(data)
         if folds is None or member.fold_name not in folds:
@@ -93,6 +100,11 @@ def member_overrides(member: FinalMember, data: DataConfig) -> dict[str, Any]:
         out |= {"data.train_tiles": split["train"], "data.val_tiles": split["val"], "data.test_tiles": split["test"]}
     if member.epochs is not None:
         out |= {"train.epochs": member.epochs, "train.patience": member.epochs + 1}
+    if refit == "train+val":
+        if member.epochs is None:
+            raise InputError("hpc.final.epochs: refit train+val needs a derived epoch count (best or a number)")
+        split = split or resolve_splits(data, ("train", "val"))
+        out |= {"data.train_tiles": split["train"] + split["val"], "data.val_tiles": [], "train.validate": False}
     return out
 
 
@@ -113,16 +125,18 @@ def claim_member(db: Database, study: str, sid: int, trial_id: int, final: Final
                 raise InputError(f"final trial {frozen.number}: every member of {study} is held by another trial")
             db.storage.set_trial_user_attr(trial_id, MEMBER, index)
     member = final.members[index]
-    log.info("final trial %d is member %d: trial %d of %s, seed %d%s", frozen.number, index, member.parent_trial,
-             member.parent_study, member.seed, "" if member.fold is None else f", fold {member.fold_name}")
-    return member_overrides(member, from_dict(Config, config).data)
+    log.info("final trial %d is member %d: trial %d of %s, seed %d%s%s", frozen.number, index, member.parent_trial,
+             member.parent_study, member.seed, "" if member.fold is None else f", fold {member.fold_name}",
+             "" if final.refit == "train" else f", refit on {final.refit} for {member.epochs} epoch(s) "
+                                               "(no validation; the objective told is the last train_loss)")
+    return member_overrides(member, from_dict(Config, config).data, final.refit)
 
 
 def member_config(record: StudyRecord, member: FinalMember) -> Config:
     from dualseg.config import apply_overrides
 
     cfg = from_dict(Config, record.config or {})
-    return apply_overrides(cfg, member_overrides(member, cfg.data))
+    return apply_overrides(cfg, member_overrides(member, cfg.data, record.final.refit if record.final else "train"))
 
 
 def ensure_final_study(parent: OpenStudy, storage: StorageURL, scratch: Path | None) -> tuple[StudyRecord, bool]:
@@ -139,13 +153,16 @@ def ensure_final_study(parent: OpenStudy, storage: StorageURL, scratch: Path | N
         cfg = from_dict(Config, rec.config or {})
         members = plan_members(parent.study.study_name, parent.trials(), parent.study.direction, final, cfg)
         workers = max(1, min(int(rec.launch.get("workers", 1)), len(members)))
-        record = StudyRecord(config=rec.config, trials=len(members), scratch=rec.scratch, objective=rec.objective,
+        # a refit without validation has no val metric to tell: its trials tell their last training loss
+        objective, direction = (REFIT_OBJECTIVE, "minimize") if final.refit == "train+val" else \
+            (rec.objective, parent.study.direction.name.lower())
+        record = StudyRecord(config=rec.config, trials=len(members), scratch=rec.scratch, objective=objective,
                              code_version=code_version(), incarnation=new_incarnation(),
                              launch={**rec.launch, "study": name, "trials": len(members), "workers": workers},
                              final=FinalPlan(parent.study.study_name, members, final.refit))
         assert record.incarnation is not None
         claim_study_dir(study_scratch(scratch, rec.scratch) / name, record.incarnation, name)
-        study = create_or_load_study(db, name, parent.study.direction.name.lower(), record.launch_attrs())
+        study = create_or_load_study(db, name, direction, record.launch_attrs())
         with critical_section(db.engine, db.url, name):  # every trial of a study is created under its lock
             for i, m in enumerate(members):
                 study.enqueue_trial(m.params, user_attrs={MEMBER: i})

@@ -66,6 +66,33 @@ def test_members_are_configuration_by_fold_by_seed(tmp_path: Path) -> None:
     assert member_overrides(members[0], cfg.data)["train.epochs"] == 3
 
 
+def test_refit_on_train_and_val_trains_without_validation_for_the_derived_epochs(tmp_path: Path) -> None:
+    from dualseg.data.splits import write_splits
+    from hpc.runner import told_objective
+
+    for t in ("t0", "t1", "t2", "t3"):
+        (tmp_path / f"{t}.zarr").mkdir()
+    write_splits(tmp_path / "splits.json", {"train": ["t0", "t1"], "val": ["t2"], "test": ["t3"]})
+    cfg = Config(data=DataConfig(root=str(tmp_path)))
+    final = parse_hpc(Config(hpc={"final": {"seeds": 1, "refit": "train+val", "epochs": "best"}})).final
+    (member,) = plan_members("s", TRIALS, MIN, final, cfg)
+    assert (member.parent_trial, member.epochs) == (1, 3)  # trial 1's best epoch 2, + 1
+    o = member_overrides(member, cfg.data, final.refit)
+    assert (o["data.train_tiles"], o["data.val_tiles"], o["train.validate"], o["train.epochs"]) == \
+        (["t0", "t1", "t2"], [], False, 3)
+    assert "data.test_tiles" not in o  # the test tiles stay the splits file's
+    write_folds(tmp_path, {"a": ["t0"], "b": ["t1"], "c": ["t2"], "d": ["t3"]})
+    folded = plan_members("s", TRIALS, MIN, FinalConfig(seeds=1, folds="all", refit="train+val", epochs=4), cfg)
+    o = member_overrides(folded[1], cfg.data, "train+val")  # rotation 1: b test, c val, a+d train
+    assert (o["data.train_tiles"], o["data.val_tiles"], o["data.test_tiles"]) == (["t0", "t3", "t2"], [], ["t1"])
+    with pytest.raises(InputError, match="needs a derived epoch count"):
+        member_overrides(plan_members("s", TRIALS, MIN, FinalConfig(seeds=1), cfg)[0], cfg.data, "train+val")
+    from dualseg.config import apply_overrides
+
+    hpc = parse_hpc(Config(hpc={"objective": "val_miou"}))
+    assert told_objective(apply_overrides(cfg, o), hpc) == "train_loss" and told_objective(cfg, hpc) == "val_miou"
+
+
 def test_final_record_round_trips_typed() -> None:
     plan = FinalPlan("s", [FinalMember("s", 1, 0, 10, {"train.lr": 0.2}, 2, "c", 3)])
     rec = StudyRecord(config={}, trials=1, final=plan)
@@ -111,6 +138,39 @@ def test_local_search_with_two_seeds_ends_with_spread_and_ensemble(hpc_tools: Si
     assert section["members"][0]["test"]["miou"] == pytest.approx(results["test"]["miou"])
     st = hpc_tools.run_cli("status.py", "--study", "fin", "--scratch", str(tmp_path / "scratch"))
     assert "final runs: 2/2 members complete, 0 running" in st.stdout, st.stdout + st.stderr
+
+
+def test_local_refit_on_train_and_val_trains_the_best_epochs_without_validation(
+        hpc_tools: SimpleNamespace, tiny_args: list[str], tmp_path: Path) -> None:
+    r = hpc_tools.run_cli("launch.py", *tiny_args, "--executor", "local", "--trials", "1", "--study", "refit",
+                          "--set", "hpc.final={seeds: 1, refit: train+val, epochs: best}", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    study_dir = tmp_path / "scratch" / "refit"
+    storage = f"sqlite:///{study_dir / 'study.db'}"
+    parent = optuna.load_study(study_name="refit", storage=storage).best_trial
+    epochs = TrialRecord.of(parent).best_epoch + 1  # type: ignore[operator]
+    assert f"hpc.final.epochs: best -> {epochs} epoch(s) for the configuration of trial {parent.number}" \
+        in r.stdout + r.stderr
+    final = optuna.load_study(study_name="refit/final", storage=storage)
+    (member,) = final.trials
+    assert member.state == TrialState.COMPLETE and final.direction == MIN
+    assert StudyRecord.read(final).objective == "train_loss"
+    run = study_dir / "final" / f"trial-{member.number}"
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == list(range(epochs))  # exactly the derived count, no early stop
+    assert not any(k.startswith("val_") for h in history for k in h)
+    assert member.value == pytest.approx(history[-1]["train_loss"])  # told: the last epoch's training loss
+    assert TrialRecord.of(member).monitor == "train_loss"
+    from dualseg.train import load_checkpoint
+
+    ckpt = load_checkpoint(run / "best.pt")
+    assert ckpt["epoch"] == epochs and ckpt["config"]["train"]["validate"] is False
+    splits = json.loads((Path(ckpt["config"]["data"]["root"]) / "splits.json").read_text())
+    assert ckpt["config"]["data"]["train_tiles"] == splits["train"] + splits["val"]
+    section = json.loads((study_dir / "results" / "results.json").read_text())["final"]
+    (scored,) = section["members"]
+    assert scored["test"]["epoch"] == epochs - 1 and 0.0 <= scored["test"]["miou"] <= 1.0
+    assert scored["test"]["tiles"] == splits["test"]
 
 
 def test_slurm_search_with_two_seeds_runs_final_members_as_two_node_trials(slurm_env, pg_db_url, hpc_tools,
