@@ -7,7 +7,8 @@ workers for it: the *same* :class:`hpc.worker.Worker` array through :mod:`hpc.su
 exact count, checkpoints, requeue, heartbeat retry and self-healing of any trial. The final study's
 :class:`hpc.study.StudyRecord` says which parent trial, seed and fold each member is
 (:class:`hpc.study.FinalPlan`); the worker's :class:`hpc.trials.Coordinator` turns a member into its
-overrides (:func:`member_overrides`) instead of sampling, and never prunes.
+overrides (:func:`member_overrides`) instead of sampling, records the member's parameters as the trial's Optuna
+params (:func:`record_params`), and never prunes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
+from optuna.distributions import distribution_to_json, json_to_distribution
 from optuna.trial import FrozenTrial, TrialState
 
 from dualseg import code_version
@@ -67,8 +69,9 @@ def plan_members(parent: str, trials: list[FrozenTrial], direction: Any, final: 
     for rank, trial in enumerate(top[:final.top_k]):
         epochs = _epochs(trial, final, parent)
         for fold, fold_name in rotations:
+            dists = {k: distribution_to_json(d) for k, d in trial.distributions.items()}
             members += [FinalMember(parent, trial.number, rank, cfg.train.seed + s, dict(trial.params), fold,
-                                    fold_name, epochs) for s in range(final.seeds)]
+                                    fold_name, epochs, dists) for s in range(final.seeds)]
     return members
 
 
@@ -125,11 +128,27 @@ def claim_member(db: Database, study: str, sid: int, trial_id: int, final: Final
                 raise InputError(f"final trial {frozen.number}: every member of {study} is held by another trial")
             db.storage.set_trial_user_attr(trial_id, MEMBER, index)
     member = final.members[index]
+    record_params(db, sid, trial_id, frozen.params, member)
     log.info("final trial %d is member %d: trial %d of %s, seed %d%s%s", frozen.number, index, member.parent_trial,
              member.parent_study, member.seed, "" if member.fold is None else f", fold {member.fold_name}",
              "" if final.refit == "train" else f", refit on {final.refit} for {member.epochs} epoch(s) "
                                                "(no validation; the objective told is the last train_loss)")
     return member_overrides(member, from_dict(Config, config).data, final.refit)
+
+
+def record_params(db: Database, sid: int, trial_id: int, have: dict[str, Any], member: FinalMember) -> None:
+    """The member's parameters as the trial's own Optuna params, with the parent trial's distributions.
+
+    ``enqueue_trial`` only *fixes* parameters: they become ``trial.params`` when suggested, and a final trial
+    suggests nothing, so ``trials_dataframe()`` and the dashboard would show none. Set where the trial is
+    claimed (enqueued, retried or fresh alike); ones it already has are kept, so a retried claim is harmless.
+    """
+    missing = [name for name in member.distributions if name in member.params and name not in have]
+    if missing:  # Optuna's cached storage sets params only on trials it has read (ours was created by SQL)
+        db.storage.get_all_trials(sid, deepcopy=False)
+    for name in missing:
+        dist = json_to_distribution(member.distributions[name])
+        db.storage.set_trial_param(trial_id, name, dist.to_internal_repr(member.params[name]), dist)
 
 
 def member_config(record: StudyRecord, member: FinalMember) -> Config:

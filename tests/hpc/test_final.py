@@ -93,6 +93,36 @@ def test_refit_on_train_and_val_trains_without_validation_for_the_derived_epochs
     assert told_objective(apply_overrides(cfg, o), hpc) == "train_loss" and told_objective(cfg, hpc) == "val_miou"
 
 
+def test_a_claimed_member_carries_its_parameters_as_optuna_params(tmp_path: Path) -> None:
+    """Enqueued fixed parameters are no trial.params until suggested; the claim records them, with the
+    parent trial's distributions, for the enqueued trial and for a fresh one alike, and a second claim is harmless."""
+    from dualseg.config import to_dict
+    from hpc.final import claim_member
+    from hpc.storage import StorageURL, open_database
+    from hpc.study import schema
+
+    cfg = Config(data=DataConfig(root=str(tmp_path)))
+    members = plan_members("s", TRIALS, MIN, FinalConfig(seeds=2), cfg)
+    assert members[0].distributions == {"train.lr": optuna.distributions.distribution_to_json(
+        FloatDistribution(1e-4, 1.0))}
+    plan = FinalPlan("s", members)
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    db = open_database(StorageURL.parse(url), create_tables=True)
+    study = optuna.create_study(storage=url, study_name="s/final")  # another process's storage (its own cache)
+    study.enqueue_trial(members[0].params, user_attrs={"member": 0})
+    enqueued, fresh = study.ask(), study.ask()  # the enqueued member's trial, then one of no member
+    assert enqueued.params == {} and enqueued.user_attrs == {"member": 0}
+    sid = schema.study_id(db.load_study("s/final"))
+    for trial in (enqueued, fresh, enqueued):
+        o = claim_member(db, "s/final", sid, trial._trial_id, plan, to_dict(cfg), 10.0)
+        assert o["train.lr"] == 0.2 and o["train.seed"] == (1 if trial is fresh else 0)
+    by_number = {t.number: t for t in study.get_trials()}
+    for t in (enqueued, fresh):
+        assert by_number[t.number].params == {"train.lr": 0.2}
+        assert by_number[t.number].distributions == {"train.lr": FloatDistribution(1e-4, 1.0)}
+    assert TrialRecord.of(by_number[fresh.number]).member == 1
+
+
 def test_final_record_round_trips_typed() -> None:
     plan = FinalPlan("s", [FinalMember("s", 1, 0, 10, {"train.lr": 0.2}, 2, "c", 3)])
     rec = StudyRecord(config={}, trials=1, final=plan)
@@ -122,6 +152,7 @@ def test_local_search_with_two_seeds_ends_with_spread_and_ensemble(hpc_tools: Si
     assert record.final is not None and [(m.parent_study, m.parent_trial, m.seed) for m in record.final.members] \
         == [("fin", best.number, 0), ("fin", best.number, 1)]
     assert sorted(TrialRecord.of(t).member for t in final.trials) == [0, 1]
+    assert [t.params for t in final.trials] == [best.params] * 2  # the dashboard shows what each member trained
     results = json.loads((study_dir / "results" / "results.json").read_text())
     section = results["final"]
     assert (section["study"], section["planned"], section["complete"]) == ("fin/final", 2, 2)
