@@ -163,6 +163,8 @@ def test_local_search_with_two_seeds_ends_with_spread_and_ensemble(hpc_tools: Si
     assert s["n"] == 2 and s["mean"] == pytest.approx(sum(mious) / 2) and s["low"] <= s["mean"] <= s["high"]
     assert s["std"] == pytest.approx(abs(mious[0] - mious[1]) / 2 ** 0.5)
     assert len(section["summary"]["iou"]) == len(section["class_names"])
+    (config,) = section["configurations"].items()  # top_k 1: one configuration, its spread the overall one
+    assert config[0] == str(best.number) and config[1]["metrics"]["miou"] == s and config[1]["ensemble"] is None
     ensemble = section["summary"]["ensemble"]
     assert ensemble is not None and 0.0 <= ensemble["miou"] <= 1.0 and len(ensemble["members"]) == 2
     # the seed-0 member retrains the best trial itself: same seed, same parameters, same test score
