@@ -48,6 +48,7 @@ class SyntheticConfig:
     parcel_size: int = 10  # mean parcel diameter in pixels
     speckle_looks: float = 4.0  # S1 speckle: gamma(L, 1/L) multiplicative noise
     background_fraction: float = 0.25  # share of parcels that are background (class 0)
+    folds: int = 0  # n >= 3: folds.json with the tiles in n contiguous folds (hpc.final.folds: all); 0: none
 
 
 @dataclass
