@@ -206,6 +206,41 @@ def test_local_refit_on_train_and_val_trains_the_best_epochs_without_validation(
     assert scored["test"]["tiles"] == splits["test"]
 
 
+def test_local_search_over_all_folds_ends_with_per_fold_numbers(hpc_tools: SimpleNamespace, tmp_path: Path) -> None:
+    """Generated data with 3 folds: one member per fold rotation, each scored on its own fold's test tiles."""
+    from dataclasses import replace
+
+    from dualseg.config import load_config
+    from dualseg.data.folds import read_folds, rotation
+    from dualseg.data.synthetic import ensure_synthetic
+
+    root = tmp_path / "folded"
+    ensure_synthetic(root, replace(load_config(hpc_tools.tiny).data.synthetic, folds=3))
+    folds = read_folds(DataConfig(root=str(root)))
+    assert folds is not None and list(folds) == ["1", "2", "3"]
+    r = hpc_tools.run_cli("launch.py", "--config", str(hpc_tools.tiny), "--scratch", str(tmp_path / "scratch"),
+                          "--set", f"data.root={root}", "--set", "data.synthetic.folds=3", "--executor", "local",
+                          "--trials", "1", "--study", "folds", "--set", "hpc.final={seeds: 1, folds: all}", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "final runs: study folds/final, 3 member(s)" in r.stdout
+    study_dir = tmp_path / "scratch" / "folds"
+    final = optuna.load_study(study_name="folds/final", storage=f"sqlite:///{study_dir / 'study.db'}")
+    assert [t.state for t in final.trials] == [TrialState.COMPLETE] * 3
+    section = json.loads((study_dir / "results" / "results.json").read_text())["final"]
+    assert (section["planned"], section["complete"]) == (3, 3)
+    assert [m["fold"] for m in section["members"]] == ["1", "2", "3"]
+    assert sorted(section["folds"]) == ["1", "2", "3"]
+    for i, m in enumerate(section["members"]):
+        assert m["test"]["tiles"] == rotation(folds, i)["test"] == folds[m["fold"]]  # its own fold's test tiles
+        fold = section["folds"][m["fold"]]
+        assert fold["members"] == [m["member"]] and fold["ensemble"] is None  # one member: no ensemble
+        assert fold["metrics"]["miou"]["mean"] == pytest.approx(m["test"]["miou"]) and fold["metrics"]["miou"]["n"] == 1
+    overall = section["summary"]["metrics"]["miou"]
+    mious = [m["test"]["miou"] for m in section["members"]]
+    assert overall["n"] == 3 and overall["mean"] == pytest.approx(sum(mious) / 3)
+    assert section["summary"]["ensemble"] is None  # folds have different test tiles: ensembles are per fold
+
+
 def test_slurm_search_with_two_seeds_runs_final_members_as_two_node_trials(slurm_env, pg_db_url, hpc_tools,
                                                                           tiny_args, tmp_path) -> None:
     """The real bed: the evaluation job submits the final array (same 2-node shape) and an evaluation job
