@@ -174,6 +174,9 @@ def parse_hpc(cfg: Config, overrides: dict[str, Any] | None = None) -> HpcConfig
         (re.fullmatch(r"[A-Za-z0-9_.-]+(/final)?", hpc.study) is not None,
          f"--study: {hpc.study!r} may only contain letters, digits, '_', '-', '.'"),
         (hpc.mem is None or _MEM.fullmatch(hpc.mem) is not None, f"--mem: cannot parse {hpc.mem!r} (use e.g. 16G)"),
+        (cfg.train.validate, f"train.validate: false leaves the search no validation metric to rank trials on "
+                             f"(hpc.objective: {hpc.objective}); training without validation is for the final runs "
+                             "(hpc.final.refit: train+val sets it per member)"),
         (hpc.eval_mem is None or _MEM.fullmatch(hpc.eval_mem) is not None,
          f"--eval-mem: cannot parse {hpc.eval_mem!r} (use e.g. 16G)"),
     ]
