@@ -68,8 +68,8 @@ def plan_members(parent: str, trials: list[FrozenTrial], direction: Any, final: 
     members = []
     for rank, trial in enumerate(top[:final.top_k]):
         epochs = _epochs(trial, final, parent)
+        dists = {k: distribution_to_json(d) for k, d in trial.distributions.items()}
         for fold, fold_name in rotations:
-            dists = {k: distribution_to_json(d) for k, d in trial.distributions.items()}
             members += [FinalMember(parent, trial.number, rank, cfg.train.seed + s, dict(trial.params), fold,
                                     fold_name, epochs, dists) for s in range(final.seeds)]
     return members
@@ -83,9 +83,9 @@ def _epochs(trial: FrozenTrial, final: FinalConfig, parent: str = "") -> int | N
     rec = TrialRecord.of(trial)
     if rec.best_epoch is None or rec.best_epoch < 0:
         raise InputError(f"hpc.final.epochs: best, but trial {trial.number} recorded no best epoch")
-    log.warning("hpc.final.epochs: best -> %d epoch(s) for the configuration of trial %d of study %s: its best epoch "
-             "%d (chosen on %s, trial attribute best_epoch) + 1", rec.best_epoch + 1, trial.number, parent,
-             rec.best_epoch, rec.monitor or "the objective")
+    log.warning("hpc.final.epochs: best -> %d epoch(s) for the configuration of trial %d of study %s: its best "
+                "epoch %d (chosen on %s, trial attribute best_epoch) + 1", rec.best_epoch + 1, trial.number, parent,
+                rec.best_epoch, rec.monitor or "the objective")
     return rec.best_epoch + 1  # epochs are counted from 0
 
 

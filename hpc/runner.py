@@ -22,6 +22,7 @@ from dualseg.config import Config, apply_overrides
 from dualseg.errors import TrainingError, cause_chain, one_line
 from hpc import slurm
 from hpc.config import HpcConfig
+from hpc.final import REFIT_OBJECTIVE
 from hpc.paths import trial_dir
 from hpc.requeue import RequeueStrategy
 from hpc.retention import on_trial_finished
@@ -55,7 +56,7 @@ def objective_value(history: list[dict[str, Any]], objective: str, direction: st
 def told_objective(cfg: Config, hpc: HpcConfig) -> str:
     """What a trial reports and tells: the study's objective, or, for a run without validation (a final run's
     refit on train+val), its training loss (the last epoch's is told; the test split scores it afterwards)."""
-    return hpc.objective if cfg.train.validate else "train_loss"
+    return hpc.objective if cfg.train.validate else REFIT_OBJECTIVE
 
 
 def _fail_trial(coord: Coordinator | None, job: Assignment, exc: BaseException, fatal: bool) -> None:
