@@ -48,6 +48,7 @@ class SyntheticConfig:
     parcel_size: int = 10  # mean parcel diameter in pixels
     speckle_looks: float = 4.0  # S1 speckle: gamma(L, 1/L) multiplicative noise
     background_fraction: float = 0.25  # share of parcels that are background (class 0)
+    folds: int = 0  # n >= 3: folds.json with the tiles in n contiguous folds (hpc.final.folds: all); 0: none
 
 
 @dataclass
@@ -131,6 +132,9 @@ class TrainConfig:
     run_name: str = "run"
     log_every: int = 10
     monitor: Monitor = "val_loss"  # best.pt + early stopping (loss min, others max)
+    # False: no validation split (hpc.final's refit on train+val): exactly ``epochs`` epochs, no early stopping,
+    # no val metrics; each epoch's model is best.pt, so the last epoch's is the run's model
+    validate: bool = True
     tensorboard: bool = True  # event files in the run folder when the tensorboard extra is installed
     hparams: dict[str, Any] = field(default_factory=dict)  # shown in TensorBoard's HParams (a trial's params)
 

@@ -30,8 +30,10 @@ class FinalConfig:
 
     ``seeds`` members per configuration (0: off, today's single best trial); ``top_k`` best configurations;
     ``folds: all`` once per fold rotation of a folded dataset (fold i test, i+1 val, the rest train);
-    ``refit: train+val`` trains on the validation tiles too, for ``epochs`` = ``best`` (the best trial's best
-    epoch) or a number; ``fixed`` keeps ``train.epochs`` with validation and early stopping as in the search.
+    ``refit: train+val`` trains on the validation tiles too (no validation split: ``train.validate: false``), for
+    ``epochs`` = ``best`` (the configuration's best epoch in the search, + 1) or a number; ``fixed`` keeps
+    ``train.epochs`` with validation and early stopping as in the search, so it is refused with ``train+val``:
+    without validation the search's cap is no derived epoch count.
     """
 
     seeds: int = 0
@@ -57,8 +59,6 @@ class FinalConfig:
              "hpc.final.epochs: refit train+val has no validation split to stop on or choose a checkpoint with, "
              "so train.epochs (the search's cap) is no derived epoch count; use epochs: best (the best trial's "
              "best epoch) or a number"),
-            (self.refit == "train", "hpc.final.refit: train+val is not supported yet (the trainer needs a validation "
-                                    "split disjoint from its training tiles); use refit: train"),
         ]
         for ok, message in checks:
             if not ok:
@@ -174,6 +174,9 @@ def parse_hpc(cfg: Config, overrides: dict[str, Any] | None = None) -> HpcConfig
         (re.fullmatch(r"[A-Za-z0-9_.-]+(/final)?", hpc.study) is not None,
          f"--study: {hpc.study!r} may only contain letters, digits, '_', '-', '.'"),
         (hpc.mem is None or _MEM.fullmatch(hpc.mem) is not None, f"--mem: cannot parse {hpc.mem!r} (use e.g. 16G)"),
+        (cfg.train.validate, f"train.validate: false leaves the search no validation metric to rank trials on "
+                             f"(hpc.objective: {hpc.objective}); training without validation is for the final runs "
+                             "(hpc.final.refit: train+val sets it per member)"),
         (hpc.eval_mem is None or _MEM.fullmatch(hpc.eval_mem) is not None,
          f"--eval-mem: cannot parse {hpc.eval_mem!r} (use e.g. 16G)"),
     ]

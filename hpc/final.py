@@ -7,7 +7,8 @@ workers for it: the *same* :class:`hpc.worker.Worker` array through :mod:`hpc.su
 exact count, checkpoints, requeue, heartbeat retry and self-healing of any trial. The final study's
 :class:`hpc.study.StudyRecord` says which parent trial, seed and fold each member is
 (:class:`hpc.study.FinalPlan`); the worker's :class:`hpc.trials.Coordinator` turns a member into its
-overrides (:func:`member_overrides`) instead of sampling, and never prunes.
+overrides (:func:`member_overrides`) instead of sampling, records the member's parameters as the trial's Optuna
+params (:func:`record_params`), and never prunes.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
+from optuna.distributions import distribution_to_json, json_to_distribution
 from optuna.trial import FrozenTrial, TrialState
 
 from dualseg import code_version
 from dualseg.config import Config, DataConfig, from_dict
 from dualseg.data.folds import read_folds, require_folds, rotation
+from dualseg.data.splits import resolve_splits
 from dualseg.errors import InputError
 from hpc.config import FINAL_SUFFIX, FinalConfig, parse_hpc
 from hpc.paths import claim_study_dir, new_incarnation, study_scratch
@@ -29,6 +32,7 @@ from hpc.study import MEMBER, FinalMember, FinalPlan, OpenStudy, StudyRecord, Tr
 
 log = logging.getLogger("hpc.final")
 Stage = Literal["off", "submitted", "waiting", "resubmitted", "complete", "exhausted"]
+REFIT_OBJECTIVE = "train_loss"  # what a final study with refit train+val is told (no validation split)
 
 
 def final_name(study: str) -> str:
@@ -63,28 +67,34 @@ def plan_members(parent: str, trials: list[FrozenTrial], direction: Any, final: 
         [(i, name) for i, name in enumerate(folds)] if folds is not None else [(None, None)]
     members = []
     for rank, trial in enumerate(top[:final.top_k]):
-        epochs = _epochs(trial, final)
+        epochs = _epochs(trial, final, parent)
+        dists = {k: distribution_to_json(d) for k, d in trial.distributions.items()}
         for fold, fold_name in rotations:
             members += [FinalMember(parent, trial.number, rank, cfg.train.seed + s, dict(trial.params), fold,
-                                    fold_name, epochs) for s in range(final.seeds)]
+                                    fold_name, epochs, dists) for s in range(final.seeds)]
     return members
 
 
-def _epochs(trial: FrozenTrial, final: FinalConfig) -> int | None:
+def _epochs(trial: FrozenTrial, final: FinalConfig, parent: str = "") -> int | None:
     if isinstance(final.epochs, int):
         return final.epochs
     if final.epochs == "fixed":
         return None
-    best_epoch = TrialRecord.of(trial).best_epoch
-    if best_epoch is None or best_epoch < 0:
+    rec = TrialRecord.of(trial)
+    if rec.best_epoch is None or rec.best_epoch < 0:
         raise InputError(f"hpc.final.epochs: best, but trial {trial.number} recorded no best epoch")
-    return best_epoch + 1  # epochs are counted from 0
+    log.warning("hpc.final.epochs: best -> %d epoch(s) for the configuration of trial %d of study %s: its best "
+                "epoch %d (chosen on %s, trial attribute best_epoch) + 1", rec.best_epoch + 1, trial.number, parent,
+                rec.best_epoch, rec.monitor or "the objective")
+    return rec.best_epoch + 1  # epochs are counted from 0
 
 
-def member_overrides(member: FinalMember, data: DataConfig) -> dict[str, Any]:
+def member_overrides(member: FinalMember, data: DataConfig, refit: str = "train") -> dict[str, Any]:
     """What makes a member itself beyond its parameters: its seed (model init and data order), its fold's
-    tile lists, its epoch count (no early stop then: the count was derived to be trained)."""
+    tile lists, its epoch count (no early stop then: the count was derived to be trained); with ``refit:
+    train+val`` the validation tiles join the training tiles and the trainer runs without validation."""
     out: dict[str, Any] = {**member.params, "train.seed": member.seed, "data.seed": member.seed}
+    split: dict[str, list[str]] | None = None
     if member.fold is not None:
         folds = read_folds(data)
         if folds is None or member.fold_name not in folds:
@@ -93,6 +103,11 @@ def member_overrides(member: FinalMember, data: DataConfig) -> dict[str, Any]:
         out |= {"data.train_tiles": split["train"], "data.val_tiles": split["val"], "data.test_tiles": split["test"]}
     if member.epochs is not None:
         out |= {"train.epochs": member.epochs, "train.patience": member.epochs + 1}
+    if refit == "train+val":
+        if member.epochs is None:
+            raise InputError("hpc.final.epochs: refit train+val needs a derived epoch count (best or a number)")
+        split = split or resolve_splits(data, ("train", "val"))
+        out |= {"data.train_tiles": split["train"] + split["val"], "data.val_tiles": [], "train.validate": False}
     return out
 
 
@@ -113,16 +128,34 @@ def claim_member(db: Database, study: str, sid: int, trial_id: int, final: Final
                 raise InputError(f"final trial {frozen.number}: every member of {study} is held by another trial")
             db.storage.set_trial_user_attr(trial_id, MEMBER, index)
     member = final.members[index]
-    log.info("final trial %d is member %d: trial %d of %s, seed %d%s", frozen.number, index, member.parent_trial,
-             member.parent_study, member.seed, "" if member.fold is None else f", fold {member.fold_name}")
-    return member_overrides(member, from_dict(Config, config).data)
+    record_params(db, sid, trial_id, frozen.params, member)
+    log.info("final trial %d is member %d: trial %d of %s, seed %d%s%s", frozen.number, index, member.parent_trial,
+             member.parent_study, member.seed, "" if member.fold is None else f", fold {member.fold_name}",
+             "" if final.refit == "train" else f", refit on {final.refit} for {member.epochs} epoch(s) "
+                                               "(no validation; the objective told is the last train_loss)")
+    return member_overrides(member, from_dict(Config, config).data, final.refit)
+
+
+def record_params(db: Database, sid: int, trial_id: int, have: dict[str, Any], member: FinalMember) -> None:
+    """The member's parameters as the trial's own Optuna params, with the parent trial's distributions.
+
+    ``enqueue_trial`` only *fixes* parameters: they become ``trial.params`` when suggested, and a final trial
+    suggests nothing, so ``trials_dataframe()`` and the dashboard would show none. Set where the trial is
+    claimed (enqueued, retried or fresh alike); ones it already has are kept, so a retried claim is harmless.
+    """
+    missing = [name for name in member.distributions if name in member.params and name not in have]
+    if missing:  # Optuna's cached storage sets params only on trials it has read (ours was created by SQL)
+        db.storage.get_all_trials(sid, deepcopy=False)
+    for name in missing:
+        dist = json_to_distribution(member.distributions[name])
+        db.storage.set_trial_param(trial_id, name, dist.to_internal_repr(member.params[name]), dist)
 
 
 def member_config(record: StudyRecord, member: FinalMember) -> Config:
     from dualseg.config import apply_overrides
 
     cfg = from_dict(Config, record.config or {})
-    return apply_overrides(cfg, member_overrides(member, cfg.data))
+    return apply_overrides(cfg, member_overrides(member, cfg.data, record.final.refit if record.final else "train"))
 
 
 def ensure_final_study(parent: OpenStudy, storage: StorageURL, scratch: Path | None) -> tuple[StudyRecord, bool]:
@@ -139,13 +172,16 @@ def ensure_final_study(parent: OpenStudy, storage: StorageURL, scratch: Path | N
         cfg = from_dict(Config, rec.config or {})
         members = plan_members(parent.study.study_name, parent.trials(), parent.study.direction, final, cfg)
         workers = max(1, min(int(rec.launch.get("workers", 1)), len(members)))
-        record = StudyRecord(config=rec.config, trials=len(members), scratch=rec.scratch, objective=rec.objective,
+        # a refit without validation has no val metric to tell: its trials tell their last training loss
+        objective, direction = (REFIT_OBJECTIVE, "minimize") if final.refit == "train+val" else \
+            (rec.objective, parent.study.direction.name.lower())
+        record = StudyRecord(config=rec.config, trials=len(members), scratch=rec.scratch, objective=objective,
                              code_version=code_version(), incarnation=new_incarnation(),
                              launch={**rec.launch, "study": name, "trials": len(members), "workers": workers},
                              final=FinalPlan(parent.study.study_name, members, final.refit))
         assert record.incarnation is not None
         claim_study_dir(study_scratch(scratch, rec.scratch) / name, record.incarnation, name)
-        study = create_or_load_study(db, name, parent.study.direction.name.lower(), record.launch_attrs())
+        study = create_or_load_study(db, name, direction, record.launch_attrs())
         with critical_section(db.engine, db.url, name):  # every trial of a study is created under its lock
             for i, m in enumerate(members):
                 study.enqueue_trial(m.params, user_attrs={MEMBER: i})

@@ -3,11 +3,13 @@
 
     "final": {"members": [{"member", "seed", "fold", "checkpoint", "test": {"oa", "miou", "iou": [..], ..}}],
               "summary": {"metrics": {"miou": {"mean", "std", "low", "high", "n"}, ..}, "ensemble": {..} | null},
-              "folds":   {"<fold>": <summary of that fold>}}
+              "folds":   {"<fold>": <summary of that fold>},
+              "configurations": {"<parent trial>": <summary of its members>}}
 
 Anything missing is simply not drawn (an old ``results.json`` has no ``final`` at all; a final study
 that failed to evaluate has only ``error``). Per-class spreads and the fold table are computed here
-from the members. The ensemble tile panels use the members' checkpoints (not across folds: a fold's
+from the members; with several configurations (``top_k > 1``) each gets its own mIoU row, best first.
+The ensemble tile panels use the members' checkpoints (not across folds: a fold's
 test tiles are other folds' training tiles).
 """
 
@@ -49,6 +51,7 @@ class Final:
     ensemble: dict[str, Any] = field(default_factory=dict)
     folds: dict[str, Any] = field(default_factory=dict)
     models: list[Path] = field(default_factory=list)
+    configurations: dict[str, Spread] = field(default_factory=dict)  # parent trial -> its members' test mIoU
 
     @property
     def folded(self) -> bool:
@@ -105,7 +108,11 @@ def read_final(results: dict[str, Any] | None) -> Final | None:
     ens = overall.get("ensemble")
     folds = _mapping(raw.get("folds"))
     models = [] if folds else [Path(m["checkpoint"]) for m in rows if isinstance(m.get("checkpoint"), str)]
-    return Final(members, summary, dict(ens) if isinstance(ens, dict) else {}, dict(folds), models)
+    # best configuration first (results.json's keys are sorted as text): by the rank its members carry
+    rank = {str(m.get("parent_trial")): int(m["rank"]) for m in rows if isinstance(m.get("rank"), int)}
+    configs = {k: s for k, v in sorted(_mapping(raw.get("configurations")).items(), key=lambda kv: rank.get(kv[0], 0))
+               if (s := _spread(_mapping(_mapping(v).get("metrics")).get("miou"))) is not None}
+    return Final(members, summary, dict(ens) if isinstance(ens, dict) else {}, dict(folds), models, configs)
 
 
 def summary_rows(final: Final) -> list[tuple[str, str]]:
@@ -117,6 +124,10 @@ def summary_rows(final: Final) -> list[tuple[str, str]]:
         if s is not None:
             ci = f" [95 % {s.ci95[0]:.4f}, {s.ci95[1]:.4f}]" if s.ci95 else ""
             rows.append((f"final test {metric} (mean ± std)", f"{s.mean:.4f} ± {s.std:.4f}{ci}"))
+    if len(final.configurations) > 1:  # top_k > 1: the overall spread mixes recipes; each one's own too
+        for trial, s in final.configurations.items():
+            rows.append((f"final test miou, configuration of trial {trial} (mean ± std)",
+                         f"{s.mean:.4f} ± {s.std:.4f}"))
     for metric in ("oa", "miou"):
         if (v := _num(final.ensemble.get(metric))) is not None:
             rows.append((f"ensemble test {metric}", f"{v:.4f}"))

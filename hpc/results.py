@@ -3,7 +3,8 @@
 The final section is typed here (:class:`FinalSection`) so that the report, the maps and a reader of the file
 see one shape. Per member the test metrics of its ``best.pt``; per metric (loss, OA, mIoU, per-class IoU/F1)
 mean, standard deviation and a seeded bootstrap 95 % interval (:mod:`dualseg.train.summary`); per fold the
-fold's spread and its own ensemble; and the ensemble (mean of the members' probabilities,
+fold's spread and its own ensemble; per configuration (``top_k > 1``: the parent trial a member retrains) the
+spread of that configuration's members alone; and the ensemble (mean of the members' probabilities,
 :mod:`dualseg.infer.members`) scored on the same test tiles — with folds each fold has its own test tiles,
 so there the ensembles are per fold.
 """
@@ -78,6 +79,8 @@ class FinalSection:
     members: list[MemberResult]
     summary: Summary
     folds: dict[str, Summary] = field(default_factory=dict)
+    # parent trial number -> the spread of the members retraining that configuration (no ensemble of its own)
+    configurations: dict[str, Summary] = field(default_factory=dict)
 
 
 def summarize(members: list[MemberResult], ensemble: dict[str, Any] | None) -> Summary:
@@ -87,6 +90,15 @@ def summarize(members: list[MemberResult], ensemble: dict[str, Any] | None) -> S
 
     return Summary([m.member for m in members], {k: over(k) for k in METRICS},
                    per_class([m.test["iou"] for m in members]), per_class([m.test["f1"] for m in members]), ensemble)
+
+
+def by_configuration(members: list[MemberResult]) -> dict[str, Summary]:
+    """The spread per configuration, keyed by its parent trial: with ``top_k > 1`` the overall spread mixes
+    different recipes (their gap is no seed noise), so each configuration's own seeds/folds are summarised too."""
+    groups: dict[int, list[MemberResult]] = {}
+    for m in sorted(members, key=lambda m: (m.rank, m.member)):
+        groups.setdefault(m.parent_trial, []).append(m)
+    return {str(trial): summarize(group, None) for trial, group in groups.items()}
 
 
 def _ensemble(record: StudyRecord, group: list[MemberResult]) -> dict[str, Any] | None:
@@ -130,7 +142,8 @@ def final_section(storage: StorageURL, name: str, scratch: str | Path | None) ->
         groups.setdefault(m.fold or "", []).append(m)
     folds = {} if "" in groups else {f: summarize(g, _ensemble(record, g)) for f, g in groups.items()}
     overall = summarize(members, _ensemble(record, members) if not folds else None)
-    return FinalSection(name, len(record.final.members), len(members), class_names, members, overall, folds)
+    return FinalSection(name, len(record.final.members), len(members), class_names, members, overall, folds,
+                        by_configuration(members))
 
 
 def final_results(storage: StorageURL, name: str, scratch: str | Path | None) -> dict[str, Any]:

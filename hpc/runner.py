@@ -22,6 +22,7 @@ from dualseg.config import Config, apply_overrides
 from dualseg.errors import TrainingError, cause_chain, one_line
 from hpc import slurm
 from hpc.config import HpcConfig
+from hpc.final import REFIT_OBJECTIVE
 from hpc.paths import trial_dir
 from hpc.requeue import RequeueStrategy
 from hpc.retention import on_trial_finished
@@ -50,6 +51,12 @@ def objective_value(history: list[dict[str, Any]], objective: str, direction: st
     if not values:
         raise TrainingError(f"trainer reported no {objective!r} values")
     return min(values) if direction == "minimize" else max(values)
+
+
+def told_objective(cfg: Config, hpc: HpcConfig) -> str:
+    """What a trial reports and tells: the study's objective, or, for a run without validation (a final run's
+    refit on train+val), its training loss (the last epoch's is told; the test split scores it afterwards)."""
+    return hpc.objective if cfg.train.validate else REFIT_OBJECTIVE
 
 
 def _fail_trial(coord: Coordinator | None, job: Assignment, exc: BaseException, fatal: bool) -> None:
@@ -153,11 +160,12 @@ class TrialRunner:
                                                "train.monitor": self.hpc.objective,  # best.pt = what the study ranks
                                                "train.hparams": dict(job.params)})  # TensorBoard's HParams
         run_dir = trial_dir(self.study_dir, job.number)
+        objective = told_objective(trial_cfg, self.hpc)
 
         def callback(epoch: int, metrics: dict[str, float]) -> bool:
             # TrialLost (finished or taken over elsewhere) is raised through fit, on every rank alike, before
             # this epoch's checkpoint: a job that lost its trial writes nothing more into its folder
-            return self.coord.report(job.trial_id, epoch, float(metrics[self.hpc.objective])) \
+            return self.coord.report(job.trial_id, epoch, float(metrics[objective])) \
                 if self.coord is not None else False
 
         heartbeat = self.coord.heartbeat(job.trial_id) if self.coord is not None else NullHeartbeat()
@@ -194,7 +202,7 @@ class TrialRunner:
         if result.stopped == "interrupted":
             self._after_signal(job.trial_id)
         if self.coord is not None:
-            self._tell(job, result, run_dir)
+            self._tell(job, result, run_dir, objective)
         self.requeue.resume_trial_id = None
         set_log_context(trial=None)
 
@@ -218,7 +226,7 @@ class TrialRunner:
         if broadcast(SIGNALS.requested() if self.rank == 0 else None, self.world):
             self._after_signal(job.trial_id)
 
-    def _tell(self, job: Assignment, result: FitResult, run_dir: Path) -> None:
+    def _tell(self, job: Assignment, result: FitResult, run_dir: Path, objective: str) -> None:
         assert self.coord is not None
         outcome = TrialOutcome(best_epoch=result.best_epoch, monitor=result.monitor, epochs_run=result.epochs_run,
                                stopped=result.stopped, run_dir=str(run_dir), data_root=str(self.cfg.data.root),
@@ -227,8 +235,8 @@ class TrialRunner:
             state, value = TrialState.PRUNED, None
         else:
             state = TrialState.COMPLETE
-            value = result.best_value if result.monitor == self.hpc.objective and math.isfinite(result.best_value) \
-                else objective_value(result.history, self.hpc.objective, self.hpc.direction)
+            value = result.best_value if result.monitor == objective and math.isfinite(result.best_value) \
+                else objective_value(result.history, objective, self.hpc.direction)
         ok = self.coord.tell(job.trial_id, state, value, outcome)
         self.done["pruned" if state == TrialState.PRUNED else "completed"] += ok
         log.info("trial %d %s", job.number, result.stopped)

@@ -382,6 +382,8 @@ CASES = [
          r"hpc.final.folds: all needs a dataset with folds, and .*/data has none \(no folds.json"),
     Case("final-refit-epochs-underived", "launch", _launch("--prepare-only", "hpc.final={seeds: 1, refit: train+val}"),
          r"hpc.final.epochs: refit train\+val has no validation split .* use epochs: best"),
+    Case("search-without-validation", "launch", _launch("--dry-run", "train.validate=false"),
+         r"train.validate: false leaves the search no validation metric to rank trials on \(hpc.objective: val_loss\)"),
     Case("final-folds-choice", "launch", _launch("--dry-run", "hpc.final={folds: some}"),
          r"config: hpc.final.folds: must be one of none, all \(got 'some'\)"),
     Case("final-study-name", "launch", _launch("--dry-run", "hpc.study=x/final"),

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dualseg.config import S1_BANDS, S2_BANDS, SyntheticConfig
+from dualseg.data.folds import write_folds
 from dualseg.data.splits import describe_splits, write_splits
 from dualseg.data.tile import Stream, Tile, tile_path
 from dualseg.data.write import write_tile
@@ -163,6 +164,9 @@ def _check(cfg: SyntheticConfig) -> None:
         raise InputError(f"synthetic: cloud_mask_miss must be in [0, 1], got {cfg.cloud_mask_miss}")
     if not 0.0 <= cfg.background_fraction < 1.0:
         raise InputError(f"synthetic: background_fraction must be in [0, 1), got {cfg.background_fraction}")
+    if cfg.folds and not 3 <= cfg.folds <= cfg.tiles:
+        raise InputError(f"synthetic: folds must be 0 (none) or in [3, tiles={cfg.tiles}] (a rotation needs test, "
+                         f"val and train folds), got {cfg.folds}")
     if cfg.s1_dates < 2 or cfg.s2_dates < 2:
         raise InputError("synthetic: s1_dates and s2_dates must be >= 2")
     if cfg.parcel_size < 2 or cfg.speckle_looks <= 0:
@@ -176,6 +180,12 @@ def synthetic_splits(n: int) -> dict[str, list[str]]:
     n_val = max(1, round(0.2 * n))
     n_train = n - n_val - n_test
     return {"train": names[:n_train], "val": names[n_train : n - n_test], "test": names[n - n_test :]}
+
+
+def synthetic_folds(n: int, folds: int) -> dict[str, list[str]]:
+    """``tile_000..`` in ``folds`` contiguous folds named ``1..folds`` (as PASTIS-R numbers its five)."""
+    names = [f"tile_{i:03d}" for i in range(n)]
+    return {str(k + 1): names[k * n // folds:(k + 1) * n // folds] for k in range(folds)}
 
 
 def generate(out: str | Path, cfg: SyntheticConfig | None = None, *, overwrite: bool = False) -> dict[str, list[str]]:
@@ -195,6 +205,8 @@ def generate(out: str | Path, cfg: SyntheticConfig | None = None, *, overwrite: 
         # zarr writes wait on its I/O event loop; overlapping tiles in threads halves the wall time.
         with ThreadPoolExecutor(max_workers=4) as pool:
             list(pool.map(one, enumerate(sorted(names))))
+        if cfg.folds:
+            write_folds(tmp, synthetic_folds(cfg.tiles, cfg.folds))
         write_splits(tmp / "splits.json", splits)
     return splits
 
@@ -209,12 +221,12 @@ def _check_same(root: Path, cfg: SyntheticConfig) -> bool:
         have = json.loads(meta.read_text())
     except (OSError, json.JSONDecodeError):
         have = {}
-    want = vars(cfg)
-    diff = [k for k in want if have.get(k) != want[k]]
+    want, default = vars(cfg), vars(SyntheticConfig())
+    diff = [k for k in want if have.get(k, default[k]) != want[k]]  # a key added since: it had the default
     if diff:
         k = diff[0]
         raise InputError(
-            f"data.synthetic.{k}={want[k]!r} but {root} was generated with {k}={have.get(k)!r}; "
+            f"data.synthetic.{k}={want[k]!r} but {root} was generated with {k}={have.get(k, default[k])!r}; "
             "delete that directory or point data.root elsewhere"
         )
     return False
@@ -263,11 +275,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--s2-dates", type=int, default=d.s2_dates)
     ap.add_argument("--parcel-size", type=int, default=d.parcel_size)
     ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--folds", type=int, default=d.folds, help="also write folds.json with this many folds (>= 3)")
     ap.add_argument("--overwrite", action="store_true")
     a = ap.parse_args(argv)
     cfg = SyntheticConfig(
         tiles=a.tiles, size=a.size, classes=a.classes, cloud_fraction=a.cloud_fraction, seed=a.seed,
         cloud_mask_miss=a.cloud_mask_miss, s1_dates=a.s1_dates, s2_dates=a.s2_dates, parcel_size=a.parcel_size,
+        folds=a.folds,
     )
     try:
         splits = generate(a.out, cfg, overwrite=a.overwrite)

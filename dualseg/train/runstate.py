@@ -91,8 +91,11 @@ class RunState:
         log.info("data loader: %d worker process(es) per loader (data.num_workers=%s, %d CPU(s) in this rank's "
                  "affinity mask)", self.workers, cfg.data.num_workers, usable_cpus())
         data_cfg = dataclasses.replace(cfg.data, num_workers=self.workers)
-        self.bundle = build_data(data_cfg, splits=("train", "val"), gather=make_gather(info.device), device=info.device)
-        for split in ("train", "val"):
+        # without validation (train.validate: false) only the train tiles are read; the band statistics come from
+        # them, i.e. from every tile the model trains on
+        splits = ("train", "val") if cfg.train.validate else ("train",)
+        self.bundle = build_data(data_cfg, splits=splits, gather=make_gather(info.device), device=info.device)
+        for split in splits:
             ds = self.bundle.datasets.get(split)
             if ds is None or len(ds) == 0:
                 raise InputError(f"data: the {split} split has no samples (check data.{split}_tiles / splits file)")
@@ -130,11 +133,12 @@ class RunState:
             world_size=info.world_size, seed=t.seed, num_workers=self.workers, pin_memory=pin,
             max_t=cfg.data.max_t, time_buckets=cfg.data.time_buckets,
         )
-        self.val_loader = eval_loader(
-            self.bundle.datasets["val"], collate, batch_size=t.batch_size, rank=info.rank,
-            world_size=info.world_size, num_workers=self.workers, pin_memory=pin, max_t=cfg.data.max_t,
-            time_buckets=cfg.data.time_buckets,
-        )
+        if t.validate:
+            self.val_loader = eval_loader(
+                self.bundle.datasets["val"], collate, batch_size=t.batch_size, rank=info.rank,
+                world_size=info.world_size, num_workers=self.workers, pin_memory=pin, max_t=cfg.data.max_t,
+                time_buckets=cfg.data.time_buckets,
+            )
         self.steps_per_epoch = steps_per_epoch(len(self.bundle.datasets["train"]), t.batch_size, info.world_size)
         total = t.epochs * self.steps_per_epoch
         self.scheduler = build_scheduler(self.optimizer, total, t.warmup_epochs * self.steps_per_epoch)

@@ -6,6 +6,9 @@ callback decision broadcast, ``last.pt`` every epoch (the one before kept as ``l
 loadable checkpoint. ``should_stop`` (rank 0's answer is broadcast) is polled from start-up to the
 end of validation, so a preempted job saves its progress and returns ``stopped="interrupted"``.
 An exception leaves no DDP wrapper or process group of ours behind (see ``failures``).
+``train.validate: false`` (a refit on train+val, whose epoch count was derived elsewhere) drops the validation
+split: exactly ``train.epochs`` epochs, no early stopping, every epoch's model saved as ``best.pt`` (the last
+one is the run's model) and ``train_loss`` as the monitored value.
 """
 
 from __future__ import annotations
@@ -129,11 +132,16 @@ class _Fit(RunState):
 
     # ---- the loop --------------------------------------------------------------------------
     def _result(self) -> FitResult:
-        best = next((h for h in self.history if h["epoch"] == self.early.best_epoch), None)
+        monitor: str
+        if self.cfg.train.validate:
+            epoch, monitor = self.early.best_epoch, self.monitor
+        else:  # no validation: the last epoch's model is best.pt, known by its own training loss
+            epoch, monitor = (int(self.history[-1]["epoch"]) if self.history else -1), "train_loss"
+        best = next((h for h in self.history if h["epoch"] == epoch), None)
         return FitResult(
-            best_val_loss=float(best["val_loss"]) if best else math.nan, best_epoch=self.early.best_epoch,
+            best_val_loss=float(best.get("val_loss", math.nan)) if best else math.nan, best_epoch=epoch,
             epochs_run=self.epoch, stopped=self.stopped or "interrupted", history=self.history,
-            run_dir=self.run_dir, monitor=self.monitor, best_value=float(best[self.monitor]) if best else math.nan,
+            run_dir=self.run_dir, monitor=monitor, best_value=float(best[monitor]) if best else math.nan,
         )
 
     def _poll(self, should_stop: Callable[[], bool] | None) -> bool:
@@ -166,6 +174,9 @@ class _Fit(RunState):
             return self._interrupted("before the first step", save=False)
         t = self.cfg.train
         self.board = EpochBoard(self.cfg, self.run_dir, self.info.is_main)  # TensorBoard, if installed
+        if not t.validate:
+            log.info("no validation split (train.validate: false): %d epochs on %d train tiles, no early stopping; "
+                     "the last epoch's model is best.pt", t.epochs, len(self.bundle.tiles.get("train", [])))
         while self.epoch < t.epochs:
             set_log_context(epoch=self.epoch)
             t0 = time.monotonic()
@@ -174,10 +185,10 @@ class _Fit(RunState):
             if not finished or stop_asked:  # at the last step too: the resume validates this epoch
                 return self._interrupted("during training", save=True)
             try:
-                metrics, record = self._validate(should_stop)
+                metrics, record = self._validate(should_stop) if t.validate else self._train_metrics()
             except StopRequested:  # all steps of the epoch are kept; the resume re-validates it
                 return self._interrupted("during validation", save=True)
-            improved = self.early.step(metrics[self.monitor], self.epoch)
+            improved = self.early.step(metrics[self.monitor], self.epoch) if t.validate else True
             record["best"] = improved
             record["train_time_s"] = train_time
             self.history.append(record)
@@ -194,11 +205,14 @@ class _Fit(RunState):
                     f"metrics: rank 0 could not write to {self.run_dir}", self.info)
             self.board.epoch(record, list(self.bundle.class_names))  # rank 0; never fails the run
             self._save(best=improved)
-            log.info(
-                "epoch %d: train_loss %.4f val_loss %.4f val_oa %.4f val_miou %.4f%s",
-                record["epoch"], record["train_loss"], record["val_loss"], record["val_oa"], record["val_miou"],
-                f" (best {self.monitor})" if improved else "",
-            )
+            if t.validate:
+                log.info(
+                    "epoch %d: train_loss %.4f val_loss %.4f val_oa %.4f val_miou %.4f%s",
+                    record["epoch"], record["train_loss"], record["val_loss"], record["val_oa"], record["val_miou"],
+                    f" (best {self.monitor})" if improved else "",
+                )
+            else:
+                log.info("epoch %d: train_loss %.4f (no validation)", record["epoch"], record["train_loss"])
             if self.stopped is not None:
                 break
             if self._poll(should_stop):
@@ -242,6 +256,12 @@ class _Fit(RunState):
         total = all_reduce_sum(out.loss_sum.clone()) / info.world_size
         self.step, self.loss_sum = out.steps, float(total)
         return not out.interrupted, out.stop_requested
+
+    def _train_metrics(self) -> tuple[dict[str, float], dict[str, Any]]:
+        """Epoch ``self.epoch``'s metrics without a validation split: its training loss and learning rate."""
+        metrics = {"epoch": float(self.epoch), "train_loss": self.loss_sum / max(1, self.step),
+                   "lr": float(self.optimizer.param_groups[0]["lr"])}
+        return metrics, {**metrics, "epoch": self.epoch}
 
     def _validate(self, should_stop: Callable[[], bool] | None) -> tuple[dict[str, float], dict[str, Any]]:
         """All-reduced metrics of epoch ``self.epoch``; raises StopRequested when rank 0 is asked to stop."""

@@ -31,7 +31,9 @@ class FinalMember:
     """One final run: the parent study's trial whose configuration it retrains, with which seed and fold.
 
     ``rank`` is the configuration's place in the parent's ranking (0 = best); ``fold`` the fold rotation
-    (None without folds); ``epochs`` the epoch count it trains when derived (``hpc.final.epochs``).
+    (None without folds); ``epochs`` the epoch count it trains when derived (``hpc.final.epochs``);
+    ``distributions`` the parent trial's Optuna distributions of ``params`` (``distribution_to_json``), with which
+    the claiming worker records them as the final trial's own params (:func:`hpc.final.claim_member`).
     """
 
     parent_study: str
@@ -42,6 +44,7 @@ class FinalMember:
     fold: int | None = None
     fold_name: str | None = None
     epochs: int | None = None
+    distributions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
-from dualseg.config import SyntheticConfig
+from dualseg.config import DataConfig, SyntheticConfig
 from dualseg.data.inputs import day_of_year
 from dualseg.data.read import read_tile
 from dualseg.data.synthetic import IGNORE_INDEX, class_params, generate, make_tile
@@ -118,6 +118,31 @@ def test_cli_and_bad_options(tmp_path):
                         "--cloud-fraction", "1.5"], capture_output=True, text=True)
     assert r.returncode == 2 and "cloud_fraction must be in [0, 1]" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_folds_are_written_when_asked_and_an_older_dataset_still_matches(tmp_path):
+
+    from dualseg.data.folds import read_folds, rotation
+    from dualseg.data.synthetic import ensure_synthetic
+    from dualseg.errors import InputError
+
+    cfg = SyntheticConfig(tiles=7, size=8, s1_dates=2, s2_dates=2, folds=3)
+    generate(tmp_path / "f", cfg)
+    folds = read_folds(DataConfig(root=str(tmp_path / "f")))
+    assert folds == {"1": ["tile_000", "tile_001"], "2": ["tile_002", "tile_003"],
+                     "3": ["tile_004", "tile_005", "tile_006"]}
+    assert rotation(folds, 2) == {"train": ["tile_002", "tile_003"], "val": ["tile_000", "tile_001"],
+                                  "test": ["tile_004", "tile_005", "tile_006"]}
+    plain = SyntheticConfig(tiles=3, size=8, s1_dates=2, s2_dates=2)
+    generate(tmp_path / "p", plain)
+    assert not (tmp_path / "p" / "folds.json").exists()
+    meta = tmp_path / "p" / "synthetic.json"  # written before folds existed: the key is missing, i.e. no folds
+    meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "folds"}))
+    assert ensure_synthetic(tmp_path / "p", plain) is False
+    with pytest.raises(InputError, match=r"data.synthetic.folds=3 but .* was generated with folds=0"):
+        ensure_synthetic(tmp_path / "p", SyntheticConfig(tiles=3, size=8, s1_dates=2, s2_dates=2, folds=3))
+    with pytest.raises(InputError, match=r"synthetic: folds must be 0 \(none\) or in \[3, tiles=3\]"):
+        generate(tmp_path / "bad", SyntheticConfig(tiles=3, folds=4))
 
 
 @pytest.mark.parametrize("field, value", [("tiles", 2), ("size", 4), ("classes", 1)])

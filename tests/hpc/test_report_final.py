@@ -69,3 +69,23 @@ def test_no_fold_table_without_folds_and_the_members_are_the_ensemble_panels() -
     assert "fold" not in dict(summary_rows(final))["final runs"]
     assert dict(summary_rows(final))["ensemble test miou"] == "0.7500"
     assert [str(p) for p in final.models] == [m.checkpoint for m in members]
+
+
+def test_each_configuration_gets_its_own_row_when_there_are_several() -> None:
+    from hpc.results import by_configuration, summarize
+
+    members = [MemberResult(i, 10 + i, parent, rank, 0, None, f"/c/{i}.pt", {**t, "loss": 0.1, "f1": [0.5] * 3})
+               for i, (parent, rank, t) in enumerate(zip([7, 7, 3], [0, 0, 1], TESTS, strict=True))]
+    section = FinalSection("s/final", 3, 3, ["a", "b", "c"], members, summarize(members, None),
+                           configurations=by_configuration(members))
+    raw = _results(section)
+    raw["final"]["configurations"] = dict(sorted(raw["final"]["configurations"].items()))  # as write_results sorts
+    final = read_final(raw)
+    assert final is not None and list(final.configurations) == ["7", "3"]  # best configuration first
+    rows = dict(summary_rows(final))
+    assert rows["final test miou, configuration of trial 7 (mean ± std)"] == f"0.6000 ± {0.2 / 2 ** 0.5:.4f}"
+    assert rows["final test miou, configuration of trial 3 (mean ± std)"] == "0.6000 ± 0.0000"
+    one = FinalSection("s/final", 2, 2, ["a", "b", "c"], members[:2], summarize(members[:2], None),
+                       configurations=by_configuration(members[:2]))
+    single = read_final(_results(one))
+    assert single is not None and not any("configuration" in k for k, _ in summary_rows(single))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -212,3 +213,34 @@ def test_monitor_chooses_best_pt_and_direction(make_cfg: Callable[..., Config]) 
         fit(make_cfg(run_name="miou", epochs=4))
     with pytest.raises(InputError, match="train.monitor: must be one of val_loss, val_miou, val_oa"):
         make_cfg(monitor="miou")
+
+
+def test_without_validation_trains_exactly_its_epochs_and_keeps_the_last_model(
+        make_cfg: Callable[..., Config]) -> None:
+    """train.validate: false (hpc.final's refit on train+val): no val split is read, no early stopping even with
+    patience 1, every epoch's model is best.pt, and an interrupted run resumes exactly."""
+    from dualseg.data.splits import read_splits
+
+    splits = read_splits(Path(make_cfg().data.root) / "splits.json")
+
+    def cfg(name: str) -> Config:
+        c = make_cfg(run_name=name, epochs=3, patience=1, lr=0.05, validate=False)
+        c.data.train_tiles, c.data.val_tiles = splits["train"] + splits["val"], []  # no validation split at all
+        return c
+
+    seen: list[dict[str, float]] = []
+    res = fit(cfg("nv"), callback=lambda e, m: seen.append(m) or False)
+    assert (res.stopped, res.epochs_run, res.best_epoch, res.monitor) == ("completed", 3, 2, "train_loss")
+    assert res.best_value == res.history[-1]["train_loss"] and math.isnan(res.best_val_loss)
+    assert [set(m) for m in seen] == [{"epoch", "train_loss", "lr"}] * 3
+    assert not any(k.startswith("val_") for h in read_metrics(res.run_dir) for k in h)
+    best, last = load_checkpoint(res.run_dir / "best.pt"), load_checkpoint(res.run_dir / "last.pt")
+    assert best["epoch"] == last["epoch"] == 3
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
+    assert best["config"]["train"]["validate"] is False
+    done: list[int] = []
+    first = fit(cfg("nv-resumed"), callback=lambda e, m: done.append(e) or False, should_stop=lambda: len(done) == 1)
+    assert first.stopped == "interrupted" and first.epochs_run == 1
+    second = fit(cfg("nv-resumed"))
+    assert second.stopped == "completed" and second.best_epoch == 2
+    assert [h["train_loss"] for h in second.history] == pytest.approx([h["train_loss"] for h in res.history], abs=1e-6)
