@@ -74,7 +74,7 @@ def test_blending_reproduces_a_position_independent_model_exactly(tmp_path: Path
     inp = load_input(info, spec)
     net = Pointwise(3, 5).eval()
     with torch.no_grad():
-        direct = net(None, torch.from_numpy(inp.data["s2"])[None], None, None)[0]  # whole tile at once
+        direct = net(None, torch.from_numpy(inp.prepared("s2")[0])[None], None, None)[0]  # whole tile at once
     for overlap in (0.0, 0.25, 0.6):
         blended = tile_logits(net, inp, spec, patch=16, overlap=overlap, batch_size=4, amp=False)
         torch.testing.assert_close(blended, direct, rtol=1e-5, atol=1e-5)
