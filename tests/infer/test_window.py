@@ -134,7 +134,8 @@ def test_windows_are_prepared_like_the_tile_and_has_input_is_the_old_mask(tmp_pa
     tile.s1.bands["VV"][:, :6, :6] = np.nan  # nor S1: no input at all there
     tile.s2 = Stream(tile.s2.bands, tile.s2.time, rng.random(tile.s2.bands["B02"].shape) < 0.3)
     info = open_tile(write_tile(tmp_path / "m.zarr", tile, version=version))
-    spec = InputSpec(mean={"s1": np.full(2, -4.0), "s2": np.full(2, 900.0)}, std={"s1": np.ones(2), "s2": np.full(2, 400.0)})
+    spec = InputSpec(mean={"s1": np.full(2, -4.0), "s2": np.full(2, 900.0)},
+                     std={"s1": np.ones(2), "s2": np.full(2, 400.0)})
     inp = load_input(info, spec)
     assert inp.raw["s2"].dtype == (np.uint16 if version == 2 else np.float32)
     net = Recorder(2)
