@@ -10,6 +10,10 @@
 4. ``loader``: the training loader's samples/s on one core (no workers) against the GPU's samples/s,
    on the *same* batches (the step of part 1 trains on the loader's own batches: same bands, S1
    with 3 channels as PASTIS-R, same T and patch): the cores a GPU needs to be fed.
+5. ``prepare``: the device-side step that turns the loader's raw batch (stored integers) into model
+   inputs (``dualseg.data.prepare``: dequantise, z-score, mask, pad masks): samples/s on the device,
+   with and without the host-to-device copy (pinned on CUDA), its share of a step, and the cores
+   one device needs to feed step + prepare.
 
 Every warm-up (cuDNN plans, CuPy/numba compilation) is separate and capped by ``--warmup-s``.
 ``--cpu``: small shapes on the CPU (fp32, gloo), a few seconds; CI checks that table.
@@ -190,7 +194,7 @@ def part_stats(a: argparse.Namespace, bundle: Any, dev: torch.device) -> list[Ro
     return rows
 
 
-def part_loader(bundle: Any, a: argparse.Namespace, gpu_rate: float) -> list[Row]:
+def part_loader(bundle: Any, a: argparse.Namespace, gpu_rate: float) -> tuple[list[Row], float]:
     from dualseg.train.loaders import train_loader
 
     ds = bundle.datasets["train"]
@@ -207,7 +211,29 @@ def part_loader(bundle: Any, a: argparse.Namespace, gpu_rate: float) -> list[Row
     return [("loader", "samples/s per core", per_core, "samples/s", f"1 process, no workers; {shape}"),
             ("loader", "step samples/s, same batches", gpu_rate, "samples/s", "the train step's best layout"),
             ("loader", "cores to feed one device", gpu_rate / per_core, "cores",
-             "set hpc.cpus_per_task >= this + 1 (data.num_workers = cores)")]
+             "set hpc.cpus_per_task >= this + 1 (data.num_workers = cores)")], per_core
+
+
+def part_prepare(a: argparse.Namespace, cpu_batch: dict[str, Any], dev: torch.device, gpu_rate: float,
+                 per_core: float) -> list[Row]:
+    """The device-side normalisation of a raw batch, alone and with its host-to-device copy."""
+    from dualseg.data.prepare import prepare, raw_keys
+    from dualseg.infer.batch import to_device
+
+    host = {k: v.pin_memory() if dev.type == "cuda" else v for k, v in cpu_batch.items()}
+    moved = {k: host[k].to(dev) for k in ("labels", *raw_keys("s1"), *raw_keys("s2")) if k in host}
+    sec = timed(lambda: prepare(moved), dev, a.steps, a.warmup_s)
+    sec_copy = timed(lambda: to_device(host, dev), dev, a.steps, a.warmup_s)
+    rate, rate_copy = a.batch / sec, a.batch / sec_copy
+    both = 1.0 / (1.0 / gpu_rate + 1.0 / rate_copy)  # step and prepare run one after the other
+    dtypes = f"S1 {cpu_batch['s1'].dtype}, S2 {cpu_batch['s2'].dtype}".replace("torch.", "")
+    pinned = "pinned" if dev.type == "cuda" else "CPU"
+    return [("prepare", "samples/s, on the device", rate, "samples/s", f"batch {a.batch}; raw {dtypes}"),
+            ("prepare", "samples/s, with host copy", rate_copy, "samples/s", f"{pinned} host batch, to_device"),
+            ("prepare", "share of step + prepare", (1.0 / rate_copy) / (1.0 / gpu_rate + 1.0 / rate_copy),
+             "fraction", "time of a step spent preparing its batch"),
+            ("prepare", "cores to feed one device, step + prepare", both / per_core, "cores",
+             "loader samples/s per core vs the device's samples/s with prepare")]
 
 
 def make_data_at(root: Path, a: argparse.Namespace) -> Any:
@@ -238,7 +264,9 @@ def run(a: argparse.Namespace) -> list[Row]:
         rows, gpu_rate = part_train(a, bundle, to_device(cpu_batch, dev), dev)
         rows += part_ddp(a, bundle, cpu_batch)
         rows += part_stats(a, bundle, dev)
-        rows += part_loader(bundle, a, gpu_rate)
+        loader_rows, per_core = part_loader(bundle, a, gpu_rate)
+        rows += loader_rows
+        rows += part_prepare(a, cpu_batch, dev, gpu_rate, per_core)
     return rows
 
 
