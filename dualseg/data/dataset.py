@@ -271,14 +271,16 @@ class TileDataset(Dataset):
     def _item(self, i: int, whole: dict[str, Any], y: int, x: int, k: int, f: int) -> dict[str, torch.Tensor]:
         p = self.patch_size
         window = (Ellipsis, slice(y, y + p), slice(x, x + p))
-        item: dict[str, torch.Tensor] = {}
+        # views of the decoded unit (collate copies them once); the augmentation (k, f) is applied
+        # to the prepared batch on the device (dualseg.data.prepare)
+        item: dict[str, torch.Tensor] = {"aug": _AUG[k, f]}
         for key in STREAMS:
-            item[key] = _to_tensor(_augment(whole[key][window], k, f))
+            item[key] = torch.from_numpy(whole[key][window])
             item[f"{key}_coef"] = self.coef[i][key]
             item[f"{key}_doy"] = self.doy[i][key]
             if whole[f"{key}_cloud"] is not None:
-                item[f"{key}_cloud"] = _to_tensor(_augment(whole[f"{key}_cloud"][window], k, f))
-        item["labels"] = _to_tensor(_augment(whole["labels"][window], k, f)).to(torch.int64)
+                item[f"{key}_cloud"] = torch.from_numpy(whole[f"{key}_cloud"][window])
+        item["labels"] = torch.from_numpy(whole["labels"][window])
         return item
 
     def __getstate__(self) -> dict[str, Any]:
@@ -288,16 +290,7 @@ class TileDataset(Dataset):
         return state
 
 
-def _augment(a: np.ndarray, k: int, flip: int) -> np.ndarray:
-    if k:
-        a = np.rot90(a, k, axes=(-2, -1))
-    if flip:
-        a = a[..., ::-1]
-    return a
-
-
-def _to_tensor(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a))
+_AUG = {(k, f): torch.tensor([k, f]) for k in range(4) for f in range(2)}  # shared, never written
 
 
 def _itemsize(si: StreamInfo) -> int:

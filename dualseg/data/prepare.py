@@ -16,7 +16,11 @@ Semantics (those of the former CPU path, bit for bit in float32 where the operat
 * a pixel is invalid at a date when any band holds the band's nodata DN, a non-finite value or the
   tile's declared ``nodata`` value, when it is flagged cloudy, or when the date is padding;
 * valid values become ``(x - mean) * inv`` (float32 ``mean`` and ``inv = 1 / std``), invalid +0.0;
-* a date is padding (``*_pad``) when no pixel of the patch is valid at it.
+* a date is padding (``*_pad``) when no pixel of the patch is valid at it;
+* training augmentation (``aug`` (B,2): quarter turns ``k`` and a flip of each item, drawn by the
+  dataset) is applied to the prepared tensors and labels here, one batched operation per distinct
+  (k, flip) in the batch: a permutation commutes with elementwise work, and the loader is spared
+  the copy of a rotated view.
 """
 
 from __future__ import annotations
@@ -99,18 +103,35 @@ def raw_keys(key: str) -> tuple[str, ...]:
     return key, f"{key}_coef", f"{key}_present", f"{key}_cloud", f"{key}_doy"
 
 
+def _augment(t: torch.Tensor, combos: list[tuple[int, int]]) -> torch.Tensor:
+    """Rotate/flip each item of ``t`` (B,...,H,W) by its (k, flip); square patches keep their shape."""
+    if not any(k or f for k, f in combos):
+        return t
+    out = t.clone()
+    for k, f in set(combos):
+        if not (k or f):
+            continue
+        idx = torch.tensor([j for j, c in enumerate(combos) if c == (k, f)], device=t.device)
+        part = torch.rot90(t.index_select(0, idx), k, dims=(-2, -1))
+        out[idx] = torch.flip(part, dims=(-1,)) if f else part
+    return out
+
+
 def prepare(batch: dict[str, Any], streams: str = "both") -> dict[str, Any]:
     """Model inputs from a collated raw batch (see module doc), on the batch's device.
 
     Returns per used stream ``<k>`` (B,C,T,H,W) float32, ``<k>_mask`` (B,T,H,W) pixel validity,
     ``<k>_valid``/``<k>_pad`` (B,T) and ``<k>_doy``; plus ``labels``.
     """
-    out: dict[str, Any] = {"labels": batch["labels"]}
+    aug = batch.get("aug")
+    combos = [] if aug is None else [(int(k), int(f)) for k, f in aug.tolist()]  # kept on the host: no sync
+    out: dict[str, Any] = {"labels": _augment(batch["labels"], combos)}
     for key in STREAMS if streams == "both" else (streams,):
         if batch.get(key) is None:
             continue
         z, valid = prepare_stream(batch[key], batch[f"{key}_coef"], batch.get(f"{key}_cloud"),
                                   batch.get(f"{key}_present"))
+        z, valid = _augment(z, combos), _augment(valid, combos)
         dates = valid.flatten(2).any(dim=2)
         out[key], out[f"{key}_mask"], out[f"{key}_valid"], out[f"{key}_pad"] = z, valid, dates, ~dates
         out[f"{key}_doy"] = batch[f"{key}_doy"]

@@ -29,6 +29,8 @@ def to_device(batch: dict[str, Any], device: torch.device, streams: str = "both"
     if is_raw(batch):
         keys = ("labels",) + (raw_keys("s1") if s1 else ()) + (raw_keys("s2") if s2 else ())
         moved = {k: batch[k].to(device, non_blocking=True) for k in keys if batch.get(k) is not None}
+        if batch.get("aug") is not None:
+            moved["aug"] = batch["aug"]  # (B,2) on the host: which items to turn/flip, read there
         return prepare(moved, streams)
     keys = ("labels",) + (_KEYS_S1 if s1 else ()) + (_KEYS_S2 if s2 else ())
     return {k: batch[k].to(device, non_blocking=True) for k in keys if batch.get(k) is not None}
