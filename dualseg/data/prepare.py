@@ -103,15 +103,24 @@ def raw_keys(key: str) -> tuple[str, ...]:
     return key, f"{key}_coef", f"{key}_present", f"{key}_cloud", f"{key}_doy"
 
 
-def _augment(t: torch.Tensor, combos: list[tuple[int, int]]) -> torch.Tensor:
-    """Rotate/flip each item of ``t`` (B,...,H,W) by its (k, flip); square patches keep their shape."""
-    if not any(k or f for k, f in combos):
+Groups = list[tuple[int, int, torch.Tensor]]  # (quarter turns, flip, indices of the items so augmented)
+
+
+def _groups(aug: torch.Tensor | None, device: torch.device) -> Groups:
+    """The items of each distinct non-identity (k, flip) of a batch; ``aug`` is read on the host."""
+    if aug is None:
+        return []
+    combos = [(int(k), int(f)) for k, f in aug.tolist()]
+    return [(k, f, torch.tensor([j for j, c in enumerate(combos) if c == (k, f)], device=device))
+            for k, f in sorted(set(combos)) if k or f]
+
+
+def _augment(t: torch.Tensor, groups: Groups) -> torch.Tensor:
+    """Rotate/flip the items of ``t`` (B,...,H,W) by their (k, flip); square patches keep their shape."""
+    if not groups:
         return t
     out = t.clone()
-    for k, f in set(combos):
-        if not (k or f):
-            continue
-        idx = torch.tensor([j for j, c in enumerate(combos) if c == (k, f)], device=t.device)
+    for k, f, idx in groups:
         part = torch.rot90(t.index_select(0, idx), k, dims=(-2, -1))
         out[idx] = torch.flip(part, dims=(-1,)) if f else part
     return out
@@ -123,15 +132,14 @@ def prepare(batch: dict[str, Any], streams: str = "both") -> dict[str, Any]:
     Returns per used stream ``<k>`` (B,C,T,H,W) float32, ``<k>_mask`` (B,T,H,W) pixel validity,
     ``<k>_valid``/``<k>_pad`` (B,T) and ``<k>_doy``; plus ``labels``.
     """
-    aug = batch.get("aug")
-    combos = [] if aug is None else [(int(k), int(f)) for k, f in aug.tolist()]  # kept on the host: no sync
-    out: dict[str, Any] = {"labels": _augment(batch["labels"], combos)}
+    groups = _groups(batch.get("aug"), batch["labels"].device)  # ``aug`` stays on the host: no sync
+    out: dict[str, Any] = {"labels": _augment(batch["labels"], groups)}
     for key in STREAMS if streams == "both" else (streams,):
         if batch.get(key) is None:
             continue
         z, valid = prepare_stream(batch[key], batch[f"{key}_coef"], batch.get(f"{key}_cloud"),
                                   batch.get(f"{key}_present"))
-        z, valid = _augment(z, combos), _augment(valid, combos)
+        z, valid = _augment(z, groups), _augment(valid, groups)
         dates = valid.flatten(2).any(dim=2)
         out[key], out[f"{key}_mask"], out[f"{key}_valid"], out[f"{key}_pad"] = z, valid, dates, ~dates
         out[f"{key}_doy"] = batch[f"{key}_doy"]
