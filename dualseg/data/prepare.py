@@ -64,7 +64,11 @@ def _col(coef: torch.Tensor, j: int) -> torch.Tensor:
 def dequantise(raw: torch.Tensor, coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(values float32, raw as float32) of (B,C,T,H,W) stored pixels; the DNs of ``uint16``/``int16``
     are exact in float32. Multiply then add (two roundings), as the CPU decoder."""
-    rawf = raw.to(torch.float32)
+    if raw.dtype == torch.uint16:  # a "barebones" dtype in torch: widen through int32, which every
+        # backend converts (the same ops on CPU and GPU, so the CPU tests cover the device's path)
+        rawf = raw.view(torch.int16).to(torch.int32).bitwise_and_(0xFFFF).to(torch.float32)
+    else:
+        rawf = raw.to(torch.float32)
     return rawf * _col(coef, _SCALE) + _col(coef, _SHIFT), rawf
 
 

@@ -97,3 +97,13 @@ def test_padding_dates_and_streams(tmp_path, data):
     assert out["s2_pad"][0, 4:].all() and (out["s2"][0, :, 4:] == 0).all() and not out["s2_mask"][0, 4:].any()
     z, valid = prepare_stream(raw["s2"], raw["s2_coef"])  # without present/cloud: raw zeros are nodata DNs
     assert not valid[0, 4:].any() and valid[0, 2].any()
+
+
+def test_uint16_values_above_int16_range_dequantise_exactly():
+    from dualseg.data.prepare import dequantise
+
+    dn = torch.tensor([0, 1, 32767, 32768, 40000, 65535], dtype=torch.int32).to(torch.uint16).view(1, 1, 1, 1, 6)
+    coef = torch.tensor([[[1.0, -1000.0, 0.0, float("inf"), 0.0, 1.0]]])
+    x, rawf = dequantise(dn, coef)
+    assert rawf.flatten().tolist() == [0.0, 1.0, 32767.0, 32768.0, 40000.0, 65535.0]
+    assert x.flatten().tolist() == [-1000.0, -999.0, 31767.0, 31768.0, 39000.0, 64535.0]
