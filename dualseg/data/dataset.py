@@ -1,8 +1,9 @@
 """Patch dataset over tiles: augmented patches of stored pixels (batched by :mod:`dualseg.data.batch`).
 
-Items carry the pixels as stored (integers for format version 2), cropped and augmented, plus each
-band's constants; :func:`dualseg.data.prepare.prepare` dequantises, z-scores and masks a whole
-batch on the device, so the loader's work per sample is decode, crop and stack.
+Items carry the pixels as stored (integers for format version 2), cropped (views of the decoded
+tile), plus each band's constants and the augmentation drawn for them;
+:func:`dualseg.data.prepare.prepare` dequantises, z-scores, masks and augments a whole batch on the
+device, so the loader's work per sample is decode, crop and stack (collate's one copy).
 
 Training items are random patches whose position and augmentation depend only on
 ``(seed, epoch, index)``, so a resumed run (``set_epoch``) draws exactly the same patches, under
