@@ -6,7 +6,7 @@
 2. Statistics pass over tiles on disk (``compute_partial``) vs a bare read+decode of the same
    arrays, its physical limit (goal >= 0.8).
 3. The trainer's training loader (``train_loader``), samples/s streaming from zarr with nothing
-   cached (``cache_mb=0``, a dataset >= 10x ``data.buffer_mb``) vs the same loader, order and
+   cached (``cache_mb=0``, a dataset >= 5x ``data.buffer_mb`` as stored) vs the same loader, order and
    augmentation on tiles preloaded in memory (goal >= 0.8): first epoch (a fresh dataset) and
    later epochs, at the quickstart's shapes (main process) and at PASTIS-R's (4 workers). The OS
    page cache is warm (the files were just written): a parallel file system adds its I/O on top.
