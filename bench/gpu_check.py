@@ -10,10 +10,8 @@
 4. ``loader``: the training loader's samples/s on one core (no workers) against the GPU's samples/s,
    on the *same* batches (the step of part 1 trains on the loader's own batches: same bands, S1
    with 3 channels as PASTIS-R, same T and patch): the cores a GPU needs to be fed.
-5. ``prepare``: the device-side step that turns the loader's raw batch (stored integers) into model
-   inputs (``dualseg.data.prepare``: dequantise, z-score, mask, pad masks): samples/s on the device,
-   with and without the host-to-device copy (pinned on CUDA), its share of a step, and the cores
-   one device needs to feed step + prepare.
+5. ``prepare``: raw batch (stored integers) -> model inputs on the device (``dualseg.data.prepare``),
+   samples/s with and without the pinned host copy, its share of a step, cores to feed step + prepare.
 
 Every warm-up (cuDNN plans, CuPy/numba compilation) is separate and capped by ``--warmup-s``.
 ``--cpu``: small shapes on the CPU (fp32, gloo), a few seconds; CI checks that table.
@@ -216,22 +214,20 @@ def part_loader(bundle: Any, a: argparse.Namespace, gpu_rate: float) -> tuple[li
 
 def part_prepare(a: argparse.Namespace, cpu_batch: dict[str, Any], dev: torch.device, gpu_rate: float,
                  per_core: float) -> list[Row]:
-    """The device-side normalisation of a raw batch, alone and with its host-to-device copy."""
     from dualseg.data.prepare import prepare, raw_keys
     from dualseg.infer.batch import to_device
 
     host = {k: v.pin_memory() if dev.type == "cuda" else v for k, v in cpu_batch.items()}
     moved = {k: host[k].to(dev) for k in ("labels", *raw_keys("s1"), *raw_keys("s2")) if k in host}
-    sec = timed(lambda: prepare(moved), dev, a.steps, a.warmup_s)
-    sec_copy = timed(lambda: to_device(host, dev), dev, a.steps, a.warmup_s)
-    rate, rate_copy = a.batch / sec, a.batch / sec_copy
+    moved["aug"] = host["aug"]  # the training batch's augmentation, read on the host as to_device leaves it
+    rate = a.batch / timed(lambda: prepare(moved), dev, a.steps, a.warmup_s)
+    rate_copy = a.batch / timed(lambda: to_device(host, dev), dev, a.steps, a.warmup_s)
     both = 1.0 / (1.0 / gpu_rate + 1.0 / rate_copy)  # step and prepare run one after the other
     dtypes = f"S1 {cpu_batch['s1'].dtype}, S2 {cpu_batch['s2'].dtype}".replace("torch.", "")
-    pinned = "pinned" if dev.type == "cuda" else "CPU"
-    return [("prepare", "samples/s, on the device", rate, "samples/s", f"batch {a.batch}; raw {dtypes}"),
-            ("prepare", "samples/s, with host copy", rate_copy, "samples/s", f"{pinned} host batch, to_device"),
-            ("prepare", "share of step + prepare", (1.0 / rate_copy) / (1.0 / gpu_rate + 1.0 / rate_copy),
-             "fraction", "time of a step spent preparing its batch"),
+    host_kind = "pinned" if dev.type == "cuda" else "CPU"
+    return [("prepare", "samples/s, on the device", rate, "samples/s", f"batch {a.batch}; raw {dtypes}; augmented"),
+            ("prepare", "samples/s, with host copy", rate_copy, "samples/s", f"{host_kind} host batch, to_device"),
+            ("prepare", "share of step + prepare", both / rate_copy, "fraction", "of a step's time spent preparing"),
             ("prepare", "cores to feed one device, step + prepare", both / per_core, "cores",
              "loader samples/s per core vs the device's samples/s with prepare")]
 
@@ -265,8 +261,7 @@ def run(a: argparse.Namespace) -> list[Row]:
         rows += part_ddp(a, bundle, cpu_batch)
         rows += part_stats(a, bundle, dev)
         loader_rows, per_core = part_loader(bundle, a, gpu_rate)
-        rows += loader_rows
-        rows += part_prepare(a, cpu_batch, dev, gpu_rate, per_core)
+        rows += loader_rows + part_prepare(a, cpu_batch, dev, gpu_rate, per_core)
     return rows
 
 
