@@ -10,6 +10,8 @@
 4. ``loader``: the training loader's samples/s on one core (no workers) against the GPU's samples/s,
    on the *same* batches (the step of part 1 trains on the loader's own batches: same bands, S1
    with 3 channels as PASTIS-R, same T and patch): the cores a GPU needs to be fed.
+5. ``prepare``: raw batch (stored integers) -> model inputs on the device (``dualseg.data.prepare``),
+   samples/s with and without the pinned host copy, its share of a step, cores to feed step + prepare.
 
 Every warm-up (cuDNN plans, CuPy/numba compilation) is separate and capped by ``--warmup-s``.
 ``--cpu``: small shapes on the CPU (fp32, gloo), a few seconds; CI checks that table.
@@ -190,7 +192,7 @@ def part_stats(a: argparse.Namespace, bundle: Any, dev: torch.device) -> list[Ro
     return rows
 
 
-def part_loader(bundle: Any, a: argparse.Namespace, gpu_rate: float) -> list[Row]:
+def part_loader(bundle: Any, a: argparse.Namespace, gpu_rate: float) -> tuple[list[Row], float]:
     from dualseg.train.loaders import train_loader
 
     ds = bundle.datasets["train"]
@@ -207,7 +209,27 @@ def part_loader(bundle: Any, a: argparse.Namespace, gpu_rate: float) -> list[Row
     return [("loader", "samples/s per core", per_core, "samples/s", f"1 process, no workers; {shape}"),
             ("loader", "step samples/s, same batches", gpu_rate, "samples/s", "the train step's best layout"),
             ("loader", "cores to feed one device", gpu_rate / per_core, "cores",
-             "set hpc.cpus_per_task >= this + 1 (data.num_workers = cores)")]
+             "set hpc.cpus_per_task >= this + 1 (data.num_workers = cores)")], per_core
+
+
+def part_prepare(a: argparse.Namespace, cpu_batch: dict[str, Any], dev: torch.device, gpu_rate: float,
+                 per_core: float) -> list[Row]:
+    from dualseg.data.prepare import prepare, raw_keys
+    from dualseg.infer.batch import to_device
+
+    host = {k: v.pin_memory() if dev.type == "cuda" else v for k, v in cpu_batch.items()}
+    moved = {k: host[k].to(dev) for k in ("labels", *raw_keys("s1"), *raw_keys("s2")) if k in host}
+    moved["aug"] = host["aug"]  # the training batch's augmentation, read on the host as to_device leaves it
+    rate = a.batch / timed(lambda: prepare(moved), dev, a.steps, a.warmup_s)
+    rate_copy = a.batch / timed(lambda: to_device(host, dev), dev, a.steps, a.warmup_s)
+    both = 1.0 / (1.0 / gpu_rate + 1.0 / rate_copy)  # step and prepare run one after the other
+    dtypes = f"S1 {cpu_batch['s1'].dtype}, S2 {cpu_batch['s2'].dtype}".replace("torch.", "")
+    host_kind = "pinned" if dev.type == "cuda" else "CPU"
+    return [("prepare", "samples/s, on the device", rate, "samples/s", f"batch {a.batch}; raw {dtypes}; augmented"),
+            ("prepare", "samples/s, with host copy", rate_copy, "samples/s", f"{host_kind} host batch, to_device"),
+            ("prepare", "share of step + prepare", both / rate_copy, "fraction", "of a step's time spent preparing"),
+            ("prepare", "cores to feed one device, step + prepare", both / per_core, "cores",
+             "loader samples/s per core vs the device's samples/s with prepare")]
 
 
 def make_data_at(root: Path, a: argparse.Namespace) -> Any:
@@ -238,7 +260,8 @@ def run(a: argparse.Namespace) -> list[Row]:
         rows, gpu_rate = part_train(a, bundle, to_device(cpu_batch, dev), dev)
         rows += part_ddp(a, bundle, cpu_batch)
         rows += part_stats(a, bundle, dev)
-        rows += part_loader(bundle, a, gpu_rate)
+        loader_rows, per_core = part_loader(bundle, a, gpu_rate)
+        rows += loader_rows + part_prepare(a, cpu_batch, dev, gpu_rate, per_core)
     return rows
 
 

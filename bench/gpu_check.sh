@@ -4,6 +4,7 @@
 #      (channels_last vs contiguous), DDP all-reduce overhead on every visible GPU (NCCL; 1 GPU = a world of 1),
 #      the statistics pass end to end (zarr reads and host copies included) on numpy and CuPy, the loader's
 #      samples/s per core vs the GPU's samples/s on the same batches (3-channel S1 on both sides);
+#      the device-side normalisation of the raw batch (dualseg.data.prepare) and the cores step + prepare need;
 #   1. statistics exactness: CuPy / numba moments vs numpy float64 (1e-12 relative on the means), and
 #      the on-device kernel's GiB/s vs the GPU's memory bandwidth (kernel only: part 0 has the real pass);
 #   2. the streaming loader with 4 workers, PASTIS-R bands at --quick sizes (bench/bench_data.py).

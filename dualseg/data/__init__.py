@@ -14,7 +14,8 @@ _EXPORTS = {
     "build": ["DataBundle", "build_data"],
     "batch": ["collate"],
     "dataset": ["TileDataset"],
-    "inputs": ["date_features", "day_of_year", "normalise"],
+    "inputs": ["date_features", "day_of_year"],
+    "prepare": ["prepare"],
     "splits": ["read_splits", "resolve_splits", "write_splits"],
     "moments": ["Moments", "moments_xp"],
     "stats": ["BandStats", "Partial", "compute_partial"],
@@ -34,10 +35,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from dualseg.data.batch import collate
     from dualseg.data.build import DataBundle, build_data
     from dualseg.data.dataset import TileDataset
-    from dualseg.data.inputs import date_features, day_of_year, normalise
+    from dualseg.data.inputs import date_features, day_of_year
     from dualseg.data.moments import Moments, moments_xp
     from dualseg.data.pastis import import_pastis
     from dualseg.data.preflight import check_dataset
+    from dualseg.data.prepare import prepare
     from dualseg.data.read import read_tile
     from dualseg.data.splits import read_splits, resolve_splits, write_splits
     from dualseg.data.stats import BandStats, Partial, compute_partial

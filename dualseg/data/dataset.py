@@ -1,4 +1,9 @@
-"""Patch dataset over tiles: z-scored, masked, augmented patches (batched by :mod:`dualseg.data.batch`).
+"""Patch dataset over tiles: augmented patches of stored pixels (batched by :mod:`dualseg.data.batch`).
+
+Items carry the pixels as stored (integers for format version 2), cropped (views of the decoded
+tile), plus each band's constants and the augmentation drawn for them;
+:func:`dualseg.data.prepare.prepare` dequantises, z-scores, masks and augments a whole batch on the
+device, so the loader's work per sample is decode, crop and stack (collate's one copy).
 
 Training items are random patches whose position and augmentation depend only on
 ``(seed, epoch, index)``, so a resumed run (``set_epoch``) draws exactly the same patches, under
@@ -6,7 +11,7 @@ any sampler, worker count or rank layout. Evaluation items tile every tile on a 
 last row/column is shifted inwards, so every pixel is covered.
 
 Reading a patch straight from zarr decodes its whole (T,128,128) chunks (~10-15 ms for the 14
-arrays, read concurrently); tiles are therefore cached whole, already normalised, in an LRU of
+arrays, read concurrently); tiles are therefore cached whole, as stored, in an LRU of
 ``cache_mb`` per process, so every chunk is decoded once per process. When all tiles fit, :meth:`TileDataset.preload`
 fills the cache before DataLoader workers fork so they share it copy-on-write instead of each
 re-reading it every epoch. zarr handles are opened lazily per process (never pickled).
@@ -29,10 +34,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dualseg.data.inputs import date_features, normalise
+from dualseg.data.inputs import date_features
+from dualseg.data.prepare import coefficients
 from dualseg.data.read import read_all
 from dualseg.data.stream import UnitBuffer, unit_side
-from dualseg.data.tile import DEFAULT_CHUNK_HW, STREAMS, TileInfo, Window, open_group
+from dualseg.data.tile import DEFAULT_CHUNK_HW, STREAMS, StreamInfo, TileInfo, Window, open_group
 from dualseg.errors import InputError
 
 
@@ -83,9 +89,11 @@ class TileDataset(Dataset):
         self._fits = sum(self.tile_bytes_of(t) for t in tiles) <= self.cache_bytes
         self.epoch = 0
         self.doy = []
+        self.coef = []  # per tile and stream: dequantisation and normalisation constants (prepare)
         for t in tiles:
             feats = date_features({k: t.streams[k].time for k in STREAMS}, date_encoding)
             self.doy.append({k: torch.from_numpy(v) for k, v in feats.items()})
+            self.coef.append({k: coefficients(t.streams[k], t.nodata, self.mean[k], self.std[k]) for k in STREAMS})
         self.grid = [] if train else self._grid()
         self._cache: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self._cached_bytes = 0
@@ -186,10 +194,9 @@ class TileDataset(Dataset):
     def _load(self, i: int, window: Window | None) -> dict[str, Any]:
         info, g = self.tiles[i], self._group(i)
         out: dict[str, Any] = {}
-        streams, out["labels"] = read_all(info, window, group=g)  # one concurrent zarr round trip
+        streams, out["labels"] = read_all(info, window, group=g, raw=True)  # one concurrent zarr round trip
         for key in STREAMS:
-            data, cloud = streams[key]
-            out[key], out[f"{key}_mask"] = normalise(data, cloud, self.mean[key], self.std[key])
+            out[key], out[f"{key}_cloud"] = streams[key]
         return out
 
     def tile_bytes(self, i: int) -> int:
@@ -198,8 +205,10 @@ class TileDataset(Dataset):
 
     @staticmethod
     def tile_bytes_of(t: TileInfo) -> int:
+        """Stored bytes per value (2 for version-2 integers, 4 for float32), clouds, int64 labels."""
         hw = t.height * t.width
-        return sum(t.streams[k].t * hw * (4 * len(t.streams[k].bands) + 1) for k in STREAMS) + 8 * hw
+        return sum(si.t * hw * (_itemsize(si) * len(si.bands) + si.has_cloud)
+                   for si in (t.streams[k] for k in STREAMS)) + 8 * hw
 
     def _cached(self, i: int) -> dict[str, Any] | None:
         hit = self._cache.get(i)
@@ -263,13 +272,16 @@ class TileDataset(Dataset):
     def _item(self, i: int, whole: dict[str, Any], y: int, x: int, k: int, f: int) -> dict[str, torch.Tensor]:
         p = self.patch_size
         window = (Ellipsis, slice(y, y + p), slice(x, x + p))
-        parts = {n: whole[n][window] for n in ("s1", "s2", "s1_mask", "s2_mask", "labels")}
-        item: dict[str, torch.Tensor] = {}
+        # views of the decoded unit (collate copies them once); the augmentation (k, f) is applied
+        # to the prepared batch on the device (dualseg.data.prepare)
+        item: dict[str, torch.Tensor] = {"aug": _AUG[k, f]}
         for key in STREAMS:
-            item[key] = _to_tensor(_augment(parts[key], k, f), torch.float32)
+            item[key] = torch.from_numpy(whole[key][window])
+            item[f"{key}_coef"] = self.coef[i][key]
             item[f"{key}_doy"] = self.doy[i][key]
-            item[f"{key}_valid"] = torch.from_numpy(parts[f"{key}_mask"].any(axis=(1, 2)))
-        item["labels"] = _to_tensor(_augment(parts["labels"], k, f), torch.int64)
+            if whole[f"{key}_cloud"] is not None:
+                item[f"{key}_cloud"] = torch.from_numpy(whole[f"{key}_cloud"][window])
+        item["labels"] = torch.from_numpy(whole["labels"][window])
         return item
 
     def __getstate__(self) -> dict[str, Any]:
@@ -279,13 +291,8 @@ class TileDataset(Dataset):
         return state
 
 
-def _augment(a: np.ndarray, k: int, flip: int) -> np.ndarray:
-    if k:
-        a = np.rot90(a, k, axes=(-2, -1))
-    if flip:
-        a = a[..., ::-1]
-    return a
+_AUG = {(k, f): torch.tensor([k, f]) for k in range(4) for f in range(2)}  # shared, never written
 
 
-def _to_tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
+def _itemsize(si: StreamInfo) -> int:
+    return 4 if si.quant is None else max(np.dtype(q.dtype).itemsize for q in si.quant)

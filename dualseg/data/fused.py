@@ -22,7 +22,6 @@ import numpy as np
 
 _SEG = 4096
 _kernel: Any = None
-_norm: Any = None
 
 
 def _build() -> Any:
@@ -83,33 +82,6 @@ def _build() -> Any:
             out[c, 2] = tq
 
     return rows
-
-
-def _build_normalise() -> Any:
-    from numba import njit
-
-    @njit(nogil=True, cache=True)  # no fastmath: float32 results bit-identical to numpy's
-    def norm(d: Any, valid: Any, mean: Any, inv: Any) -> None:  # pragma: no cover - jitted
-        c_n, n_n = d.shape
-        for c in range(c_n):
-            for i in range(n_n):
-                valid[i] &= abs(d[c, i]) < np.inf
-        for c in range(c_n):
-            m = mean[c]
-            k = inv[c]
-            for i in range(n_n):
-                d[c, i] = (d[c, i] - m) * k if valid[i] else np.float32(0.0)
-
-    return norm
-
-
-def normalise_into(data: np.ndarray, valid: np.ndarray, mean: np.ndarray, inv: np.ndarray) -> None:
-    """Two passes instead of numpy's five: ``valid`` (N,) &= every channel finite, then
-    ``data`` (C,N) float32 = ``(data - mean) * inv`` where valid, else 0 (in place)."""
-    global _norm
-    if _norm is None:
-        _norm = _build_normalise()
-    _norm(data, valid, mean, inv)
 
 
 _ints: Any = None

@@ -77,6 +77,15 @@ def _assemble(
     return out, cloud
 
 
+def _assemble_raw(
+    info: TileInfo, key: str, window: Window | None, parts: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Bands as stored, stacked (C,T,h,w) (no dequantisation: :mod:`dualseg.data.prepare` does it)."""
+    si = info.streams[key]
+    cloud = np.asarray(parts[-1], dtype=bool) if si.has_cloud else None
+    return np.stack(parts[: len(si.bands)]), cloud
+
+
 def read_stream(
     info: TileInfo, key: str, window: Window | None = None, group: zarr.Group | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -100,9 +109,10 @@ def read_stream_raw(
 
 
 def read_all(
-    info: TileInfo, window: Window | None = None, group: zarr.Group | None = None
+    info: TileInfo, window: Window | None = None, group: zarr.Group | None = None, raw: bool = False
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray | None]], np.ndarray]:
-    """Both streams (as :func:`read_stream`) and the labels (int64) of ``window``, in one round trip."""
+    """Both streams (as :func:`read_stream`; with ``raw`` as stored, stacked) and the labels (int64)
+    of ``window``, in one round trip."""
     g = group if group is not None else open_group(info.path, info.name)
     reads = [_stream_reads(info, key, window, g) for key in STREAMS]
     try:
@@ -111,9 +121,10 @@ def read_all(
         raise InputError(f"tile {info.name}: labels: unreadable ({type(exc).__name__}: {exc})") from None
     flat = _gather([*reads[0], *reads[1], ("labels", labels, window or (slice(None), slice(None)))], info.name)
     n1 = len(reads[0])
+    assemble = _assemble_raw if raw else _assemble
     streams = {
-        STREAMS[0]: _assemble(info, STREAMS[0], window, flat[:n1]),
-        STREAMS[1]: _assemble(info, STREAMS[1], window, flat[n1:-1]),
+        STREAMS[0]: assemble(info, STREAMS[0], window, flat[:n1]),
+        STREAMS[1]: assemble(info, STREAMS[1], window, flat[n1:-1]),
     }
     return streams, np.asarray(flat[-1], dtype=np.int64)
 

@@ -4,9 +4,10 @@ Both maps (``python -m dualseg.predict``) and test metrics (``evaluate_checkpoin
 :func:`tile_logits`, so the mIoU of the written maps is the evaluated mIoU; it lives in
 :mod:`dualseg.infer`, below both, and ``dualseg.predict`` re-exports its names.
 
-Inputs are normalised, masked and padded exactly as in training: :func:`dualseg.data.normalise`
-with the stored band statistics, a date is padding for a window when none of its pixels is valid
-there (as for a training patch), and windows are batched with :func:`dualseg.data.collate`.
+Inputs are normalised, masked and padded exactly as in training: a tile is read as stored, its
+windows are batched with :func:`dualseg.data.collate` like loader items and prepared on the device
+by :func:`dualseg.data.prepare.prepare` with the stored band statistics (a date is padding for a
+window when none of its pixels is valid there, as for a training patch).
 
 Windows of ``patch`` pixels advance by ``patch * (1 - overlap)``; the last row/column is shifted
 inwards so every pixel is covered. Overlapping logits are averaged with a separable raised-cosine
@@ -27,8 +28,9 @@ import torch
 from torch import nn
 
 from dualseg.data.batch import collate
-from dualseg.data.inputs import date_features, normalise
-from dualseg.data.read import read_stream
+from dualseg.data.inputs import date_features
+from dualseg.data.prepare import coefficients, dequantise, prepare_stream, valid_mask
+from dualseg.data.read import read_stream_raw
 from dualseg.data.tile import STREAMS, TileInfo, open_group
 from dualseg.errors import InputError
 from dualseg.infer.batch import autocast_ctx, forward, to_device
@@ -49,40 +51,54 @@ class InputSpec:
 
 @dataclass
 class TileInput:
-    """A tile, read whole and normalised: (C,T,H,W) data, (T,H,W) valid masks, date features."""
+    """A tile, read whole as stored: (C,T,H,W) pixels, (T,H,W) clouds, band constants, date features."""
 
     name: str
-    data: dict[str, np.ndarray]
-    valid: dict[str, np.ndarray]
+    raw: dict[str, np.ndarray]
+    cloud: dict[str, np.ndarray | None]
+    coef: dict[str, torch.Tensor]
     doy: dict[str, torch.Tensor]
 
     @property
     def shape(self) -> tuple[int, int]:
-        h, w = self.data["s1"].shape[-2:]
+        h, w = self.raw["s1"].shape[-2:]
         return int(h), int(w)
+
+    def _batch(self, key: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        cloud = self.cloud[key]
+        return (torch.from_numpy(self.raw[key])[None], self.coef[key][None],
+                None if cloud is None else torch.from_numpy(cloud)[None])
+
+    def prepared(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """Whole-tile model input of stream ``key`` on the CPU: (C,T,H,W) float32, valid (T,H,W)."""
+        z, valid = prepare_stream(*self._batch(key))
+        return z[0].numpy(), valid[0].numpy()
 
     def has_input(self, streams: str = "both") -> np.ndarray:
         """(H,W) bool: some date of a stream the model uses is valid at the pixel."""
         keys = STREAMS if streams == "both" else (streams,)
         out = np.zeros(self.shape, dtype=bool)
         for k in keys:
-            out |= self.valid[k].any(axis=0)
+            raw, coef, cloud = self._batch(k)
+            x, rawf = dequantise(raw, coef)
+            out |= valid_mask(x, rawf, coef, cloud)[0].any(dim=0).numpy()
         return out
 
 
 def load_input(info: TileInfo, spec: InputSpec) -> TileInput:
-    """Read both streams of ``info`` and normalise them like the training dataset does."""
-    g = open_group(info.path, info.name)
-    data, valid = {}, {}
+    """Read both streams of ``info`` as stored, with the constants that normalise them like training."""
+    g = open_group(info.path, info.name)  # labels may be absent: read only the streams
+    coef, streams = {}, {}
     for key in STREAMS:
-        raw, cloud = read_stream(info, key, group=g)
-        mean = np.asarray(spec.mean[key], dtype=np.float32)
-        std = np.asarray(spec.std[key], dtype=np.float32)
-        if raw.shape[0] != mean.shape[0]:
-            raise InputError(f"tile {info.name}: {key} has {raw.shape[0]} bands but the model expects {mean.shape[0]}")
-        data[key], valid[key] = normalise(raw, cloud, mean, std)
+        parts, cloud = read_stream_raw(info, key, group=g)
+        streams[key] = np.stack(parts), cloud
+        n = len(parts)
+        if n != len(spec.mean[key]):
+            raise InputError(f"tile {info.name}: {key} has {n} bands but the model expects {len(spec.mean[key])}")
+        coef[key] = coefficients(info.streams[key], info.nodata, spec.mean[key], spec.std[key])
     feats = date_features({k: info.streams[k].time for k in STREAMS}, spec.date_encoding)
-    return TileInput(info.name, data, valid, {k: torch.from_numpy(v) for k, v in feats.items()})
+    return TileInput(info.name, {k: v[0] for k, v in streams.items()}, {k: v[1] for k, v in streams.items()},
+                     coef, {k: torch.from_numpy(v) for k, v in feats.items()})
 
 
 def starts(size: int, patch: int, stride: int) -> list[int]:
@@ -113,9 +129,12 @@ def windows(h: int, w: int, patch: int, overlap: float) -> list[tuple[int, int]]
 def _item(t: TileInput, y: int, x: int, p: int) -> dict[str, torch.Tensor]:
     item: dict[str, torch.Tensor] = {}
     for key in STREAMS:
-        item[key] = torch.from_numpy(np.ascontiguousarray(t.data[key][..., y : y + p, x : x + p]))
+        item[key] = torch.from_numpy(np.ascontiguousarray(t.raw[key][..., y : y + p, x : x + p]))
+        item[f"{key}_coef"] = t.coef[key]
         item[f"{key}_doy"] = t.doy[key]
-        item[f"{key}_valid"] = torch.from_numpy(t.valid[key][:, y : y + p, x : x + p].any(axis=(1, 2)))
+        cloud = t.cloud[key]
+        if cloud is not None:
+            item[f"{key}_cloud"] = torch.from_numpy(np.ascontiguousarray(cloud[:, y : y + p, x : x + p]))
     item["labels"] = torch.zeros((p, p), dtype=torch.int64)  # collate wants one; prediction never uses it
     return item
 

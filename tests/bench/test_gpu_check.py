@@ -19,13 +19,17 @@ def test_cpu_run_gives_every_row_with_finite_numbers() -> None:
                 for f in ("contiguous", "channels_last")] + [
             ("train step", "channels_last / contiguous"), ("ddp", "step time DDP / without"),
             ("ddp", "all-reduce overhead"), ("statistics", "pass, numpy"), ("loader", "samples/s per core"),
-            ("loader", "step samples/s, same batches"), ("loader", "cores to feed one device")]:
+            ("loader", "step samples/s, same batches"), ("loader", "cores to feed one device"),
+            ("prepare", "samples/s, on the device"), ("prepare", "samples/s, with host copy"),
+            ("prepare", "share of step + prepare"), ("prepare", "cores to feed one device, step + prepare")]:
         assert key in got, key
         assert math.isfinite(got[key]), key
     assert all(got[k] > 0 for k in got if k[1] != "all-reduce overhead")
     text = table(rows)
     assert text.splitlines()[0] == "| part | metric | value | unit | note |" and len(text.splitlines()) == len(rows) + 2
     assert "S1 3 ch" in text  # the loader and the step use the same 3-channel S1
+    assert "raw S1 int16, S2 uint16" in text  # the loader hands stored integers to the device
+    assert 0 < got[("prepare", "share of step + prepare")] < 1
 
 
 def test_the_script_parses_and_passes_shellcheck() -> None:

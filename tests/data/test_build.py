@@ -19,6 +19,7 @@ import zarr
 from dualseg.config import SyntheticConfig
 from dualseg.data import build_data, read_tile
 from dualseg.data.build import AUTO_WORKERS_MAX, loader_workers
+from dualseg.data.prepare import prepare
 from dualseg.data.quant import QUANT
 from dualseg.data.write import rewrite_manifest
 from dualseg.errors import InputError
@@ -52,7 +53,7 @@ def test_bundle_contract_and_train_only_stats(tmp_path, data):
     med = np.median(counts / counts.sum()) / (counts / counts.sum())
     torch.testing.assert_close(b.class_weights, torch.tensor(med, dtype=torch.float32))
     assert b.max_t == {"s1": 6, "s2": 5}
-    batch = b.collate_fn([b.datasets["train"][i] for i in range(4)])
+    batch = prepare(b.collate_fn([b.datasets["train"][i] for i in range(4)]))
     assert batch["s1"].shape[:3] == (4, 2, 5) and batch["s2_pad"].dtype == torch.bool
     json.dumps(b.stats.to_dict())
 

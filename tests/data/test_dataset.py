@@ -9,12 +9,18 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from dualseg.data.batch import collate
 from dualseg.data.dataset import TileDataset
+from dualseg.data.prepare import prepare
 from dualseg.data.tile import open_tile
 from dualseg.data.write import write_tile
 from dualseg.errors import InputError
 
 MEAN = {"s1": np.array([-12.0, -15.0]), "s2": np.full(10, 1500.0)}
 STD = {"s1": np.array([2.0, 2.0]), "s2": np.full(10, 800.0)}
+
+
+def _prepared(item):
+    """The model inputs of one item (a batch of one through the one prepare step), batch dim dropped."""
+    return {k: v[0] for k, v in prepare(collate([item])).items()}
 
 
 def _tiles(tmp_path, data, n=2, **kw):
@@ -26,7 +32,10 @@ def test_item_contract_and_normalisation(tmp_path, data):
     info = open_tile(write_tile(tmp_path / "t0.zarr", tile))
     ds = TileDataset([info], MEAN, STD, patch_size=16, train=False)
     assert len(ds) == 1
-    item = ds[0]
+    raw = ds[0]  # stored pixels: the loader only crops and stacks
+    assert raw["s1"].dtype == torch.int16 and raw["s2"].dtype == torch.uint16
+    assert raw["s2_cloud"].shape == (3, 16, 16) and "s1_cloud" not in raw
+    item = _prepared(raw)
     assert item["s1"].shape == (2, 5, 16, 16) and item["s1"].dtype == torch.float32
     assert item["s2"].shape == (10, 3, 16, 16)
     assert item["labels"].dtype == torch.int64 and item["labels"].shape == (16, 16)
@@ -45,7 +54,7 @@ def test_fully_cloudy_date_is_invalid(tmp_path, data):
     tile.s2.cloud[2] = True
     tile.s2.cloud[3] = False
     info = open_tile(write_tile(tmp_path / "t.zarr", tile))
-    item = TileDataset([info], MEAN, STD, patch_size=8, train=False)[0]
+    item = _prepared(TileDataset([info], MEAN, STD, patch_size=8, train=False)[0])
     assert item["s2_valid"].tolist() == [True, True, False, True]
     assert (item["s2"][:, 2] == 0).all()
 
@@ -80,7 +89,7 @@ def test_augmentation_is_identical_across_streams_and_labels(tmp_path, data):
         _, y, x, k, f = aug.locate(i)
         assert plain.locate(i)[1:3] == (y, x)
         seen.add((k, f))
-        p, q = plain[i], aug[i]
+        p, q = _prepared(plain[i]), _prepared(aug[i])
 
         def tf(t, k=k, f=f):  # bound now: called in this iteration only
             t = torch.rot90(t, k, dims=(-2, -1))

@@ -74,7 +74,7 @@ def test_blending_reproduces_a_position_independent_model_exactly(tmp_path: Path
     inp = load_input(info, spec)
     net = Pointwise(3, 5).eval()
     with torch.no_grad():
-        direct = net(None, torch.from_numpy(inp.data["s2"])[None], None, None)[0]  # whole tile at once
+        direct = net(None, torch.from_numpy(inp.prepared("s2")[0])[None], None, None)[0]  # whole tile at once
     for overlap in (0.0, 0.25, 0.6):
         blended = tile_logits(net, inp, spec, patch=16, overlap=overlap, batch_size=4, amp=False)
         torch.testing.assert_close(blended, direct, rtol=1e-5, atol=1e-5)
@@ -106,3 +106,53 @@ def test_blending_removes_the_seams_of_the_real_model(trained: dict[str, Path], 
         return float((lg[:, :, 1:] - lg[:, :, :-1]).abs().max())
 
     assert max_jump(0.5) < 0.5 * max_jump(0.0)
+
+
+class Recorder(nn.Module):
+    """Keeps every window batch it is given (prepared model inputs); logits are zeros."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k, self.seen = k, []
+
+    def forward(self, s1: torch.Tensor, s2: torch.Tensor, s1_pad: torch.Tensor, s2_pad: torch.Tensor,
+                s1_doy: torch.Tensor | None = None, s2_doy: torch.Tensor | None = None) -> torch.Tensor:
+        self.seen.append((s1, s2, s1_pad, s2_pad))
+        return torch.zeros((s2.shape[0], self.k, *s2.shape[-2:]))
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_windows_are_prepared_like_the_tile_and_has_input_is_the_old_mask(tmp_path: Path, version: int) -> None:
+    """Windows (stored pixels, prepared per batch on the device) carry the whole tile's model inputs;
+    a date is padding where the window has no valid pixel; has_input is the former CPU mask."""
+    from dualseg.data.read import read_stream
+
+    rng = np.random.default_rng(1)
+    tile = constant_tile((["VV", "VH"], ["B02", "B03"]), h=24, w=20)
+    tile.s2.bands["B02"] = rng.uniform(1, 2000, tile.s2.bands["B02"].shape).round().astype(np.float32)
+    tile.s2.bands["B03"][:, :8, :8] = np.nan  # no S2 input in the corner at any date
+    tile.s1.bands["VV"][:, :6, :6] = np.nan  # nor S1: no input at all there
+    tile.s2 = Stream(tile.s2.bands, tile.s2.time, rng.random(tile.s2.bands["B02"].shape) < 0.3)
+    info = open_tile(write_tile(tmp_path / "m.zarr", tile, version=version))
+    spec = InputSpec(mean={"s1": np.full(2, -4.0), "s2": np.full(2, 900.0)},
+                     std={"s1": np.ones(2), "s2": np.full(2, 400.0)})
+    inp = load_input(info, spec)
+    assert inp.raw["s2"].dtype == (np.uint16 if version == 2 else np.float32)
+    net = Recorder(2)
+    tile_logits(net, inp, spec, patch=8, overlap=0.0, batch_size=4, amp=False)
+    whole = {k: inp.prepared(k) for k in ("s1", "s2")}
+    corners = windows(24, 20, 8, 0.0)
+    got = [w for b in net.seen for w in zip(*b)]
+    assert len(got) == len(corners)
+    for (y, x), (s1, s2, s1_pad, s2_pad) in zip(corners, got):
+        for key, z, pad in (("s1", s1, s1_pad), ("s2", s2, s2_pad)):
+            data, valid = whole[key]
+            np.testing.assert_array_equal(z.numpy(), data[..., y : y + 8, x : x + 8])
+            np.testing.assert_array_equal(pad.numpy(), ~valid[:, y : y + 8, x : x + 8].any(axis=(1, 2)))
+    ref = np.zeros((24, 20), dtype=bool)
+    for key in ("s1", "s2"):
+        values, cloud = read_stream(info, key)  # the CPU path's mask: every band finite, not cloudy
+        ok = np.isfinite(values).all(axis=0) & (True if cloud is None else ~cloud)
+        ref |= ok.any(axis=0)
+    np.testing.assert_array_equal(inp.has_input(), ref)
+    assert not ref[:6, :6].any() and ref[8:, 8:].all()
