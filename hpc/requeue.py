@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 from dualseg.io import atomic_write_text
-from hpc.slurm import SlurmEnv
+from hpc.slurm import WAITING_STATES, SlurmEnv
 
 log = logging.getLogger("hpc.requeue")
 REQUEUE_EXIT = 3
@@ -81,3 +82,39 @@ class ScontrolRequeue:
             # <array>_<task>: for task 0 of an array $SLURM_JOB_ID alone would requeue every task of it
             subprocess.run(["scontrol", "requeue", self._slurm.label], check=False, timeout=60)
         raise SystemExit(REQUEUE_EXIT)
+
+
+class QueuedVouching:
+    """Which trials of requeued jobs live workers keep beating while those jobs wait in the queue.
+
+    A requeued job may wait far longer than ``grace_period``; it is not dead, so its trial must not be
+    failed and retried. A job RUNNING again adopts its trial within seconds, so only waiting jobs are
+    vouched for (one RUNNING but training something else must not keep a trial alive for ever). When
+    ``squeue`` cannot answer, the trials are vouched for at most ``unknown_for_s``: dead ones still go
+    stale in bounded time.
+    """
+
+    def __init__(self, period_s: float, unknown_for_s: float) -> None:
+        self.period_s, self.unknown_for_s = max(1.0, period_s), unknown_for_s
+        self._last = float("-inf")
+        self._unknown_since: float | None = None
+
+    def due(self) -> bool:
+        """At most one squeue every ``period_s`` (half the heartbeat interval)."""
+        now = time.monotonic()
+        if now - self._last < self.period_s:
+            return False
+        self._last = now
+        return True
+
+    def vouched(self, queued: dict[int, str], states: dict[str, str] | None) -> list[int]:
+        """The trial ids to beat, of ``queued`` (trial id -> its requeued job) and squeue's ``states``
+        (``None``: squeue failed)."""
+        now = time.monotonic()
+        if states is not None:
+            self._unknown_since = None
+        else:
+            self._unknown_since = self._unknown_since or now
+            if now - self._unknown_since > self.unknown_for_s:
+                return []
+        return [trial for trial, job in queued.items() if states is None or states.get(str(job)) in WAITING_STATES]

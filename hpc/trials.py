@@ -16,7 +16,6 @@ trial's checkpoint.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,8 +29,9 @@ from sqlalchemy.orm import Session
 from hpc.config import HpcConfig
 from hpc.final import claim_member
 from hpc.paths import seed_from_retry
+from hpc.requeue import QueuedVouching
 from hpc.search import build_pruner, build_sampler, suggest
-from hpc.slurm import WAITING_STATES, SlurmEnv, squeue_states
+from hpc.slurm import SlurmEnv, squeue_states
 from hpc.storage import OUTAGE, Database, LockTimeout, call, critical_section, job_storage, open_database
 from hpc.study import JOB_ID, REQUEUED_JOB, Counts, Heartbeat, TrialOutcome, allocation_key, decide, fail_trials, schema
 from hpc.study.record import StudyRecord
@@ -83,8 +83,8 @@ class Coordinator:
             self.study.pruner = optuna.pruners.NopPruner()  # a final run is a result, never pruned
         self.study_dir = Path(spec.scratch) / spec.study
         self.label = SlurmEnv.read().label
-        self._last_keepalive = 0.0
-        self._squeue_failing_since: float | None = None  # squeue unknown since (it vouches for a bounded time)
+        self._vouching = QueuedVouching(self.hpc.heartbeat_interval / 2, max(self.hpc.grace_period,
+                                                                             self.hpc.db_outage_s))
         self._adopted = False
         self._owned: dict[int, str] = {}  # trial id -> the ask token this job took it with
 
@@ -217,30 +217,16 @@ class Coordinator:
         return Assignment("train", trial_id, frozen.number, self._sample(trial_id, frozen.number), "resumed")
 
     def _keep_queued_alive(self) -> None:
-        """Beat for RUNNING trials whose requeued job still waits in the queue (one batched squeue).
-
-        A requeued job may wait far longer than ``grace_period``; it is not dead, so its trial must not
-        be failed and retried. Once its job has left the queue the heartbeat check takes its course.
-        """
-        if time.monotonic() - self._last_keepalive < max(1.0, self.hpc.heartbeat_interval / 2):
+        """Beat for RUNNING trials whose requeued job still waits in the queue (one batched squeue; the rule
+        is :class:`hpc.requeue.QueuedVouching`)."""
+        if not self._vouching.due():
             return
-        self._last_keepalive = time.monotonic()
         queued = self._read(lambda s: schema.running_with_attr(s, self.study_id, REQUEUED_JOB), "list requeued")
         if not queued:
             return
         states = squeue_states([str(j) for j in queued.values()], names=[worker_job_name(self.spec.study)])
-        now = time.monotonic()
-        if states is not None:
-            self._squeue_failing_since = None
-        else:
-            self._squeue_failing_since = self._squeue_failing_since or now
-            if now - self._squeue_failing_since > max(self.hpc.grace_period, self.hpc.db_outage_s):
-                return  # squeue unknown for that long: stop vouching; dead trials go stale in bounded time
-        for trial_id, job in queued.items():
-            # a job RUNNING again adopts its trial within seconds; one RUNNING but training something else
-            # must not keep this trial alive for ever
-            if states is None or states.get(str(job)) in WAITING_STATES:
-                self._beat(trial_id)
+        for trial_id in self._vouching.vouched(queued, states):
+            self._beat(trial_id)
 
     def _beat(self, trial_id: int) -> None:
         self._retry(lambda: self.db.rdb.record_heartbeat(trial_id), "heartbeat")
