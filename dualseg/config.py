@@ -160,7 +160,7 @@ class Config:
 # How a run executes, not what it computes: the only settings a relaunch of a study may change freely.
 RUNTIME_ONLY = frozenset({"data.num_workers", "data.cache_mb", "data.buffer_mb", "data.stats_backend",
                           "data.stats_cache", "train.device", "train.memory_format", "train.scratch",
-                          "train.run_name", "train.log_every", "train.tensorboard"})
+                          "train.run_name", "train.log_every", "train.tensorboard", "train.hparams"})
 
 
 def _at_least(section: str, values: dict[str, tuple[float | None, float]]) -> None:
