@@ -116,6 +116,14 @@ def test_node_down_mid_job_requeues_and_the_trial_continues(slurm_env, pg_db_url
     assert "trial 0 (resumed)" in s.log(None).read_text()
 
 
+def _usr2(array: str) -> None:
+    """``scancel -s USR2``: SLURM refuses a signal while the job is down for a requeue and scancel retries it
+    every few seconds until the job runs again; the job may finish before a retry lands (scancel then says
+    "already completing or completed", or "Invalid job id" once it is purged), no failure of the scenario."""
+    r = subprocess.run(["scancel", "-s", "USR2", array], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0 or "completed" in r.stderr or "Invalid job id" in r.stderr, r.stderr
+
+
 def test_usr2_during_startup_and_twice_in_a_row(slurm_env, pg_db_url, tiny_args, faults) -> None:
     s = faults.launch(tiny_args, pg_db_url, "usr2", "--trials", "1", "--workers", "1", "--time", "10",
                       "--set", "train.epochs=4", *SLOW)
@@ -124,12 +132,12 @@ def test_usr2_during_startup_and_twice_in_a_row(slurm_env, pg_db_url, tiny_args,
     faults.wait_for(lambda: s.log(None).read_text().count("Requeued job") >= 1, 120, "the first requeue")
     s.wait_line(s.log(None), "epoch 1:", 200)
     for _ in range(2):  # twice in a row, mid-epoch
-        subprocess.run(["scancel", "-s", "USR2", s.array], check=True, timeout=30)
+        _usr2(s.array)
         time.sleep(0.3)
     # once more while the job is down for its requeue: SLURM refuses it ("try again later"), scancel retries
     # it and delivers it to the requeued job's tasks just after they start, before any handler is set
     faults.wait_for(lambda: s.log(None).read_text().count("hpc.worker: requeueing") >= 2, 120, "the second requeue")
-    subprocess.run(["scancel", "-s", "USR2", s.array], check=True, timeout=180)
+    _usr2(s.array)
     s.wait_done(timeout=300)
     text = s.log(None).read_text()
     trials = faults.exact(s, 1, epochs=4)
