@@ -42,6 +42,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slurm: needs the real SLURM test bed (tests/cluster/up.sh)")
     config.addinivalue_line("markers", "postgres: needs the real PostgreSQL test bed")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.addinivalue_line("markers", "whole_bed: needs every CPU of the SLURM bed (jobs that must run together)")
 
 
 @pytest.fixture(autouse=True)
@@ -218,6 +219,30 @@ def _services_of_markers(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("slurm_env")
     if request.node.get_closest_marker("postgres") is not None:
         request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(autouse=True)
+def _bed_capacity(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tests on the SLURM bed share its CPUs; one marked ``whole_bed`` has them to itself.
+
+    A test whose jobs must run at the same time (a barrier between them) cannot start them while
+    another xdist worker's job holds a node's CPUs: CI saw one array element wait for a CPU until
+    the other's barrier timed out. A shared/exclusive flock on a file of the bed orders them.
+    """
+    exclusive = request.node.get_closest_marker("whole_bed") is not None
+    if "slurm_env" not in request.fixturenames and not exclusive:
+        yield
+        return
+    import fcntl
+
+    folder = testbed_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "capacity.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _job_state(job_id: str) -> str:
