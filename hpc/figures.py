@@ -199,14 +199,21 @@ def tile_panels(panels: list[dict[str, Any]], names: list[str], ignore: int, mod
 
 
 @plain
-def per_class_spread(names: list[str], mean: np.ndarray, std: np.ndarray, members: int,
+def per_class_spread(names: list[str], groups: list[tuple[str | None, int, np.ndarray, np.ndarray]],
                      ensemble: list[float | None] | None, key: str = "IoU") -> Figure:
-    """Per-class test score: mean over the final members with ± 1 std error bars, and the ensemble's."""
+    """Per-class test score: for each configuration (label, members, mean, std) its mean over its final
+    members with ± 1 std error bars, and the ensemble's."""
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(names) + 2), 4))
-    ax.bar(x - 0.2, mean, 0.4, yerr=std, capsize=3, color="tab:blue", label=f"mean of {members} member(s) ± std")
-    if ensemble is not None and len(ensemble) == len(names):
-        ax.bar(x + 0.2, [np.nan if v is None else v for v in ensemble], 0.4, color="tab:orange", label="ensemble")
+    bars = len(groups) + (ensemble is not None and len(ensemble) == len(names))
+    width = 0.8 / max(bars, 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, (0.4 + 0.25 * bars) * len(names) + 2), 4))
+    for i, (label, members, mean, std) in enumerate(groups):
+        name = f"{label}: " if label else ""
+        ax.bar(x - 0.4 + width * (i + 0.5), mean, width, yerr=std, capsize=3, color=f"C{i}",
+               label=f"{name}mean of {members} member(s) ± std")
+    if bars > len(groups):
+        ax.bar(x - 0.4 + width * (bars - 0.5), [np.nan if v is None else v for v in ensemble or []], width,
+               color="tab:orange" if len(groups) == 1 else "black", label="ensemble")
     ax.set_xticks(x, names, rotation=45, ha="right")
     ax.set(title=f"test {key} per class over the final runs", ylim=(0, 1), ylabel=key)
     ax.legend(fontsize=7)

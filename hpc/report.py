@@ -161,13 +161,18 @@ def tile_figure(results: dict[str, Any], results_dir: Path, out: Path, n: int = 
 def final_figures(final: Final, names: list[str], out: Path) -> dict[str, str]:
     """Per-class IoU over the final members (error bars) and members vs ensemble."""
     made: dict[str, str] = {}
-    spread = final.per_class("iou")
-    if spread is not None and len(spread[0]) == len(names):
+    groups = [g for g in final.per_class_groups("iou") if len(g[2]) == len(names)]
+    if groups:
         ens = final.ensemble.get("iou")
-        _save(figures.per_class_spread(names, spread[0], spread[1], len(final.members),
+        _save(figures.per_class_spread(names, [(None if c is None else f"trial {c}", n, mean, std)
+                                               for c, n, mean, std in groups],
                                        ens if isinstance(ens, list) else None), out / "final_per_class.png")
-        made["final_per_class.png"] = f"test IoU per class: mean ± std over {len(final.members)} final run(s), ensemble"
-    labels = [f"seed {m.seed}" + (f" fold {m.fold}" if m.fold is not None else "") for m in final.members]
+        made["final_per_class.png"] = (f"test IoU per class: mean ± std over {len(final.members)} final run(s)"
+                                       + (f" of {len(groups)} configurations" if len(groups) > 1 else "")
+                                       + ", ensemble")
+    several = len(final.configurations) > 1
+    labels = [(f"trial {m.config} " if several else "") + f"seed {m.seed}" + (f" fold {m.fold}" if m.fold is not None
+                                                                             else "") for m in final.members]
     _save(figures.members_vs_ensemble(list(zip(labels, [m.metrics for m in final.members])), final.ensemble),
           out / "members_ensemble.png")
     made["members_ensemble.png"] = "test OA / mIoU of each final run vs their ensemble"

@@ -26,11 +26,13 @@ import numpy as np
 
 @dataclass
 class Member:
-    """One final run: its seed, its fold (None without folds) and its test metrics."""
+    """One final run: its seed, its fold (None without folds), its test metrics and its configuration
+    (the search trial whose parameters it trains; None in a results.json that does not say)."""
 
     seed: int | None
     fold: int | str | None
     metrics: dict[str, Any]
+    config: str | None = None
 
 
 @dataclass
@@ -57,14 +59,31 @@ class Final:
     def folded(self) -> bool:
         return any(m.fold is not None for m in self.members)
 
-    def per_class(self, key: str = "iou") -> tuple[np.ndarray, np.ndarray] | None:
-        """(mean, std) per class of ``key`` over the members (std 0 for one member), or None."""
-        rows = [m.metrics.get(key) for m in self.members]
+    def per_class(self, key: str = "iou", config: str | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """(mean, std) per class of ``key`` over the members (of one configuration when given; std 0 for
+        one member, NaN for a class only one of several members scored), or None."""
+        rows = [m.metrics.get(key) for m in self.members if config is None or m.config == config]
         if not rows or any(not isinstance(r, list) for r in rows) or len({len(r) for r in rows}) != 1:  # type: ignore[arg-type]
             return None
         a = np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=np.float64)  # type: ignore[union-attr]
-        std = np.nanstd(a, axis=0, ddof=1) if len(a) > 1 else np.zeros(a.shape[1])
-        return np.nanmean(a, axis=0), std
+        n = np.isfinite(a).sum(axis=0)
+        mean = np.where(n > 0, np.nansum(a, axis=0) / np.maximum(n, 1), np.nan)
+        if len(a) == 1:
+            return mean, np.zeros(a.shape[1])
+        var = np.nansum((a - mean) ** 2, axis=0) / np.maximum(n - 1, 1)
+        return mean, np.where(n > 1, np.sqrt(var), np.nan)  # a class scored by one member only has no spread
+
+    def per_class_groups(self, key: str = "iou") -> list[tuple[str | None, int, np.ndarray, np.ndarray]]:
+        """``(configuration, members, mean, std)`` per configuration, best first; one group (None) when
+        the members share one. An error bar over several recipes would show their difference as noise."""
+        named = {m.config for m in self.members if m.config is not None}
+        order: list[str | None] = [*self.configurations, *sorted(named - set(self.configurations))]
+        groups = order if len(order) > 1 else [None]
+        out = []
+        for g in groups:
+            if (pc := self.per_class(key, g)) is not None:
+                out.append((g, sum(g is None or m.config == g for m in self.members), pc[0], pc[1]))
+        return out
 
     def spread(self, metric: str) -> Spread | None:
         """``summary[metric]`` when given, else mean/std over the members' values."""
@@ -100,7 +119,8 @@ def read_final(results: dict[str, Any] | None) -> Final | None:
     if not isinstance(raw, dict):
         return None
     rows = [m for m in raw.get("members") or [] if isinstance(m, dict) and isinstance(m.get("test"), dict)]
-    members = [Member(m.get("seed"), m.get("fold"), dict(m["test"])) for m in rows]
+    members = [Member(m.get("seed"), m.get("fold"), dict(m["test"]),
+                      str(m["parent_trial"]) if m.get("parent_trial") is not None else None) for m in rows]
     if not members:
         return None
     overall = _mapping(raw.get("summary"))

@@ -89,3 +89,25 @@ def test_each_configuration_gets_its_own_row_when_there_are_several() -> None:
                        configurations=by_configuration(members[:2]))
     single = read_final(_results(one))
     assert single is not None and not any("configuration" in k for k, _ in summary_rows(single))
+
+
+def test_per_class_error_bars_never_mix_configurations() -> None:
+    """With top_k > 1 each configuration gets its own bars: the gap between two recipes is not noise."""
+    from hpc.results import by_configuration, summarize
+
+    members = [MemberResult(i, 10 + i, parent, rank, 0, None, f"/c/{i}.pt", {**t, "f1": [0.5] * 3})
+               for i, (parent, rank, t) in enumerate(zip([7, 3, 7], [0, 1, 0], TESTS, strict=True))]
+    section = FinalSection("s/final", 3, 3, ["a", "b", "c"], members, summarize(members, None),
+                           configurations=by_configuration(members))
+    final = read_final(_results(section))
+    assert final is not None
+    groups = final.per_class_groups("iou")
+    assert [(g, n) for g, n, _, _ in groups] == [("7", 2), ("3", 1)]  # best configuration first
+    np.testing.assert_allclose(groups[0][2], [0.45, 0.65, 0.6])  # members 0 and 2 only
+    np.testing.assert_allclose(groups[0][3], [np.std([0.4, 0.5], ddof=1), np.std([0.6, 0.7], ddof=1), np.nan])
+    np.testing.assert_allclose(groups[1][2], [0.6, 0.8, 0.7])
+    np.testing.assert_allclose(groups[1][3], [0.0, 0.0, 0.0])
+    same = members[::2]
+    one = read_final(_results(FinalSection("s/final", 2, 2, ["a", "b", "c"], same, summarize(same, None),
+                                           configurations=by_configuration(same))))
+    assert one is not None and [(g, n) for g, n, _, _ in one.per_class_groups("iou")] == [(None, 2)]
