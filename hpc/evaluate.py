@@ -39,7 +39,8 @@ from dualseg.errors import DualsegError, InputError, report_error
 from dualseg.train.export import export_model
 from dualseg.train.rundir import BEST
 from hpc.accounting import allocation_efficiency
-from hpc.final import final_config, final_name, final_stage, parent_name
+from hpc.final import final_name, final_stage, parent_name
+from hpc.final_plan import final_config
 from hpc.paths import study_scratch, trial_dir
 from hpc.report import write_report
 from hpc.results import final_results, write_results

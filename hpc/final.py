@@ -8,31 +8,43 @@ exact count, checkpoints, requeue, heartbeat retry and self-healing of any trial
 :class:`hpc.study.StudyRecord` says which parent trial, seed and fold each member is
 (:class:`hpc.study.FinalPlan`); the worker's :class:`hpc.trials.Coordinator` turns a member into its
 overrides (:func:`member_overrides`) instead of sampling, records the member's parameters as the trial's Optuna
-params (:func:`record_params`), and never prunes.
+params (:func:`record_params`), and never prunes. Which members there are is :mod:`hpc.final_plan`'s.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
-from optuna.distributions import distribution_to_json, json_to_distribution
-from optuna.trial import FrozenTrial, TrialState
+from optuna.distributions import json_to_distribution
+from optuna.trial import TrialState
 
-from dualseg import code_version
 from dualseg.config import Config, DataConfig, from_dict
-from dualseg.data.folds import read_folds, require_folds, rotation
+from dualseg.data.folds import read_folds, rotation
 from dualseg.data.splits import resolve_splits
 from dualseg.errors import InputError
-from hpc.config import FINAL_SUFFIX, FinalConfig, parse_hpc
+from hpc.config import FINAL_SUFFIX
+from hpc.final_plan import REFIT_OBJECTIVE, final_config, fresh_record, replan
 from hpc.paths import claim_study_dir, new_incarnation, study_scratch
+from hpc.relaunch import config_changes
 from hpc.storage import Database, StorageURL, create_or_load_study, critical_section, exclusive, open_database
-from hpc.study import MEMBER, FinalMember, FinalPlan, OpenStudy, StudyRecord, TrialRecord, open_study, ranked
+from hpc.study import (
+    MEMBER,
+    RECORD_VERSION,
+    FinalMember,
+    FinalPlan,
+    OpenStudy,
+    StudyRecord,
+    TrialRecord,
+    open_study,
+    update_record,
+)
+from hpc.study.record import VERSION_KEY
 
 log = logging.getLogger("hpc.final")
 Stage = Literal["off", "submitted", "waiting", "resubmitted", "complete", "exhausted"]
-REFIT_OBJECTIVE = "train_loss"  # what a final study with refit train+val is told (no validation split)
 
 
 def final_name(study: str) -> str:
@@ -42,51 +54,6 @@ def final_name(study: str) -> str:
 def parent_name(study: str) -> str:
     """The search a study name belongs to (a final study's evaluation job is the parent's)."""
     return study.removesuffix(FINAL_SUFFIX)
-
-
-def final_config(record: StudyRecord) -> FinalConfig:
-    """The parent study's ``hpc.final``, as launched."""
-    return parse_hpc(from_dict(Config, record.config or {})).final if record.config else FinalConfig()
-
-
-def check_final(cfg: Config, final: FinalConfig) -> None:
-    """The checks that need the data (launch and ``--dry-run``): folds on a dataset that has none."""
-    if final.on and final.folds == "all":
-        require_folds(cfg.data)
-
-
-def plan_members(parent: str, trials: list[FrozenTrial], direction: Any, final: FinalConfig,
-                 cfg: Config) -> list[FinalMember]:
-    """Members in order: configuration (best first) x fold rotation x seed."""
-    top = ranked(trials, direction)
-    if len(top) < final.top_k:
-        raise InputError(f"hpc.final.top_k: {final.top_k} configurations asked, but study {parent!r} has only "
-                         f"{len(top)} complete trial(s)")
-    folds = require_folds(cfg.data) if final.folds == "all" else None
-    rotations: list[tuple[int | None, str | None]] = \
-        [(i, name) for i, name in enumerate(folds)] if folds is not None else [(None, None)]
-    members = []
-    for rank, trial in enumerate(top[:final.top_k]):
-        epochs = _epochs(trial, final, parent)
-        dists = {k: distribution_to_json(d) for k, d in trial.distributions.items()}
-        for fold, fold_name in rotations:
-            members += [FinalMember(parent, trial.number, rank, cfg.train.seed + s, dict(trial.params), fold,
-                                    fold_name, epochs, dists) for s in range(final.seeds)]
-    return members
-
-
-def _epochs(trial: FrozenTrial, final: FinalConfig, parent: str = "") -> int | None:
-    if isinstance(final.epochs, int):
-        return final.epochs
-    if final.epochs == "fixed":
-        return None
-    rec = TrialRecord.of(trial)
-    if rec.best_epoch is None or rec.best_epoch < 0:
-        raise InputError(f"hpc.final.epochs: best, but trial {trial.number} recorded no best epoch")
-    log.warning("hpc.final.epochs: best -> %d epoch(s) for the configuration of trial %d of study %s: its best "
-                "epoch %d (chosen on %s, trial attribute best_epoch) + 1", rec.best_epoch + 1, trial.number, parent,
-                rec.best_epoch, rec.monitor or "the objective")
-    return rec.best_epoch + 1  # epochs are counted from 0
 
 
 def member_overrides(member: FinalMember, data: DataConfig, refit: str = "train") -> dict[str, Any]:
@@ -123,7 +90,7 @@ def claim_member(db: Database, study: str, sid: int, trial_id: int, final: Final
             others = [t for t in db.storage.get_all_trials(sid, deepcopy=False)
                       if t.number != frozen.number and t.state != TrialState.FAIL]
             held = {TrialRecord.of(t).member for t in others}
-            index = next((i for i in range(len(final.members)) if i not in held), None)
+            index = next((i for i in final.current() if i not in held), None)
             if index is None:
                 raise InputError(f"final trial {frozen.number}: every member of {study} is held by another trial")
             db.storage.set_trial_user_attr(trial_id, MEMBER, index)
@@ -159,35 +126,50 @@ def member_config(record: StudyRecord, member: FinalMember) -> Config:
 
 
 def ensure_final_study(parent: OpenStudy, storage: StorageURL, scratch: Path | None) -> tuple[StudyRecord, bool]:
-    """The final study of a complete search, created once (its members enqueued); (record, created now)."""
+    """The final study of a complete search, created once (its members enqueued), or brought up to the
+    parent's ranking; (record, members to run were enqueued now)."""
     name = final_name(parent.study.study_name)
     db = parent.db
     with exclusive(db.engine, db.url, f"{name}/create", timeout_s=600):
+        fresh = fresh_record(parent, name)
+        assert fresh.final is not None
         try:
-            return StudyRecord.read(db.load_study(name)), False
+            study = db.load_study(name)
         except InputError:
-            pass
-        rec = parent.record
-        final = final_config(rec)
-        cfg = from_dict(Config, rec.config or {})
-        members = plan_members(parent.study.study_name, parent.trials(), parent.study.direction, final, cfg)
-        workers = max(1, min(int(rec.launch.get("workers", 1)), len(members)))
-        # a refit without validation has no val metric to tell: its trials tell their last training loss
-        objective, direction = (REFIT_OBJECTIVE, "minimize") if final.refit == "train+val" else \
-            (rec.objective, parent.study.direction.name.lower())
-        record = StudyRecord(config=rec.config, trials=len(members), scratch=rec.scratch, objective=objective,
-                             code_version=code_version(), incarnation=new_incarnation(),
-                             launch={**rec.launch, "study": name, "trials": len(members), "workers": workers},
-                             final=FinalPlan(parent.study.study_name, members, final.refit))
-        assert record.incarnation is not None
-        claim_study_dir(study_scratch(scratch, rec.scratch) / name, record.incarnation, name)
-        study = create_or_load_study(db, name, direction, record.launch_attrs())
+            study = None
+        if study is not None:
+            return _bring_up_to_date(OpenStudy(db, study, StudyRecord.read(study)), fresh)
+        fresh.incarnation = new_incarnation()
+        claim_study_dir(study_scratch(scratch, fresh.scratch) / name, fresh.incarnation, name)
+        direction = "minimize" if fresh.objective == REFIT_OBJECTIVE else parent.study.direction.name.lower()
+        study = create_or_load_study(db, name, direction, fresh.launch_attrs())
         with critical_section(db.engine, db.url, name):  # every trial of a study is created under its lock
-            for i, m in enumerate(members):
+            for i, m in enumerate(fresh.final.members):
                 study.enqueue_trial(m.params, user_attrs={MEMBER: i})
-        log.warning("study %s: %d final run(s) of the best %d configuration(s) in study %s", name, len(members),
-                    final.top_k, parent.study.study_name)
-        return record, True
+        log.warning("study %s: %d final run(s) of the best %d configuration(s) in study %s", name,
+                    len(fresh.final.members), final_config(parent.record).top_k, parent.study.study_name)
+        return fresh, True
+
+
+def _bring_up_to_date(final: OpenStudy, fresh: StudyRecord) -> tuple[StudyRecord, bool]:
+    """An existing final study: as planned (the usual case: a later evaluation job), or replanned."""
+    have, want = final.record.final, fresh.final
+    assert have is not None and want is not None
+    reuse = have.refit == want.refit and not config_changes(final.record.config or {}, fresh.config or {})
+    plan, added = replan(have, want.members, reuse)
+    if plan == have:
+        return final.record, False
+    name = final.study.study_name
+    with critical_section(final.db.engine, final.db.url, name):
+        for i in added:
+            final.study.enqueue_trial(plan.members[i].params, user_attrs={MEMBER: i})
+    record = update_record(final, lambda r: {"final": asdict(plan), "trials": len(plan.members),
+                                             "config": fresh.config, "objective": fresh.objective,
+                                             VERSION_KEY: RECORD_VERSION})
+    log.warning("study %s: the ranking of %s changed: %d final run(s) added, %d of the earlier plan kept, %d "
+                "stale (kept, not evaluated)", name, have.parent, len(added), len(plan.current()) - len(added),
+                len(plan.stale))
+    return record, bool(added)
 
 
 def final_stage(storage: StorageURL, parent: str, scratch: Path | None, local: bool = False) -> Stage:
@@ -249,8 +231,10 @@ def final_progress(storage: StorageURL, parent: str) -> dict[str, int] | None:
             study = db.load_study(final_name(parent))
         except InputError:
             return None
-        counts, record = Counts.of(study.get_trials(deepcopy=False)), StudyRecord.read(study)
+        record = StudyRecord.read(study)
+        stale = set(record.final.stale) if record.final else set()
+        counts = Counts.of([t for t in study.get_trials(deepcopy=False) if TrialRecord.of(t).member not in stale])
     finally:
         db.close()
     return {"complete": counts.complete, "running": counts.running, "waiting": counts.waiting,
-            "failed": counts.fail, "total": record.trials}
+            "failed": counts.fail, "total": record.trials - len(stale)}

@@ -30,7 +30,7 @@ from dualseg.errors import DualsegError, InputError, report_error
 from dualseg.io import check_writable_dir
 from hpc import follow, slurm
 from hpc.config import FINAL_SUFFIX, HpcConfig, parse_hpc
-from hpc.final import check_final
+from hpc.final_plan import check_final
 from hpc.options import add_flags, flag_values
 from hpc.paths import REPO_ROOT, resolve_scratch
 from hpc.prepare import prepare, record_submission

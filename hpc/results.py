@@ -126,8 +126,8 @@ def final_section(storage: StorageURL, name: str, scratch: str | Path | None) ->
     done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.number)
     for t in done:
         index = TrialRecord.of(t).member
-        if index is None or any(m.member == index for m in members):
-            continue
+        if index is None or index in record.final.stale or any(m.member == index for m in members):
+            continue  # a stale member trained a configuration of an earlier ranking
         plan = record.final.members[index]
         ckpt = trial_dir(final_dir, t.number) / BEST
         test = evaluate_checkpoint(ckpt, member_config(record, plan), split="test")
@@ -142,7 +142,7 @@ def final_section(storage: StorageURL, name: str, scratch: str | Path | None) ->
         groups.setdefault(m.fold or "", []).append(m)
     folds = {} if "" in groups else {f: summarize(g, _ensemble(record, g)) for f, g in groups.items()}
     overall = summarize(members, _ensemble(record, members) if not folds else None)
-    return FinalSection(name, len(record.final.members), len(members), class_names, members, overall, folds,
+    return FinalSection(name, len(record.final.current()), len(members), class_names, members, overall, folds,
                         by_configuration(members))
 
 

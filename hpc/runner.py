@@ -22,7 +22,7 @@ from dualseg.config import Config, apply_overrides
 from dualseg.errors import TrainingError, cause_chain, one_line
 from hpc import slurm
 from hpc.config import HpcConfig
-from hpc.final import REFIT_OBJECTIVE
+from hpc.final_plan import REFIT_OBJECTIVE
 from hpc.paths import trial_dir
 from hpc.requeue import RequeueStrategy
 from hpc.retention import on_trial_finished

@@ -18,8 +18,9 @@ from dualseg.errors import InputError
 
 # 2: a final study's record carries ``final`` (its members). A plain search's record is written as 1,
 # which it still is, so a dualseg that reads up to 1 keeps reading searches but refuses a final study
-# instead of running its members as search trials.
-RECORD_VERSION = 2
+# instead of running its members as search trials. 3: ``final.stale`` (members of an earlier ranking),
+# which a dualseg reading up to 2 would evaluate as current members.
+RECORD_VERSION = 3
 PLAIN_RECORD_VERSION = 1
 VERSION_KEY = "record_version"
 ALLOC_PREFIX = "alloc:"  # one study attribute per job run: alloc:<array>_<task>:<restart> -> rank-seconds
@@ -46,14 +47,28 @@ class FinalMember:
     epochs: int | None = None
     distributions: dict[str, str] = field(default_factory=dict)
 
+    def same_run(self, other: FinalMember) -> bool:
+        """Trains exactly what ``other`` trains (its rank in the ranking may differ)."""
+        return (self.parent_study, self.parent_trial, self.seed, self.params, self.fold_name, self.epochs) == \
+            (other.parent_study, other.parent_trial, other.seed, other.params, other.fold_name, other.epochs)
+
 
 @dataclass
 class FinalPlan:
-    """What the final study ``<study>/final`` is: its members, in member order (a trial's ``member``)."""
+    """What the final study ``<study>/final`` is: its members, in member order (a trial's ``member``).
+
+    ``stale``: members planned from an earlier ranking of the parent (a search extended with
+    ``--allow-change``); their trials stay in the study (counted, never evaluated or claimed again).
+    """
 
     parent: str
     members: list[FinalMember] = field(default_factory=list)
     refit: str = "train"
+    stale: list[int] = field(default_factory=list)
+
+    def current(self) -> list[int]:
+        """The member indices results, status and the report are about."""
+        return [i for i in range(len(self.members)) if i not in set(self.stale)]
 
     @classmethod
     def from_attr(cls, raw: dict[str, Any]) -> FinalPlan:

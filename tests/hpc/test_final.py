@@ -16,7 +16,8 @@ from dualseg.config import Config, DataConfig
 from dualseg.data.folds import write_folds
 from dualseg.errors import InputError
 from hpc.config import FinalConfig, parse_hpc
-from hpc.final import final_name, member_overrides, parent_name, plan_members
+from hpc.final import final_name, member_overrides, parent_name
+from hpc.final_plan import plan_members
 from hpc.study import RECORD_VERSION, FinalMember, FinalPlan, StudyRecord, TrialRecord
 
 MIN = optuna.study.StudyDirection.MINIMIZE
