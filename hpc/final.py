@@ -207,7 +207,7 @@ def final_stage(storage: StorageURL, parent: str, scratch: Path | None, local: b
 def run_final_local(storage: StorageURL, parent: str, scratch: Path) -> list[str]:
     """The local default: the final study's workers through the local backend, followed like the search."""
     from hpc.heal import plan_from_record
-    from hpc.progress import follow_local
+    from hpc.progress import Interrupted, follow_local, stop_local
     from hpc.submit import jobs
 
     if final_stage(storage, parent, scratch, local=True) == "off":
@@ -218,7 +218,27 @@ def run_final_local(storage: StorageURL, parent: str, scratch: Path) -> list[str
     plan.executor = "local"
     plan.logdir.mkdir(parents=True, exist_ok=True)
     print(f"final runs: study {name}, {plan.hpc.trials} member(s)", flush=True)
-    return follow_local(plan, jobs.run_local_workers(plan))
+    workers = jobs.run_local_workers(plan)
+    try:
+        return follow_local(plan, workers)
+    except KeyboardInterrupt:  # this stage's workers and trials, not the search's (done by now)
+        raise Interrupted(name, stop_local(plan, workers)) from None
+
+
+def final_pending(db: Database, parent: str, record: StudyRecord) -> bool:
+    """A complete search whose final runs are on but not all finished (Ctrl-C, a cancelled final array):
+    launching it again resumes them instead of being refused as complete."""
+    from hpc.study import Counts
+
+    if not final_config(record).on:
+        return False
+    try:
+        final = StudyRecord.read(study := db.load_study(final_name(parent)))
+    except InputError:
+        return True
+    stale = set(final.final.stale) if final.final else set()
+    current = [t for t in study.get_trials(deepcopy=False) if TrialRecord.of(t).member not in stale]
+    return Counts.of(current).finished < final.trials - len(stale)
 
 
 def final_progress(storage: StorageURL, parent: str) -> dict[str, int] | None:

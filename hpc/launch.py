@@ -169,7 +169,7 @@ def submit_slurm(plan: Plan) -> tuple[str, str | None]:
 def run_local(plan: Plan) -> int:
     """The embedded default: local executor, SQLite study, a line per finished trial, then evaluate."""
     from hpc.evaluate import evaluate_study
-    from hpc.progress import follow_local, stop_local
+    from hpc.progress import Interrupted, follow_local, stop_local
 
     prepare(plan)
     workers = jobs.run_local_workers(plan)
@@ -180,10 +180,11 @@ def run_local(plan: Plan) -> int:
             from hpc.final import run_final_local
 
             failures = run_final_local(plan.storage, plan.hpc.study, plan.scratch)
-    except KeyboardInterrupt:  # the workers ignore Ctrl-C: stop them, hand their trials back, one line
-        numbers = stop_local(plan, workers)
-        held = (f"trial{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))} handed back" if numbers
-                else "no trial was running")
+    except KeyboardInterrupt as exc:  # the workers ignore Ctrl-C: stop them, hand their trials back, one line
+        final = isinstance(exc, Interrupted)
+        numbers = exc.handed if isinstance(exc, Interrupted) else stop_local(plan, workers)
+        held = (f"{'final ' if final else ''}trial{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}"
+                f"{f' of study {exc}' if final else ''} handed back" if numbers else "no trial was running")
         print(f"interrupted: {held}; rerun the same command to resume", file=sys.stderr)
         return INTERRUPTED
     for line in failures:

@@ -14,6 +14,7 @@ from dualseg.config import Config, to_dict
 from dualseg.data.preflight import check_dataset
 from dualseg.errors import InputError
 from hpc import slurm
+from hpc.final import final_pending
 from hpc.paths import claim_study_dir, new_incarnation
 from hpc.relaunch import check_relaunch
 from hpc.storage import check_server, create_or_load_study, open_database, write_passfile
@@ -43,7 +44,9 @@ def prepare(plan: Plan) -> None:
         record = StudyRecord(config=to_dict(plan.cfg), trials=plan.hpc.trials, scratch=str(plan.scratch),
                              objective=plan.hpc.objective, code_version=code_version(), incarnation=None,
                              launch={k: v for k, v in to_dict(plan.hpc).items() if k != "storage"})
-        check_relaunch(plan.hpc.study, existing, record, finished, plan.allow_change)
+        pending = existing.config is not None and finished >= existing.trials and \
+            final_pending(db, plan.hpc.study, existing)
+        check_relaunch(plan.hpc.study, existing, record, finished, plan.allow_change, pending)
         check_server(plan.storage, plan.hpc.workers)
         plan.incarnation = record.incarnation = existing.incarnation or new_incarnation()
         claim_study_dir(plan.study_dir, plan.incarnation, plan.hpc.study)

@@ -24,6 +24,14 @@ from hpc.submit.jobs import Plan
 from hpc.submit.local import LocalBackend
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C after a stage's workers were stopped and its trials handed back (the final runs' own stage)."""
+
+    def __init__(self, study: str, handed: list[int]) -> None:
+        super().__init__(study)
+        self.study, self.handed = study, handed
+
+
 def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.4g}"
 

@@ -35,8 +35,10 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, 
             if k not in RUNTIME_ONLY and a.get(k) != b.get(k)]
 
 
-def check_relaunch(name: str, existing: StudyRecord, new: StudyRecord, finished: int, allow_change: bool) -> None:
-    """Refuse, with one line, a relaunch that would change the search or re-run a complete study."""
+def check_relaunch(name: str, existing: StudyRecord, new: StudyRecord, finished: int, allow_change: bool,
+                   final_pending: bool = False) -> None:
+    """Refuse, with one line, a relaunch that would change the search or re-run a complete study (one whose
+    final runs are still to finish is resumed: ``final_pending``)."""
     if existing.config is None or allow_change:  # a new study, or the user said so
         return
     changed = [(what, old, now) for what, old, now in (
@@ -49,7 +51,7 @@ def check_relaunch(name: str, existing: StudyRecord, new: StudyRecord, finished:
         what, old, now = changed[0]
         raise InputError(f"--study: {name!r} was launched with {what} {_fmt(old)}; this launch says {_fmt(now)} "
                          "(changing a launched search needs --allow-change, or use another --study)")
-    if finished >= existing.trials:
+    if finished >= existing.trials and not final_pending:
         raise InputError(f"--study: {name!r} is complete ({finished}/{existing.trials} finished trials): nothing to "
                          "run (its results are in <scratch>/<study>/results; raise --trials with --allow-change to "
                          "extend it)")

@@ -509,12 +509,15 @@ def test_train_evaluate_refuses_a_file_that_is_no_checkpoint(tmp_path: Path, con
     assert _snapshot(tmp_path) == before
 
 
-def _trial_states(db: Path) -> list[str]:
+def _trial_states(db: Path, study: str | None = None) -> list[str]:
     import sqlite3
 
     try:
         with sqlite3.connect(db) as c:
-            return [r[0] for r in c.execute("SELECT state FROM trials ORDER BY number")]
+            if study is None:
+                return [r[0] for r in c.execute("SELECT state FROM trials ORDER BY number")]
+            return [r[0] for r in c.execute("SELECT t.state FROM trials t JOIN studies s ON t.study_id = s.study_id "
+                                            "WHERE s.study_name = ? ORDER BY t.number", (study,))]
     except sqlite3.Error:  # not created yet
         return []
 
@@ -555,3 +558,46 @@ def test_ctrl_c_during_a_local_search_hands_the_trial_back_and_a_rerun_finishes(
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _trial_states(db) == ["COMPLETE", "COMPLETE"], again.stdout
+
+
+def test_ctrl_c_during_local_final_runs_hands_the_final_trial_back_and_a_rerun_finishes(dataset: Path,
+                                                                                      tmp_path: Path) -> None:
+    """Ctrl-C while the final runs train (the search is complete by then): their own workers are stopped and
+    their trial handed back, not the finished search's; the same command is not refused as complete but
+    resumes the final runs, which end with exactly their members and the results' final section."""
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    scratch = tmp_path / "scratch"
+    cmd = [sys.executable, "hpc/launch.py", "--config", str(TINY), "--executor", "local", "--scratch", str(scratch),
+           "--set", f"data.root={data}", "--set", "data.patch_size=16", "--set", "data.synthetic=null",
+           "--set", "train.epochs=4", "--trials", "1", "--study", "fin-c", "--set", "hpc.final={seeds: 2}"]
+    env = {k: v for k, v in os.environ.items() if k != "DUALSEG_STORAGE"} | {"PYTHONPATH": str(REPO)}
+    db = scratch / "fin-c" / "study.db"
+    p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400
+        while "RUNNING" not in _trial_states(db, "fin-c/final"):
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.1)
+        os.killpg(p.pid, signal.SIGINT)
+        out, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130, (out, err)
+    assert re.fullmatch(r"interrupted: final trials? [\d, ]+ of study fin-c/final handed back; rerun the same "
+                        r"command to resume", err.splitlines()[-1]), err
+    assert "Traceback" not in err, err
+    states = _trial_states(db, "fin-c/final")
+    assert "RUNNING" not in states and "WAITING" in states and "FAIL" not in states, states
+    assert _trial_states(db, "fin-c") == ["COMPLETE"]
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _trial_states(db, "fin-c") == ["COMPLETE"], "no search trial is added"
+    assert _trial_states(db, "fin-c/final") == ["COMPLETE", "COMPLETE"], again.stdout
+    final = json.loads((scratch / "fin-c" / "results" / "results.json").read_text())["final"]
+    assert (final["planned"], final["complete"]) == (2, 2) and [m["seed"] for m in final["members"]] == [0, 1]
