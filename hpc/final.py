@@ -163,7 +163,9 @@ def _bring_up_to_date(final: OpenStudy, fresh: StudyRecord) -> tuple[StudyRecord
     with critical_section(final.db.engine, final.db.url, name):
         for i in added:
             final.study.enqueue_trial(plan.members[i].params, user_attrs={MEMBER: i})
-    record = update_record(final, lambda r: {"final": asdict(plan), "trials": len(plan.members),
+    workers = max(1, min(int(fresh.launch.get("workers", 1)), len(added) or 1))  # the workers count to the total
+    launch = {**fresh.launch, "trials": len(plan.members), "workers": workers}
+    record = update_record(final, lambda r: {"final": asdict(plan), "trials": len(plan.members), "launch": launch,
                                              "config": fresh.config, "objective": fresh.objective,
                                              VERSION_KEY: RECORD_VERSION})
     log.warning("study %s: the ranking of %s changed: %d final run(s) added, %d of the earlier plan kept, %d "
@@ -217,7 +219,8 @@ def run_final_local(storage: StorageURL, parent: str, scratch: Path) -> list[str
         plan = plan_from_record(opened.record, name, storage, scratch)
     plan.executor = "local"
     plan.logdir.mkdir(parents=True, exist_ok=True)
-    print(f"final runs: study {name}, {plan.hpc.trials} member(s)", flush=True)
+    current = len(opened.record.final.current()) if opened.record.final else plan.hpc.trials
+    print(f"final runs: study {name}, {current} member(s)", flush=True)
     workers = jobs.run_local_workers(plan)
     try:
         return follow_local(plan, workers)

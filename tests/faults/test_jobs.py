@@ -213,10 +213,11 @@ def test_one_cpu_partition_without_cpus_per_task(slurm_env, pg_db_url, tiny_args
     assert "#SBATCH --cpus-per-task=1" in script and "#SBATCH --partition=one" in script
 
 
-def test_sigkill_of_a_final_runs_rank_heals_and_keeps_the_exact_count(slurm_env, pg_db_url, tiny_args,
-                                                                      faults) -> None:
-    """hpc.final: a rank of the final runs' job is killed mid-trial; the final study's evaluation job heals it
-    like any search (resubmits, the killed member's retry resumes), exactly 2 members finish, results.json."""
+def test_sigkill_of_a_refit_final_runs_rank_heals_and_keeps_the_exact_count(slurm_env, pg_db_url, tiny_args,
+                                                                            faults) -> None:
+    """hpc.final with refit train+val (no validation split, a fixed epoch count): a rank of the final runs'
+    job is killed mid-trial; the final study's evaluation job heals it like any search (resubmits, the killed
+    member's retry resumes), exactly 2 members finish, each epoch once, never validated; results.json."""
     import json
 
     import optuna
@@ -224,7 +225,8 @@ def test_sigkill_of_a_final_runs_rank_heals_and_keeps_the_exact_count(slurm_env,
     from hpc.study import StudyRecord, TrialRecord
 
     s = faults.launch(tiny_args, pg_db_url, "fkill", "--nodes", "2", "--trials", "1", "--workers", "1",
-                      "--time", "10", "--set", "train.epochs=3", "--set", "hpc.final={seeds: 2}", *SLOW)
+                      "--time", "10", "--set", "train.epochs=3", *SLOW,
+                      "--set", "hpc.final={seeds: 2, refit: train+val, epochs: 3}")
 
     def final_arrays() -> list[str]:
         try:
@@ -239,9 +241,14 @@ def test_sigkill_of_a_final_runs_rank_heals_and_keeps_the_exact_count(slurm_env,
     s.wait_done(timeout=600)
     trials = faults.exact(final, 2, epochs=3)
     assert sorted(TrialRecord.of(t).member for t in trials if t.state.name == "COMPLETE") == [0, 1]
-    assert len(StudyRecord.read(optuna.load_study(study_name="fkill/final", storage=pg_db_url)).arrays) >= 2
+    record = StudyRecord.read(optuna.load_study(study_name="fkill/final", storage=pg_db_url))
+    assert len(record.arrays) >= 2 and record.objective == "train_loss"
     retried = [t for t in trials if t.system_attrs.get("failed_trial") is not None and t.state.name == "COMPLETE"]
     assert retried, [(t.number, t.state.name) for t in trials]
+    for t in trials:
+        if t.state.name == "COMPLETE":
+            rows = (final.study_dir / f"trial-{t.number}" / "metrics.jsonl").read_text().splitlines()
+            assert not any(k.startswith("val_") for row in rows for k in json.loads(row)), rows  # never validated
     section = json.loads((s.study_dir / "results" / "results.json").read_text())["final"]
     assert section["complete"] == 2 and section["summary"]["ensemble"] is not None
     faults.exact(s, 1)

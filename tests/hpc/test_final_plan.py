@@ -66,7 +66,8 @@ def test_an_extended_search_gets_final_runs_of_its_new_best(tmp_path: Path) -> N
         second, added = ensure_final_study(opened, url, tmp_path)
         assert added and second.final is not None and second.final.stale == [0, 1]
         assert [(m.parent_trial, m.seed) for m in second.final.members[2:]] == [(2, 0), (2, 1)]
-        assert second.trials == 4 and StudyRecord.read(db.load_study("s/final")) == second
+        assert second.trials == second.launch["trials"] == 4  # the workers count to the new total
+        assert StudyRecord.read(db.load_study("s/final")) == second
         waiting = [t for t in final.get_trials(deepcopy=False) if t.state == TrialState.WAITING]
         assert sorted(TrialRecord.of(t).member for t in waiting) == [2, 3]
         assert final_progress(url, "s") == {"complete": 0, "running": 0, "waiting": 2, "failed": 0, "total": 2}
