@@ -219,11 +219,12 @@ def run_final_local(storage: StorageURL, parent: str, scratch: Path) -> list[str
         plan = plan_from_record(opened.record, name, storage, scratch)
     plan.executor = "local"
     plan.logdir.mkdir(parents=True, exist_ok=True)
-    current = len(opened.record.final.current()) if opened.record.final else plan.hpc.trials
+    stale = frozenset(opened.record.final.stale if opened.record.final else [])
+    current = plan.hpc.trials - len(stale)
     print(f"final runs: study {name}, {current} member(s)", flush=True)
     workers = jobs.run_local_workers(plan)
     try:
-        return follow_local(plan, workers)
+        return follow_local(plan, workers, hidden=stale, target=current)
     except KeyboardInterrupt:  # this stage's workers and trials, not the search's (done by now)
         raise Interrupted(name, stop_local(plan, workers)) from None
 

@@ -36,14 +36,17 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.4g}"
 
 
-def follow_local(plan: Plan, workers: list[Any], poll_s: float = 2.0) -> list[str]:
-    """Print finished trials until every worker is done; return one line per failed worker."""
-    t0 = time.monotonic()
+def follow_local(plan: Plan, workers: list[Any], poll_s: float = 2.0, hidden: frozenset[int] = frozenset(),
+                 target: int | None = None) -> list[str]:
+    """Print finished trials until every worker is done; return one line per failed worker. ``hidden``:
+    members not to show (a final study's stale ones), counted out of ``target`` (default: the plan's)."""
+    t0, total = time.monotonic(), target or plan.hpc.trials
     seen: set[int] = set()
     with open_study(plan.storage, plan.hpc.study, budget_s=60) as opened:
         while True:
             running = [w for w in workers if not w.done()]
-            trials = sorted(opened.trials(), key=lambda t: t.number)
+            trials = sorted((t for t in opened.trials() if TrialRecord.of(t).member not in hidden),
+                            key=lambda t: t.number)
             done = Counts.of(trials).finished
             for i, t in enumerate(trials):
                 if t.state.is_finished() and t.number not in seen:
@@ -52,7 +55,7 @@ def follow_local(plan: Plan, workers: list[Any], poll_s: float = 2.0) -> list[st
                     best_txt = f"best {_fmt(top.value)} (trial {top.number})" if top else "best -"
                     err = f"  {TrialRecord.of(t).error or ''}" if t.state == TrialState.FAIL else ""
                     print(f"trial {t.number:>3} {t.state.name.lower():<8} value {_fmt(t.value):>8}  {best_txt}  "
-                          f"[{done}/{plan.hpc.trials} finished, {time.monotonic() - t0:.0f}s]{err}", flush=True)
+                          f"[{done}/{total} finished, {time.monotonic() - t0:.0f}s]{err}", flush=True)
             if not running:
                 break
             time.sleep(poll_s)

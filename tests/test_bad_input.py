@@ -522,26 +522,28 @@ def _trial_states(db: Path, study: str | None = None) -> list[str]:
         return []
 
 
-def test_ctrl_c_during_a_local_search_hands_the_trial_back_and_a_rerun_finishes(dataset: Path, tmp_path: Path) -> None:
-    """Ctrl-C as a terminal sends it (SIGINT to the whole process group: launcher, submitit's controller and
-    worker) while a trial trains: one line, exit 130, no trial left RUNNING, no worker left behind; the same
-    command then finishes exactly the requested trials, the interrupted one continued, none failed."""
-    import signal
-    import time
-
+def _local_launch(dataset: Path, tmp_path: Path, *extra: str) -> tuple[list[str], dict[str, str], Path]:
+    """The tiny local launch the Ctrl-C tests interrupt: its command, environment and scratch."""
     data = tmp_path / "data"
     shutil.copytree(dataset, data)
     scratch = tmp_path / "scratch"
     cmd = [sys.executable, "hpc/launch.py", "--config", str(TINY), "--executor", "local", "--scratch", str(scratch),
            "--set", f"data.root={data}", "--set", "data.patch_size=16", "--set", "data.synthetic=null",
-           "--set", "train.epochs=4", "--trials", "2", "--study", "ctrl-c", "--no-eval"]
-    env = {k: v for k, v in os.environ.items() if k != "DUALSEG_STORAGE"} | {"PYTHONPATH": str(REPO)}
-    db = scratch / "ctrl-c" / "study.db"
+           "--set", "train.epochs=4", *extra]
+    return cmd, {k: v for k, v in os.environ.items() if k != "DUALSEG_STORAGE"} | {"PYTHONPATH": str(REPO)}, scratch
+
+
+def _ctrl_c_when(cmd: list[str], env: dict[str, str], ready: Callable[[], bool]) -> tuple[int, str, str]:
+    """Run ``cmd`` in its own process group (a terminal's foreground job) and send the group SIGINT, as
+    Ctrl-C does, once ``ready()``; (exit status, stdout, stderr)."""
+    import signal
+    import time
+
     p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)  # its own process group, as a terminal's foreground job
+                         start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
-        while "RUNNING" not in _trial_states(db):
+        deadline = time.monotonic() + 400
+        while not ready():
             assert p.poll() is None and time.monotonic() < deadline, p.communicate()
             time.sleep(0.1)
         os.killpg(p.pid, signal.SIGINT)
@@ -549,7 +551,17 @@ def test_ctrl_c_during_a_local_search_hands_the_trial_back_and_a_rerun_finishes(
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
-    assert p.returncode == 130, (out, err)
+    return p.returncode, out, err
+
+
+def test_ctrl_c_during_a_local_search_hands_the_trial_back_and_a_rerun_finishes(dataset: Path, tmp_path: Path) -> None:
+    """Ctrl-C as a terminal sends it (SIGINT to the whole process group: launcher, submitit's controller and
+    worker) while a trial trains: one line, exit 130, no trial left RUNNING, no worker left behind; the same
+    command then finishes exactly the requested trials, the interrupted one continued, none failed."""
+    cmd, env, scratch = _local_launch(dataset, tmp_path, "--trials", "2", "--study", "ctrl-c", "--no-eval")
+    db = scratch / "ctrl-c" / "study.db"
+    rc, out, err = _ctrl_c_when(cmd, env, lambda: "RUNNING" in _trial_states(db))
+    assert rc == 130, (out, err)
     assert err == "interrupted: trial 0 handed back; rerun the same command to resume\n", err
     assert _trial_states(db) == ["WAITING"], "the trial is handed back, not left RUNNING or failed"
     controller = int(re.search(r"local workers: (\d+)", out)[1])  # type: ignore[index]
@@ -565,30 +577,11 @@ def test_ctrl_c_during_local_final_runs_hands_the_final_trial_back_and_a_rerun_f
     """Ctrl-C while the final runs train (the search is complete by then): their own workers are stopped and
     their trial handed back, not the finished search's; the same command is not refused as complete but
     resumes the final runs, which end with exactly their members and the results' final section."""
-    import signal
-    import time
-
-    data = tmp_path / "data"
-    shutil.copytree(dataset, data)
-    scratch = tmp_path / "scratch"
-    cmd = [sys.executable, "hpc/launch.py", "--config", str(TINY), "--executor", "local", "--scratch", str(scratch),
-           "--set", f"data.root={data}", "--set", "data.patch_size=16", "--set", "data.synthetic=null",
-           "--set", "train.epochs=4", "--trials", "1", "--study", "fin-c", "--set", "hpc.final={seeds: 2}"]
-    env = {k: v for k, v in os.environ.items() if k != "DUALSEG_STORAGE"} | {"PYTHONPATH": str(REPO)}
+    cmd, env, scratch = _local_launch(dataset, tmp_path, "--trials", "1", "--study", "fin-c",
+                                      "--set", "hpc.final={seeds: 2}")
     db = scratch / "fin-c" / "study.db"
-    p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
-    try:
-        deadline = time.monotonic() + 400
-        while "RUNNING" not in _trial_states(db, "fin-c/final"):
-            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
-            time.sleep(0.1)
-        os.killpg(p.pid, signal.SIGINT)
-        out, err = p.communicate(timeout=300)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-    assert p.returncode == 130, (out, err)
+    rc, out, err = _ctrl_c_when(cmd, env, lambda: "RUNNING" in _trial_states(db, "fin-c/final"))
+    assert rc == 130, (out, err)
     assert re.fullmatch(r"interrupted: final trials? [\d, ]+ of study fin-c/final handed back; rerun the same "
                         r"command to resume", err.splitlines()[-1]), err
     assert "Traceback" not in err, err
