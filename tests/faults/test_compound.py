@@ -246,6 +246,7 @@ def test_scratch_full_for_a_minute_mid_search(slurm_env, pg_db_url, tiny_args, f
 
 
 @pytest.mark.timeout(480)
+@pytest.mark.whole_bed  # both arrays must train at once: another scenario's jobs holding CPUs would starve one
 def test_same_study_launched_twice_both_arrays_cancelled_at_once_resubmits_once(slurm_env, pg_db_url, tiny_args,
                                                                                faults) -> None:
     """Two launches of one study (two arrays, two evaluation jobs); ``scancel`` of both arrays in one call:
