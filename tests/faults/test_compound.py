@@ -245,7 +245,7 @@ def test_scratch_full_for_a_minute_mid_search(slurm_env, pg_db_url, tiny_args, f
 # ---- 5. one study, two launches, both arrays cancelled at once ---------------------------------------
 
 
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(480 + 720)  # its own 480 s, after waiting for the other worker's scenario (at most 720 s)
 @pytest.mark.whole_bed  # both arrays must train at once: another scenario's jobs holding CPUs would starve one
 def test_same_study_launched_twice_both_arrays_cancelled_at_once_resubmits_once(slurm_env, pg_db_url, tiny_args,
                                                                                faults) -> None:
