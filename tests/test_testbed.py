@@ -94,6 +94,7 @@ def _executor(folder: Path, slurm_env: dict[str, Any], **params: Any) -> Any:
 
 @pytest.mark.slurm
 @pytest.mark.whole_bed
+@pytest.mark.timeout(900)  # may first wait for another worker's test on the bed
 def test_submitit_array_of_two_node_torch_distributed_jobs(slurm_env, slurm_wait, tmp_path):
     barrier = tmp_path / "barrier"
     barrier.mkdir()
@@ -114,6 +115,7 @@ def test_submitit_array_of_two_node_torch_distributed_jobs(slurm_env, slurm_wait
 @pytest.mark.slurm
 @pytest.mark.postgres
 @pytest.mark.whole_bed
+@pytest.mark.timeout(900)  # may first wait for another worker's test on the bed
 def test_two_slurm_jobs_write_one_postgres_optuna_study(slurm_env, slurm_wait, pg_db_url, tmp_path, monkeypatch):
     import optuna
 
