@@ -39,9 +39,9 @@ from hpc.study import (
     StudyRecord,
     TrialRecord,
     open_study,
-    update_record,
 )
 from hpc.study.record import VERSION_KEY
+from hpc.study.schema import study_id
 
 log = logging.getLogger("hpc.final")
 Stage = Literal["off", "submitted", "waiting", "resubmitted", "complete", "exhausted"]
@@ -85,6 +85,8 @@ def claim_member(db: Database, study: str, sid: int, trial_id: int, final: Final
     (a member whose retries ran out gets a fresh trial), chosen under the study lock."""
     frozen = db.storage.get_trial(trial_id)
     index = TrialRecord.of(frozen).member
+    # the plan as the study records it now: a worker started before a replan (hpc.final_plan) holds an older one
+    final = StudyRecord.from_attrs(db.storage.get_study_user_attrs(sid)).final or final
     if index is None:
         with critical_section(db.engine, db.url, study, lock_timeout_s):
             others = [t for t in db.storage.get_all_trials(sid, deepcopy=False)
@@ -159,15 +161,19 @@ def _bring_up_to_date(final: OpenStudy, fresh: StudyRecord) -> tuple[StudyRecord
     plan, added = replan(have, want.members, reuse)
     if plan == have:
         return final.record, False
-    name = final.study.study_name
+    name, storage = final.study.study_name, final.db.storage
+    workers = max(1, min(int(fresh.launch.get("workers", 1)), len(added) or 1))  # the workers count to the total
+    attrs = {"final": asdict(plan), "trials": len(plan.members), "config": fresh.config, "objective": fresh.objective,
+             "launch": {**fresh.launch, "trials": len(plan.members), "workers": workers}, VERSION_KEY: RECORD_VERSION}
+    sid = study_id(final.study)
+    # plan and trials in one critical section: a live final worker claims under the same lock, so it never
+    # sees a member without its enqueued trial (it would claim it fresh, and the member would train twice)
     with critical_section(final.db.engine, final.db.url, name):
+        for key, value in attrs.items():
+            storage.set_study_user_attr(sid, key, value)
         for i in added:
             final.study.enqueue_trial(plan.members[i].params, user_attrs={MEMBER: i})
-    workers = max(1, min(int(fresh.launch.get("workers", 1)), len(added) or 1))  # the workers count to the total
-    launch = {**fresh.launch, "trials": len(plan.members), "workers": workers}
-    record = update_record(final, lambda r: {"final": asdict(plan), "trials": len(plan.members), "launch": launch,
-                                             "config": fresh.config, "objective": fresh.objective,
-                                             VERSION_KEY: RECORD_VERSION})
+    record = final.record = StudyRecord.from_attrs(storage.get_study_user_attrs(sid))
     log.warning("study %s: the ranking of %s changed: %d final run(s) added, %d of the earlier plan kept, %d "
                 "stale (kept, not evaluated)", name, have.parent, len(added), len(plan.current()) - len(added),
                 len(plan.stale))

@@ -74,7 +74,8 @@ def test_an_extended_search_gets_final_runs_of_its_new_best(tmp_path: Path) -> N
         # a trial of no member (a retry's replacement) claims a free current member, never the stale failed one
         final.tell(final.ask(), state=TrialState.FAIL)  # member 2's trial failed: member 2 is free again
         fresh = db.storage.create_new_trial(schema.study_id(final))
-        overrides = claim_member(db, "s/final", schema.study_id(final), fresh, second.final, to_dict(cfg), 10.0)
+        # ... also by a worker started before the replan (it holds the first plan: members 0 and 1 only)
+        overrides = claim_member(db, "s/final", schema.study_id(final), fresh, first.final, to_dict(cfg), 10.0)
         assert overrides["train.lr"] == 0.3 and overrides["train.seed"] == 0
         assert TrialRecord.of(db.storage.get_trial(fresh)).member == 2
     finally:
