@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
@@ -38,14 +39,17 @@ def _complete(study: optuna.Study, value: float, lr: float) -> None:
                                         distributions={"train.lr": FloatDistribution(1e-4, 1.0)}))
 
 
-def test_an_extended_search_gets_final_runs_of_its_new_best(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_an_extended_search_gets_final_runs_of_its_new_best(backend: str, tmp_path: Path,
+                                                           request: pytest.FixtureRequest) -> None:
     """A search extended with --allow-change after its final runs: the new best's members are enqueued,
     the old best's go stale (kept, not evaluated or claimed), status counts the current ones."""
     from hpc.final import claim_member, ensure_final_study, final_progress
     from hpc.storage import StorageURL, open_database
     from hpc.study import OpenStudy, schema
 
-    url = StorageURL.parse(f"sqlite:///{tmp_path / 's.db'}")
+    url = StorageURL.parse(f"sqlite:///{tmp_path / 's.db'}" if backend == "sqlite"
+                           else request.getfixturevalue("pg_db_url"))
     cfg = Config(data=DataConfig(root=str(tmp_path)), hpc={"final": {"seeds": 2}})
     record = StudyRecord(config=to_dict(cfg), trials=2, scratch=str(tmp_path), launch={"workers": 1})
     db = open_database(url, create_tables=True)
