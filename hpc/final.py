@@ -32,7 +32,6 @@ from hpc.relaunch import config_changes
 from hpc.storage import Database, StorageURL, create_or_load_study, critical_section, exclusive, open_database
 from hpc.study import (
     MEMBER,
-    RECORD_VERSION,
     FinalMember,
     FinalPlan,
     OpenStudy,
@@ -40,7 +39,6 @@ from hpc.study import (
     TrialRecord,
     open_study,
 )
-from hpc.study.record import VERSION_KEY
 from hpc.study.schema import study_id
 
 log = logging.getLogger("hpc.final")
@@ -164,7 +162,7 @@ def _bring_up_to_date(final: OpenStudy, fresh: StudyRecord) -> tuple[StudyRecord
     name, storage = final.study.study_name, final.db.storage
     workers = max(1, min(int(fresh.launch.get("workers", 1)), len(added) or 1))  # the workers count to the total
     attrs = {"final": asdict(plan), "trials": len(plan.members), "config": fresh.config, "objective": fresh.objective,
-             "launch": {**fresh.launch, "trials": len(plan.members), "workers": workers}, VERSION_KEY: RECORD_VERSION}
+             "launch": {**fresh.launch, "trials": len(plan.members), "workers": workers}}
     sid = study_id(final.study)
     # plan and trials in one critical section: a live final worker claims under the same lock, so it never
     # sees a member without its enqueued trial (it would claim it fresh, and the member would train twice)

@@ -18,9 +18,8 @@ from dualseg.errors import InputError
 
 # 2: a final study's record carries ``final`` (its members). A plain search's record is written as 1,
 # which it still is, so a dualseg that reads up to 1 keeps reading searches but refuses a final study
-# instead of running its members as search trials. 3: ``final.stale`` (members of an earlier ranking),
-# which a dualseg reading up to 2 would evaluate as current members.
-RECORD_VERSION = 3
+# instead of running its members as search trials.
+RECORD_VERSION = 2
 PLAIN_RECORD_VERSION = 1
 VERSION_KEY = "record_version"
 ALLOC_PREFIX = "alloc:"  # one study attribute per job run: alloc:<array>_<task>:<restart> -> rank-seconds
