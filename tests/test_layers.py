@@ -18,8 +18,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PKG = REPO / "dualseg"
-# top-level modules (dualseg/__init__, config, errors, io) are the base every layer may use
-LAYER = {"": 0, "config": 0, "errors": 0, "io": 0, "data": 1, "model": 2, "infer": 3, "train": 4, "predict": 4}
+# top-level modules (dualseg/__init__, config, strict, errors, io) are the base every layer may use
+LAYER = {"": 0, "config": 0, "strict": 0, "errors": 0, "io": 0,
+         "data": 1, "model": 2, "infer": 3, "train": 4, "predict": 4}
 
 
 def _module(path: Path, root: Path = REPO) -> str:
