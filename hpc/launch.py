@@ -181,10 +181,11 @@ def run_local(plan: Plan) -> int:
 
             failures = run_final_local(plan.storage, plan.hpc.study, plan.scratch)
     except KeyboardInterrupt as exc:  # the workers ignore Ctrl-C: stop them, hand their trials back, one line
-        final = isinstance(exc, Interrupted)
-        numbers = exc.handed if isinstance(exc, Interrupted) else stop_local(plan, workers)
-        held = (f"{'final ' if final else ''}trial{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}"
-                f"{f' of study {exc}' if final else ''} handed back" if numbers else "no trial was running")
+        final = exc if isinstance(exc, Interrupted) else None  # the final runs' stage stopped its own workers
+        numbers = final.handed if final is not None else stop_local(plan, workers)
+        listed = f"trial{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}"
+        held = ("no trial was running" if not numbers else f"final {listed} of study {final.study} handed back"
+                if final is not None else f"{listed} handed back")
         print(f"interrupted: {held}; rerun the same command to resume", file=sys.stderr)
         return INTERRUPTED
     for line in failures:
