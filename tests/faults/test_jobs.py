@@ -98,6 +98,8 @@ def test_preemption_requeue_resumes_the_same_trial_mid_epoch(slurm_env, pg_db_ur
     assert text.count("trial 0 (new)") == 1 and "trial 0 (resumed)" in text, text[-3000:]
 
 
+@pytest.mark.timeout(600 + 720)  # its own 600 s, after waiting for the other worker's scenario (at most 720 s)
+@pytest.mark.whole_bed  # a DOWN node requeues every job on it: another scenario's job too (CI saw it)
 def test_node_down_mid_job_requeues_and_the_trial_continues(slurm_env, pg_db_url, tiny_args, faults) -> None:
     s = faults.launch(tiny_args, pg_db_url, "down", "--trials", "1", "--workers", "1", "--time", "10",
                       "--set", "train.epochs=3", *SLOW)
