@@ -39,11 +39,16 @@ def test_restart_and_60s_outage_mid_search(slurm_env, private_pg, hpc_tools, tin
     s.wait_done(timeout=420)
     trials = faults.exact(s, 3, epochs=3)
     assert not [t.number for t in trials if t.state.name == "FAIL"], "an outage must not fail a trial"
+    seen = []
     for task in (0, 1):
         text = s.log(task).read_text()
         assert "Exiting after successful completion" in text and "Traceback" not in text, text[-2000:]
         lost, back = text.count("database outage: connection lost"), text.count("database outage over")
-        assert 1 <= lost <= 2 and lost == back, (task, lost, back)  # one line per outage, start and end
+        assert lost <= 2 and lost == back, (task, lost, back)  # one line per outage, start and end
+        seen.append(lost)
+    # a task that got its CPU late can finish its one trial between the restart and the stop (CI saw it):
+    # the outage is proven by the tasks that lived through it
+    assert any(seen), seen
     assert "password" not in s.text().lower() or private_pg.password not in s.text()
 
 
