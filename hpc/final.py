@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
+import optuna
 from optuna.distributions import json_to_distribution
 from optuna.trial import TrialState
 
@@ -32,6 +33,7 @@ from hpc.relaunch import config_changes
 from hpc.storage import Database, StorageURL, create_or_load_study, critical_section, exclusive, open_database
 from hpc.study import (
     MEMBER,
+    Counts,
     FinalMember,
     FinalPlan,
     OpenStudy,
@@ -233,36 +235,35 @@ def run_final_local(storage: StorageURL, parent: str, scratch: Path) -> list[str
         raise Interrupted(name, stop_local(plan, workers)) from None
 
 
+def _current_counts(study: optuna.Study) -> tuple[Counts, int]:
+    """The counts of a final study's trials and its member total, stale members (hpc.final_plan) left out."""
+    record = StudyRecord.read(study)
+    stale = set(record.final.stale) if record.final else set()
+    counts = Counts.of([t for t in study.get_trials(deepcopy=False) if TrialRecord.of(t).member not in stale])
+    return counts, record.trials - len(stale)
+
+
 def final_pending(db: Database, parent: str, record: StudyRecord) -> bool:
     """A complete search whose final runs are on but not all finished (Ctrl-C, a cancelled final array):
     launching it again resumes them instead of being refused as complete."""
-    from hpc.study import Counts
-
     if not final_config(record).on:
         return False
     try:
-        final = StudyRecord.read(study := db.load_study(final_name(parent)))
+        counts, total = _current_counts(db.load_study(final_name(parent)))
     except InputError:
         return True
-    stale = set(final.final.stale) if final.final else set()
-    current = [t for t in study.get_trials(deepcopy=False) if TrialRecord.of(t).member not in stale]
-    return Counts.of(current).finished < final.trials - len(stale)
+    return counts.finished < total
 
 
 def final_progress(storage: StorageURL, parent: str) -> dict[str, int] | None:
     """Members complete/running/total of the final study, or None when there is none (status)."""
-    from hpc.study import Counts
-
     db = open_database(storage, budget_s=30)
     try:
         try:
-            study = db.load_study(final_name(parent))
+            counts, total = _current_counts(db.load_study(final_name(parent)))
         except InputError:
             return None
-        record = StudyRecord.read(study)
-        stale = set(record.final.stale) if record.final else set()
-        counts = Counts.of([t for t in study.get_trials(deepcopy=False) if TrialRecord.of(t).member not in stale])
     finally:
         db.close()
     return {"complete": counts.complete, "running": counts.running, "waiting": counts.waiting,
-            "failed": counts.fail, "total": record.trials - len(stale)}
+            "failed": counts.fail, "total": total}
